@@ -1,0 +1,1 @@
+"""Shared building blocks of the three Cdiscount solutions (data layer, folds, images, ...)."""

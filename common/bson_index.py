@@ -1,0 +1,178 @@
+"""Offset index of a BSON file: one sequential scan, saved as .npy, reloaded instantly (mmap).
+
+    python -m common.bson_index --bson data/train.bson --out work/index/train
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .atomic import write_json, write_npy
+from .bson_format import iter_raw_documents, parse_header
+from .errors import BsonDocumentError, DataError, SkipLog, log
+
+INDEX_DTYPE = np.dtype(
+    [("id", "<i8"), ("offset", "<i8"), ("length", "<i4"), ("n_imgs", "<i1"), ("category_id", "<i8")]
+)
+_CHUNK_ROWS = 1 << 16
+
+
+class ProductIndex:
+    """Per product: _id, offset, length, n_imgs, category_id (-1 for test), in file order."""
+
+    def __init__(self, rows: np.ndarray, meta: dict | None = None):
+        if rows.dtype != INDEX_DTYPE:
+            raise DataError(f"index rows have dtype {rows.dtype}, expected {INDEX_DTYPE}")
+        self.rows = rows
+        self.meta = meta or {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    ids = property(lambda self: self.rows["id"])
+    offsets = property(lambda self: self.rows["offset"])
+    lengths = property(lambda self: self.rows["length"])
+    n_imgs = property(lambda self: self.rows["n_imgs"])
+    category_ids = property(lambda self: self.rows["category_id"])
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(len(self.rows)) and bool((self.rows["category_id"] >= 0).all())
+
+    @property
+    def n_images(self) -> int:
+        return int(np.clip(self.rows["n_imgs"], 0, None).sum())
+
+    def positions_of(self, product_ids: np.ndarray) -> np.ndarray:
+        """Row positions of the given _ids (-1 where absent), vectorised."""
+        order = np.argsort(self.ids, kind="stable")
+        sorted_ids = self.ids[order]
+        pos = np.searchsorted(sorted_ids, product_ids)
+        pos = np.clip(pos, 0, max(len(sorted_ids) - 1, 0))
+        found = len(sorted_ids) > 0 and sorted_ids[pos] == product_ids
+        return np.where(found, order[pos], -1)
+
+
+def build_index(bson_path: str | os.PathLike, progress: bool = True) -> ProductIndex:
+    """Scan the file once; skip (and report) malformed documents and a truncated tail.
+
+    Documents without `imgs` are kept with n_imgs = 0: a test product must still get a row in
+    the submission. Duplicate _ids are reported in the meta.
+    """
+    bson_path = Path(bson_path)
+    size = bson_path.stat().st_size
+    skips = SkipLog(str(bson_path))
+    chunks, chunk, n = [], np.empty(_CHUNK_ROWS, INDEX_DTYPE), 0
+    start = time.perf_counter()
+    bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"index {bson_path.name}", disable=not progress)
+    done = 0
+    for offset, doc in iter_raw_documents(bson_path, skips):
+        try:
+            head = parse_header(doc, bson_path, offset)
+        except BsonDocumentError as e:
+            skips.add("malformed_document", str(e))
+            continue
+        if head.n_imgs <= 0:
+            skips.add("no_images", f"{bson_path}: product _id={head.product_id} at offset {offset} has no images (kept with n_imgs=0)")
+        chunk[n] = (head.product_id, offset, len(doc), max(head.n_imgs, 0), head.category_id)
+        n += 1
+        if n == _CHUNK_ROWS:
+            chunks.append(chunk)
+            chunk, n = np.empty(_CHUNK_ROWS, INDEX_DTYPE), 0
+        if offset + len(doc) - done > (64 << 20):
+            bar.update(offset + len(doc) - done)
+            done = offset + len(doc)
+    bar.update(size - done)
+    bar.close()
+    rows = np.concatenate(chunks + [chunk[:n]])
+    n_dup = len(rows) - len(np.unique(rows["id"]))
+    if n_dup:
+        skips.add("duplicate_ids", f"{bson_path}: {n_dup} products repeat an _id already seen (kept; later stages decide)")
+    labelled = rows["category_id"] >= 0
+    if labelled.any() and not labelled.all():
+        skips.add("missing_category", f"{bson_path}: {(~labelled).sum()} of {len(rows)} products have no category_id")
+    seconds = time.perf_counter() - start
+    meta = {
+        "source": str(bson_path.resolve()),
+        "size": size,
+        "mtime_ns": bson_path.stat().st_mtime_ns,
+        "products": int(len(rows)),
+        "images": int(rows["n_imgs"].sum()),
+        "has_labels": bool(labelled.all()) and len(rows) > 0,
+        "build_seconds": round(seconds, 3),
+        "skipped": skips.to_dict(),
+    }
+    if skips.total:
+        log.warning(skips.summary())
+    return ProductIndex(rows, meta)
+
+
+def save_index(index: ProductIndex, prefix: str | os.PathLike) -> None:
+    """Write PREFIX.npy (rows) and PREFIX.json (meta); the .npy is written first, the .json last,
+    so a present .json means a complete index."""
+    prefix = Path(prefix)
+    write_npy(prefix.with_suffix(".npy"), index.rows)
+    write_json(prefix.with_suffix(".json"), index.meta)
+
+
+def load_index(prefix: str | os.PathLike, mmap: bool = True) -> ProductIndex:
+    import json
+
+    prefix = Path(prefix)
+    meta_path, rows_path = prefix.with_suffix(".json"), prefix.with_suffix(".npy")
+    if not meta_path.exists() or not rows_path.exists():
+        raise FileNotFoundError(f"no index at {prefix} (.json/.npy); build it with python -m common.bson_index")
+    meta = json.loads(meta_path.read_text())
+    rows = np.load(rows_path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    if len(rows) != meta.get("products"):
+        raise DataError(f"{rows_path} has {len(rows)} rows but {meta_path} says {meta.get('products')}: rebuild the index")
+    return ProductIndex(rows, meta)
+
+
+def index_is_current(prefix: str | os.PathLike, bson_path: str | os.PathLike) -> bool:
+    """True when a saved index exists and was built from this very file (size and mtime)."""
+    import json
+
+    meta_path = Path(prefix).with_suffix(".json")
+    if not meta_path.exists():
+        return False
+    meta = json.loads(meta_path.read_text())
+    st = Path(bson_path).stat()
+    return meta.get("size") == st.st_size and meta.get("mtime_ns") == st.st_mtime_ns
+
+
+def get_index(bson_path: str | os.PathLike, prefix: str | os.PathLike, progress: bool = True) -> ProductIndex:
+    """Load the saved index if it matches the file, else build and save it."""
+    if not index_is_current(prefix, bson_path):
+        save_index(build_index(bson_path, progress=progress), prefix)
+    return load_index(prefix)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bson", required=True, help="train.bson or test.bson")
+    p.add_argument("--out", required=True, help="index prefix: writes OUT.npy and OUT.json")
+    p.add_argument("--force", action="store_true", help="rebuild even if a current index exists")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if not args.force and index_is_current(args.out, args.bson):
+        index = load_index(args.out)
+        print(f"index {args.out} is current: {len(index)} products (use --force to rebuild)")
+        return
+    index = build_index(args.bson)
+    save_index(index, args.out)
+    m = index.meta
+    mb_s = m["size"] / 1e6 / max(m["build_seconds"], 1e-9)
+    print(f"indexed {m['products']} products, {m['images']} images from {args.bson} in {m['build_seconds']:.1f}s ({mb_s:.0f} MB/s)")
+    if m["skipped"]["counts"]:
+        print(f"skipped: {m['skipped']['counts']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Create or reuse .venv, install requirements.txt when it changed, and the tesseract Debian
+# packages when running as root. Sourced by run_all.sh and run_tests.sh.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${CDISCOUNT_VENV:-$ROOT/.venv}"
+PYTHON_BIN="${PYTHON:-python3}"
+APT_PACKAGES=(tesseract-ocr tesseract-ocr-fra tesseract-ocr-eng)
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating virtual environment $VENV"
+  "$PYTHON_BIN" -m venv "$VENV"
+fi
+stamp="$VENV/.requirements.sha256"
+want="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[setup] installing requirements.txt into $VENV (first time: several GB for torch)"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements.txt"
+  echo "$want" > "$stamp"
+fi
+
+missing_apt=()
+command -v tesseract >/dev/null 2>&1 || missing_apt=("${APT_PACKAGES[@]}")
+if command -v tesseract >/dev/null 2>&1; then
+  langs="$(tesseract --list-langs 2>/dev/null || true)"
+  grep -qx fra <<<"$langs" || missing_apt+=(tesseract-ocr-fra)
+  grep -qx eng <<<"$langs" || missing_apt+=(tesseract-ocr-eng)
+fi
+if [ ${#missing_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing Debian packages: ${missing_apt[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_apt[@]}" >/dev/null
+  else
+    echo "[setup] WARNING: tesseract is missing; the OCR stage and its tests need the Debian packages" >&2
+    echo "[setup]          ${missing_apt[*]}: run  sudo apt-get install ${APT_PACKAGES[*]}" >&2
+  fi
+fi
+export PATH="$VENV/bin:$PATH"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
