@@ -67,6 +67,8 @@ def build_index(bson_path: str | os.PathLike, progress: bool = True) -> ProductI
     """
     bson_path = Path(bson_path)
     size = bson_path.stat().st_size
+    if size == 0:
+        raise DataError(f"{bson_path} is empty (0 bytes)")
     skips = SkipLog(str(bson_path))
     chunks, chunk, n = [], np.empty(_CHUNK_ROWS, INDEX_DTYPE), 0
     start = time.perf_counter()

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# End-to-end reproduction. With no argument: the embedded mini dataset on a CPU laptop.
+#   ./run_all.sh                       # mini data (generated once into work/mini), every stage that exists
+#   ./run_all.sh --data DIR            # the real Kaggle files: DIR/train.bson DIR/test.bson [DIR/category_names.csv]
+#   ./run_all.sh --work DIR            # where every stage writes (default: work/)
+#   ./run_all.sh --preset tiny         # the seconds-long mini preset (tests use it)
+#   ./run_all.sh --profile full        # the winners' full recipes (GPUs; used by the training stages)
+#   ./run_all.sh --from STAGE | --only STAGE | --force
+# A stage whose outputs exist is skipped, so an interrupted run continues where it stopped.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+DATA="" WORK="$ROOT/work" PRESET="default" PROFILE="mini" FROM="" ONLY="" FORCE=0 SEED=0 N_FOLDS=5
+usage() { sed -n '2,9p' "$0"; exit "${1:-0}"; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --data) DATA="$(cd "$2" && pwd)"; shift 2 ;;
+    --work) mkdir -p "$2"; WORK="$(cd "$2" && pwd)"; shift 2 ;;
+    --preset) PRESET="$2"; shift 2 ;;
+    --profile) PROFILE="$2"; shift 2 ;;
+    --from) FROM="$2"; shift 2 ;;
+    --only) ONLY="$2"; shift 2 ;;
+    --force) FORCE=1; shift ;;
+    --seed) SEED="$2"; shift 2 ;;
+    --n-folds) N_FOLDS="$2"; shift 2 ;;
+    -h|--help) usage 0 ;;
+    *) echo "run_all.sh: unknown argument $1" >&2; usage 2 ;;
+  esac
+done
+case "$PROFILE" in mini|full) ;; *) echo "run_all.sh: --profile must be mini or full" >&2; exit 2 ;; esac
+source "$ROOT/scripts/setup_env.sh"
+cd "$ROOT"
+STAGES=(data index folds stats)
+TO_COME=(dylan bestfitting convoluted ocr md5 stack report)
+for s in "$FROM" "$ONLY"; do
+  if [ -n "$s" ] && [[ ! " ${STAGES[*]} " =~ " $s " ]]; then
+    echo "run_all.sh: unknown stage '$s' (stages: ${STAGES[*]}; still to come: ${TO_COME[*]})" >&2; exit 2
+  fi
+done
+
+if [ -n "$DATA" ]; then
+  TRAIN="$DATA/train.bson" TEST="$DATA/test.bson"
+  CATEGORIES="$DATA/category_names.csv"; [ -f "$CATEGORIES" ] || CATEGORIES="$ROOT/common/resources/category_names.csv"
+  for f in "$TRAIN" "$TEST"; do [ -f "$f" ] || { echo "run_all.sh: missing $f (put the Kaggle files in $DATA)" >&2; exit 2; }; done
+else
+  MINI="$WORK/mini"
+  TRAIN="$MINI/train.bson" TEST="$MINI/test.bson" CATEGORIES="$MINI/category_names.csv"
+fi
+
+started=0
+should_run() {  # should_run STAGE: honours --from / --only
+  local stage="$1"
+  if [ -n "$ONLY" ]; then [ "$stage" = "$ONLY" ]; return; fi
+  [ -z "$FROM" ] || [ "$stage" = "$FROM" ] && started=1
+  [ "$started" = 1 ]
+}
+declare -A WALL
+run_stage() {  # run_stage NAME DONE_FILE CMD...: skip when DONE_FILE exists (unless --force)
+  local name="$1" done_file="$2"; shift 2
+  should_run "$name" || { echo "== $name: not selected"; return 0; }
+  if [ "$FORCE" = 0 ] && [ -n "$done_file" ] && [ -e "$done_file" ]; then
+    echo "== $name: done already ($done_file)"; WALL[$name]="skipped"; return 0
+  fi
+  echo "== $name"
+  local t0=$SECONDS
+  "$@"
+  WALL[$name]="$((SECONDS - t0))s"
+  echo "== $name: ${WALL[$name]}"
+}
+force_flag() { [ "$FORCE" = 1 ] && echo --force || true; }
+
+if [ -z "$DATA" ]; then
+  run_stage data "" python -m common.mini --out "$MINI" --preset "$PRESET" --seed "$SEED" $(force_flag)
+fi
+run_stage index "" bash -c "python -m common.bson_index --bson '$TRAIN' --out '$WORK/index/train' $(force_flag) && \
+                            python -m common.bson_index --bson '$TEST' --out '$WORK/index/test' $(force_flag)"
+run_stage folds "$WORK/folds.csv" python -m common.folds --index "$WORK/index/train" --categories "$CATEGORIES" \
+  --out "$WORK/folds.csv" --n-folds "$N_FOLDS" --seed "$SEED"
+run_stage stats "$WORK/stats/train/stats.json" bash -c "python -m common.stats --bson '$TRAIN' --categories '$CATEGORIES' --out '$WORK/stats/train' && \
+                                                     python -m common.stats --bson '$TEST' --categories '$CATEGORIES' --out '$WORK/stats/test'"
+
+echo
+echo "Wall time per stage:"
+for s in "${STAGES[@]}"; do [ -n "${WALL[$s]:-}" ] && printf '  %-12s %s\n' "$s" "${WALL[$s]}"; done
+echo "Still to come (later issues): ${TO_COME[*]}"
+echo "Outputs under $WORK"

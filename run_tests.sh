@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test suite: sets up .venv (and tesseract when root) like run_all.sh, then runs pytest.
+#   ./run_tests.sh              # the default suite (every stage, small data)
+#   ./run_tests.sh --slow       # also the tests marked slow
+#   ./run_tests.sh tests/test_bson.py -k truncated   # any pytest arguments
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$ROOT/scripts/setup_env.sh"
+cd "$ROOT"
+export HF_HUB_OFFLINE=1 MPLBACKEND=Agg
+args=()
+for a in "$@"; do
+  if [ "$a" = "--slow" ]; then args+=(-m "slow or not slow"); else args+=("$a"); fi
+done
+exec python -m pytest -q "${args[@]}"

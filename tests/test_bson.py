@@ -1,0 +1,211 @@
+"""The BSON data layer on the official sample and on broken files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.bson_format import encode_product, iter_raw_documents, parse_header
+from common.bson_index import build_index, get_index, index_is_current, load_index, save_index
+from common.bson_reader import BsonReader, iter_products
+from common.errors import BsonDocumentError, DataError, NotBsonError, SkipLog
+from tests.conftest import solid_jpeg
+
+
+def test_index_of_official_sample(sample_bson):
+    index = build_index(sample_bson, progress=False)
+    assert len(index) == 82 and index.n_images == 110
+    assert np.bincount(index.n_imgs, minlength=5)[1:].tolist() == [67, 7, 3, 5]
+    assert index.ids[0] == 0 and index.has_labels
+    assert len(np.unique(index.category_ids)) == 36
+    # offsets tile the file exactly: every byte belongs to one document
+    assert index.offsets[0] == 0
+    assert (index.offsets[1:] == index.offsets[:-1] + index.lengths[:-1]).all()
+    assert index.offsets[-1] + index.lengths[-1] == sample_bson.stat().st_size
+    assert index.meta["skipped"]["counts"] == {}
+
+
+def test_index_save_reload_and_staleness(sample_bson, tmp_path):
+    prefix = tmp_path / "index" / "train"
+    index = get_index(sample_bson, prefix, progress=False)
+    assert index_is_current(prefix, sample_bson)
+    again = load_index(prefix)
+    assert isinstance(again.rows, np.memmap)  # memory-mapped: reload costs nothing
+    assert (again.rows == index.rows).all()
+    copy = tmp_path / "copy.bson"
+    copy.write_bytes(sample_bson.read_bytes()[: index.offsets[10]])
+    assert not index_is_current(prefix, copy)
+
+
+def test_half_written_index_is_not_valid(sample_bson, tmp_path):
+    prefix = tmp_path / "train"
+    save_index(build_index(sample_bson, progress=False), prefix)
+    npy = prefix.with_suffix(".npy")
+    npy.write_bytes(npy.read_bytes()[: npy.stat().st_size // 2])
+    with pytest.raises((DataError, ValueError)):
+        load_index(prefix)
+
+
+def test_reader_matches_stream(sample_bson):
+    index = build_index(sample_bson, progress=False)
+    reader = BsonReader(sample_bson, index)
+    streamed = list(iter_products(sample_bson))
+    for row in [0, 5, 40, 81, 3]:
+        a, b = reader[row], streamed[row]
+        assert (a.product_id, a.category_id, a.images) == (b.product_id, b.category_id, b.images)
+        assert len(a.images) == index.n_imgs[row]
+    assert all(img[:2] == b"\xff\xd8" for p in streamed for img in p.images)
+
+
+def test_reader_survives_pickle_and_fork(sample_bson):
+    import multiprocessing as mp
+    import pickle
+
+    index = build_index(sample_bson, progress=False)
+    reader = BsonReader(sample_bson, index)
+    reader[0]  # opens the descriptor in this process
+    clone = pickle.loads(pickle.dumps(reader))
+    assert clone[7].images == reader[7].images
+    with mp.get_context("fork").Pool(2) as pool:
+        ids = pool.map(_read_id, [(reader, r) for r in range(0, 82, 9)])
+    assert ids == index.ids[0:82:9].tolist()
+
+
+def _read_id(args):
+    reader, row = args
+    return reader[row].product_id
+
+
+def test_writer_rewrites_official_sample_byte_for_byte(sample_bson, tmp_path):
+    from common.bson_format import BsonWriter
+
+    out = tmp_path / "rewrite.bson"
+    with BsonWriter(out) as w:
+        for p in iter_products(sample_bson):
+            w.write(p.product_id, p.images, p.category_id)
+    assert out.read_bytes() == sample_bson.read_bytes()
+
+
+def test_writer_is_atomic_on_error(tmp_path):
+    from common.bson_format import BsonWriter
+
+    out = tmp_path / "partial.bson"
+    with pytest.raises(RuntimeError):
+        with BsonWriter(out) as w:
+            w.write(1, [solid_jpeg(1)], 10)
+            raise RuntimeError("crash while writing")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_test_file_has_no_labels(write_bson):
+    path = write_bson("test.bson", [(3, [solid_jpeg(3)], None), (8, [solid_jpeg(8), solid_jpeg(9)], None)])
+    index = build_index(path, progress=False)
+    assert not index.has_labels and index.category_ids.tolist() == [-1, -1]
+    assert [p.category_id for p in iter_products(path)] == [None, None]
+
+
+def test_truncated_tail_is_skipped_and_reported(sample_bson, tmp_path):
+    data = sample_bson.read_bytes()
+    full = build_index(sample_bson, progress=False)
+    cut = tmp_path / "truncated.bson"
+    cut.write_bytes(data[: int(full.offsets[-1]) + 100])  # last document cut after 100 bytes
+    index = build_index(cut, progress=False)
+    assert len(index) == 81 and (index.rows == full.rows[:81]).all()
+    assert index.meta["skipped"]["counts"] == {"truncated_tail": 1}
+    message = index.meta["skipped"]["messages"][0]
+    assert str(cut) in message and str(int(full.offsets[-1])) in message
+    skips = SkipLog(str(cut))
+    assert len(list(iter_products(cut, skips))) == 81 and skips.counts["truncated_tail"] == 1
+
+
+def test_stray_bytes_after_last_document(sample_bson, tmp_path):
+    path = tmp_path / "stray.bson"
+    path.write_bytes(sample_bson.read_bytes() + b"\x01\x02")
+    index = build_index(path, progress=False)
+    assert len(index) == 82 and index.meta["skipped"]["counts"] == {"truncated_tail": 1}
+
+
+@pytest.mark.parametrize("content", [b"this is not BSON at all, just text\n" * 50, b"\xff\xd8\xff\xe0" + b"\x00" * 100])
+def test_not_bson_raises_naming_the_file(tmp_path, content):
+    path = tmp_path / "notes.bson"
+    path.write_bytes(content)
+    with pytest.raises(NotBsonError, match="notes.bson"):
+        build_index(path, progress=False)
+
+
+def test_empty_file_raises(tmp_path):
+    path = tmp_path / "empty.bson"
+    path.write_bytes(b"")
+    with pytest.raises(DataError, match="empty.bson.*empty"):
+        build_index(path, progress=False)
+
+
+def test_corrupt_length_mid_file_resynchronises(sample_bson, tmp_path):
+    data = bytearray(sample_bson.read_bytes())
+    full = build_index(sample_bson, progress=False)
+    bad = int(full.offsets[30])
+    data[bad : bad + 4] = (10**9).to_bytes(4, "little")  # garbage length prefix of product 30
+    path = tmp_path / "corrupt.bson"
+    path.write_bytes(bytes(data))
+    index = build_index(path, progress=False)
+    assert len(index) == 81  # only product 30 is lost
+    assert index.ids.tolist() == np.delete(full.ids, 30).tolist()
+    assert index.meta["skipped"]["counts"] == {"corrupt_bytes": 1}
+    assert f"offset {bad}" in index.meta["skipped"]["messages"][0]
+
+
+def test_document_without_imgs_is_kept_and_reported(write_bson, tmp_path):
+    import bson
+
+    path = write_bson("noimgs.bson", [(1, [solid_jpeg(1)], 1000010653)])
+    with open(path, "ab") as f:
+        f.write(bson.encode({"_id": 2, "category_id": 1000010653}))
+    index = build_index(path, progress=False)
+    assert index.ids.tolist() == [1, 2] and index.n_imgs.tolist() == [1, 0]
+    assert index.meta["skipped"]["counts"] == {"no_images": 1}
+    assert "_id=2" in index.meta["skipped"]["messages"][0]
+    assert BsonReader(path, index)[1].images == []
+
+
+def test_malformed_document_is_skipped_with_its_offset(write_bson):
+    import bson
+
+    path = write_bson("bad.bson", [(1, [solid_jpeg(1)], 1000010653)])
+    good_size = path.stat().st_size
+    with open(path, "ab") as f:
+        f.write(bson.encode({"_id": 2, "imgs": "not an array", "category_id": 5}))
+        f.write(encode_product(3, [solid_jpeg(3)], 1000010653))
+    index = build_index(path, progress=False)
+    assert index.ids.tolist() == [1, 3]
+    assert index.meta["skipped"]["counts"] == {"malformed_document": 1}
+    assert f"offset {good_size}" in index.meta["skipped"]["messages"][0]
+
+
+def test_parse_header_matches_full_decode(sample_products):
+    for p in sample_products[:20]:
+        raw = encode_product(p.product_id, p.images, p.category_id)
+        head = parse_header(raw)
+        assert (head.product_id, head.n_imgs, head.category_id) == (p.product_id, len(p.images), p.category_id)
+    with pytest.raises(BsonDocumentError, match="offset 123"):
+        parse_header(b"\x0c\x00\x00\x00\x10_id\x00\x01\x00", "x.bson", 123)
+
+
+def test_int64_ids_are_read(tmp_path):
+    import bson
+    from bson.int64 import Int64
+
+    path = tmp_path / "int64.bson"
+    path.write_bytes(bson.encode({"_id": Int64(5), "imgs": [{"picture": solid_jpeg(5)}], "category_id": Int64(1000010653)}))
+    index = build_index(path, progress=False)
+    assert index.ids.tolist() == [5] and index.category_ids.tolist() == [1000010653]
+
+
+def test_duplicate_ids_are_reported(write_bson):
+    path = write_bson("dup.bson", [(1, [solid_jpeg(1)], 1000010653), (1, [solid_jpeg(2)], 1000010653)])
+    index = build_index(path, progress=False)
+    assert len(index) == 2 and index.meta["skipped"]["counts"] == {"duplicate_ids": 1}
+
+
+def test_raw_scan_small_chunks_equals_large(sample_bson):
+    small = [(o, len(d)) for o, d in iter_raw_documents(sample_bson, chunk_size=1000)]
+    large = [(o, len(d)) for o, d in iter_raw_documents(sample_bson)]
+    assert small == large and len(small) == 82

@@ -1,0 +1,86 @@
+"""Product folds: stratification, rare categories, given validation ids, exclusions, CLI."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.bson_index import build_index, save_index
+from common.categories import CategoryTree
+from common.folds import ALWAYS_TRAIN, folds_from_valid_ids, main, read_folds, stratified_folds, usable_products
+from common.errors import DataError
+from common.paths import HENG_VALID_IDS
+from tests.conftest import solid_jpeg
+
+
+def long_tail_labels(rng: np.random.Generator) -> np.ndarray:
+    sizes = np.concatenate([[500, 200, 80, 40, 13], np.ones(7, int), np.full(5, 3)])
+    return np.repeat(np.arange(len(sizes)), sizes)[rng.permutation(sizes.sum())]
+
+
+def test_stratified_balanced_and_spreads_rare():
+    labels = long_tail_labels(np.random.default_rng(0))
+    folds = stratified_folds(labels, 5, seed=1)
+    sizes = np.bincount(folds, minlength=5)
+    assert sizes.max() - sizes.min() <= 1
+    for c in np.unique(labels):
+        per_fold = np.bincount(folds[labels == c], minlength=5)
+        assert per_fold.max() - per_fold.min() <= 1, f"category {c} unevenly split: {per_fold}"
+    singletons = [int(folds[labels == c][0]) for c in range(5, 12)]
+    assert len(set(singletons)) == 5  # 7 single-product categories cover all 5 folds
+
+
+def test_stratified_seeded():
+    labels = long_tail_labels(np.random.default_rng(0))
+    assert (stratified_folds(labels, 4, 7) == stratified_folds(labels, 4, 7)).all()
+    assert (stratified_folds(labels, 4, 7) != stratified_folds(labels, 4, 8)).any()
+    with pytest.raises(ValueError):
+        stratified_folds(labels, 1, 0)
+
+
+def test_given_validation_ids():
+    ids = np.arange(100, 200)
+    folds = folds_from_valid_ids(ids, np.array([105, 150, 999]))
+    assert np.flatnonzero(folds == 0).tolist() == [5, 50]
+    assert (folds[folds != 0] == ALWAYS_TRAIN).all()
+    with pytest.raises(DataError, match="none of the"):
+        folds_from_valid_ids(ids, np.array([1, 2]))
+
+
+def test_heng_list_is_50000_ids():
+    ids = np.array(HENG_VALID_IDS.read_text().split(), dtype=np.int64)
+    assert len(ids) == len(np.unique(ids)) == 50000
+
+
+def test_usable_products_excludes_with_reasons(write_bson, category_csv):
+    import bson
+
+    good, other = 1000010653, 1000010667
+    path = write_bson("t.bson", [(1, [solid_jpeg(1)], good), (2, [solid_jpeg(2)], 42), (3, [solid_jpeg(3)], other), (3, [solid_jpeg(4)], other)])
+    with open(path, "ab") as f:
+        f.write(bson.encode({"_id": 4, "category_id": good}))
+    keep, excluded = usable_products(build_index(path, progress=False), CategoryTree.from_csv(category_csv))
+    assert keep.tolist() == [True, False, True, False, False]
+    assert dict(zip(excluded["_id"], excluded["reason"])) == {2: "unknown category_id", 3: "duplicate _id (first kept)", 4: "no images"}
+
+
+def test_cli_on_official_sample(sample_bson, category_csv, tmp_path, capsys):
+    save_index(build_index(sample_bson, progress=False), tmp_path / "train")
+    out = tmp_path / "folds.csv"
+    main(["--index", str(tmp_path / "train"), "--categories", str(category_csv), "--out", str(out), "--n-folds", "3"])
+    folds = read_folds(out)
+    assert len(folds) == 82 and folds["_id"].is_monotonic_increasing
+    assert sorted(folds["fold"].unique()) == [0, 1, 2]
+    assert "82 products" in capsys.readouterr().out
+    ids_file = tmp_path / "valid.txt"
+    ids_file.write_text("0\n1\n2\n")
+    main(["--index", str(tmp_path / "train"), "--categories", str(category_csv), "--out", str(out), "--valid-ids", str(ids_file)])
+    folds = read_folds(out)
+    assert folds.loc[folds["fold"] == 0, "_id"].tolist() == [0, 1, 2] and (folds["fold"] != 0).sum() == 79
+
+
+def test_cli_rejects_test_index(write_bson, category_csv, tmp_path):
+    path = write_bson("test.bson", [(1, [solid_jpeg(1)], None)])
+    save_index(build_index(path, progress=False), tmp_path / "test")
+    with pytest.raises(DataError, match="labelled"):
+        main(["--index", str(tmp_path / "test"), "--categories", str(category_csv), "--out", str(tmp_path / "f.csv")])

@@ -1,0 +1,61 @@
+"""Image helpers: decode, resize, and the side-by-side / grid layouts of a product's images."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.errors import CorruptImageError
+from common.images import concat_grid, concat_side_by_side, decode_jpeg, encode_jpeg, resize
+
+
+def test_decode_real_sample(sample_products):
+    for p in sample_products[:10]:
+        for img in p.images:
+            rgb = decode_jpeg(img)
+            assert rgb.shape == (180, 180, 3) and rgb.dtype == np.uint8
+
+
+def test_decode_is_rgb():
+    red = np.zeros((180, 180, 3), np.uint8)
+    red[..., 0] = 255
+    back = decode_jpeg(encode_jpeg(red, quality=95))
+    assert back[..., 0].mean() > 240 and back[..., 2].mean() < 15
+
+
+@pytest.mark.parametrize("data", [b"", b"\xff\xd8\xff garbage", b"not a jpeg"])
+def test_corrupt_jpeg_names_where(data):
+    with pytest.raises(CorruptImageError, match="train.bson _id=7 img 1"):
+        decode_jpeg(data, "train.bson _id=7 img 1")
+
+
+def test_truncated_jpeg_is_detected_or_decodes(sample_products):
+    """OpenCV decodes a JPEG cut in half with grey fill; either outcome is allowed, no crash."""
+    data = sample_products[0].images[0]
+    try:
+        rgb = decode_jpeg(data[: len(data) // 2], "cut")
+        assert rgb.shape == (180, 180, 3)
+    except CorruptImageError:
+        pass
+
+
+def test_side_by_side_keeps_order_and_tiles():
+    tiles = [np.full((180, 180, 3), v, np.uint8) for v in (10, 20, 30)]
+    strip = concat_side_by_side(tiles)
+    assert strip.shape == (180, 540, 3)
+    assert [int(strip[90, 90 + 180 * k, 0]) for k in range(3)] == [10, 20, 30]
+    odd = concat_side_by_side([np.zeros((100, 120, 3), np.uint8)], tile=64)
+    assert odd.shape == (64, 64, 3)
+    with pytest.raises(ValueError):
+        concat_side_by_side([])
+
+
+def test_grid_layout():
+    tiles = [np.full((180, 180, 3), v, np.uint8) for v in (10, 20, 30)]
+    grid = concat_grid(tiles, tile=90)
+    assert grid.shape == (180, 180, 3)
+    assert [int(grid[45, 45, 0]), int(grid[45, 135, 0]), int(grid[135, 45, 0]), int(grid[135, 135, 0])] == [10, 20, 30, 0]
+
+
+def test_resize_shapes():
+    img = np.zeros((180, 180, 3), np.uint8)
+    assert resize(img, 64).shape == (64, 64, 3) and resize(img, (90, 270)).shape == (90, 270, 3)
