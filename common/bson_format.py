@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
 
+import numpy as np
 import bson  # pymongo's bson (never the unrelated `bson` package from PyPI)
 
 from .atomic import atomic_path
@@ -85,52 +86,85 @@ def _plausible_document_at(f: BinaryIO, offset: int, size: int) -> bool:
     return f.read(1) == b"\x00"
 
 
-def iter_raw_documents(
-    path: str | os.PathLike, skips: SkipLog | None = None, chunk_size: int = READ_CHUNK
-) -> Iterator[tuple[int, bytes]]:
-    """Yield (offset, document bytes) for every document, reading the file sequentially.
+@dataclass(frozen=True)
+class DocumentBatch:
+    """Complete documents found in one read: document i is buf[starts[i] : starts[i] + lengths[i]]."""
 
-    Memory stays flat (one chunk). A truncated last document is reported and skipped; a corrupt
-    length prefix mid-file is reported and the scan resynchronises on the next document. A file
-    whose first document is invalid raises NotBsonError.
+    base: int  # file offset of buf[0]
+    buf: bytes
+    starts: np.ndarray
+    lengths: np.ndarray
+
+
+def _walk_documents(buf: bytes) -> tuple[list[int], list[int], int, str | None]:
+    """Follow the length prefixes through `buf`: (starts, lengths, end position, problem or None).
+
+    Stops at the first document that does not fit (None) or that is invalid (a problem message).
+    """
+    starts, lengths, pos, end = [], [], 0, len(buf)
+    unpack = _INT32.unpack_from
+    while end - pos >= 4:
+        n = unpack(buf, pos)[0]
+        if not MIN_DOC_BYTES <= n <= MAX_DOC_BYTES:
+            return starts, lengths, pos, f"length prefix {n} is not a valid document size"
+        if pos + n > end:
+            break
+        if buf[pos + n - 1] != 0:
+            return starts, lengths, pos, "document does not end with a NUL byte"
+        starts.append(pos)
+        lengths.append(n)
+        pos += n
+    return starts, lengths, pos, None
+
+
+def iter_document_batches(
+    path: str | os.PathLike, skips: SkipLog | None = None, chunk_size: int = READ_CHUNK
+) -> Iterator[DocumentBatch]:
+    """Read the file sequentially in chunks and yield the complete documents of each chunk.
+
+    Memory stays flat (one chunk). A truncated last document is reported and skipped; an invalid
+    document mid-file is reported and the scan resynchronises on the next document; a file whose
+    first document is invalid raises NotBsonError.
     """
     path = Path(path)
     skips = skips if skips is not None else SkipLog(str(path))
     size = path.stat().st_size
     with open(path, "rb", buffering=0) as f:
-        buf, pos, base = b"", 0, 0  # base = file offset of buf[0]
-        while base + pos < size:
-            offset = base + pos
-            if len(buf) - pos < 4:
-                f.seek(base + len(buf))
-                buf, base, pos = buf[pos:] + f.read(chunk_size), offset, 0
-            if len(buf) - pos < 4:
-                skips.add("truncated_tail", f"{path}: {size - offset} stray bytes at offset {offset} (truncated file?)")
-                return
-            n = _INT32.unpack_from(buf, pos)[0]
-            if not _valid_length(n, MAX_DOC_BYTES):
-                _bad_prefix(path, offset, f"length prefix {n} is not a valid document size")
+        offset, want = 0, chunk_size
+        while offset < size:
+            f.seek(offset)
+            buf = f.read(want)
+            starts, lengths, pos, problem = _walk_documents(buf)
+            if starts:
+                yield DocumentBatch(offset, buf, np.asarray(starts, np.int64), np.asarray(lengths, np.int64))
+            offset, want = offset + pos, chunk_size
+            if problem:
+                _bad_prefix(path, offset, problem)
                 nxt = _find_next_document(f, offset + 1, size)
-                skips.add("corrupt_bytes", f"{path}: bad length prefix {n} at offset {offset}; skipped {nxt - offset} bytes to offset {nxt}")
-                buf, base, pos = b"", nxt, 0
-                continue
-            if n > size - offset:
-                if offset == 0:
-                    _bad_prefix(path, offset, f"first document claims {n} bytes but the file has {size}")
-                skips.add("truncated_tail", f"{path}: last document at offset {offset} claims {n} bytes but only {size - offset} remain (truncated file); skipped")
-                return
-            if len(buf) - pos < n:
-                f.seek(base + len(buf))
-                buf, base, pos = buf[pos:] + f.read(max(chunk_size, n)), offset, 0
-            doc = buf[pos : pos + n]
-            if doc[-1] != 0:
-                _bad_prefix(path, offset, "document does not end with a NUL byte")
-                nxt = _find_next_document(f, offset + 1, size)
-                skips.add("corrupt_bytes", f"{path}: document at offset {offset} is not terminated; skipped {nxt - offset} bytes to offset {nxt}")
-                buf, base, pos = b"", nxt, 0
-                continue
-            pos += n
-            yield offset, doc
+                skips.add("corrupt_bytes", f"{path}: {problem} at offset {offset}; skipped {nxt - offset} bytes to offset {nxt}")
+                offset = nxt
+            elif pos == 0:  # the document at `offset` does not fit in this read
+                remaining = size - offset
+                if remaining < 4:
+                    skips.add("truncated_tail", f"{path}: {remaining} stray bytes at offset {offset} after the last document; skipped")
+                    return
+                n = _INT32.unpack_from(buf, 0)[0]
+                if n > remaining:
+                    if offset == 0:
+                        _bad_prefix(path, 0, f"first document claims {n} bytes but the file has {size}")
+                    skips.add("truncated_tail", f"{path}: last document at offset {offset} claims {n} bytes but only {remaining} remain (truncated file); skipped")
+                    return
+                want = n
+
+
+def iter_raw_documents(
+    path: str | os.PathLike, skips: SkipLog | None = None, chunk_size: int = READ_CHUNK
+) -> Iterator[tuple[int, bytes]]:
+    """Yield (file offset, document bytes) for every document (see iter_document_batches)."""
+    for batch in iter_document_batches(path, skips, chunk_size):
+        buf = batch.buf
+        for start, n in zip(batch.starts.tolist(), batch.lengths.tolist()):
+            yield batch.base + start, buf[start : start + n]
 
 
 def _bad_prefix(path: Path, offset: int, problem: str) -> None:
@@ -209,6 +243,54 @@ def parse_header(doc: bytes, path: str | os.PathLike = "?", offset: int = -1) ->
     if product_id is None:
         raise BsonDocumentError(f"{path}: document at offset {offset} has no integer _id")
     return DocHeader(product_id, n_imgs, category_id)
+
+
+_ID_HEAD = np.frombuffer(b"\x10_id\x00", np.uint8)  # int32 _id at byte 4
+_IMGS_HEAD = np.frombuffer(b"\x04imgs\x00", np.uint8)  # imgs array at byte 13
+_CATEGORY_TAIL = np.frombuffer(b"\x10category_id\x00", np.uint8)  # int32 category_id, 18 bytes from the end
+_MAX_FAST_IMAGES = 8
+
+
+def _gather(arr: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
+    """arr[at + 0..width-1] per row, clipped into the buffer (rows that overrun are rejected later)."""
+    return arr[np.minimum(at[:, None] + np.arange(width), len(arr) - 1)]
+
+
+def _matches(arr: np.ndarray, at: np.ndarray, pattern: np.ndarray) -> np.ndarray:
+    return (_gather(arr, at, len(pattern)) == pattern).all(axis=1)
+
+
+def _int32_at(arr: np.ndarray, at: np.ndarray) -> np.ndarray:
+    b = _gather(arr, at, 4).astype(np.uint32)
+    return (b[:, 0] | b[:, 1] << 8 | b[:, 2] << 16 | b[:, 3] << 24).view(np.int32).astype(np.int64)
+
+
+def parse_headers_fast(batch: DocumentBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, n_imgs, category_ids, ok) for a batch of documents in the official layout, in numpy.
+
+    Why: the index of 7M products is built in one pass, and per-document Python costs ~10 us.
+    The official layout is fixed (`_id` int32 at byte 4, `imgs` at byte 13, `category_id` last or
+    absent), so each field sits at a known place or is found by a few vectorised hops. Rows with
+    ok=False use any other layout and must go through `parse_header`.
+    """
+    arr = np.frombuffer(batch.buf, np.uint8)
+    s, e = batch.starts, batch.starts + batch.lengths
+    ok = (batch.lengths >= 24) & _matches(arr, s + 4, _ID_HEAD) & _matches(arr, s + 13, _IMGS_HEAD)
+    ids = _int32_at(arr, s + 9)
+    array_end = s + 19 + _int32_at(arr, s + 19)  # one past the imgs array
+    labelled = ok & (array_end == e - 18) & _matches(arr, e - 18, _CATEGORY_TAIL)
+    ok &= labelled | (array_end == e - 1)
+    categories = np.where(labelled, _int32_at(arr, e - 5), -1)
+    n_imgs, pos = np.zeros(len(s), np.int64), s + 23  # first array element
+    for _ in range(_MAX_FAST_IMAGES):
+        active = ok & (pos < array_end - 1)
+        head = _gather(arr, pos, 3)  # {type 3, 1-char key, NUL}
+        element = active & (head[:, 0] == 0x03) & (head[:, 2] == 0)
+        ok &= element | ~active
+        n_imgs += element
+        pos = np.where(element, pos + 3 + _int32_at(arr, pos + 3), pos)
+    ok &= pos == array_end - 1
+    return ids, n_imgs, categories, ok
 
 
 def decode_document(doc: bytes, path: str | os.PathLike = "?", offset: int = -1) -> dict:

