@@ -48,3 +48,55 @@ def write_bson(tmp_path):
         return path
 
     return _write
+
+
+TINY_CATEGORIES = [1000010653, 1000010667, 1000004079, 1000004141, 1000002017, 1000018290]
+
+
+def make_tiny_work(root: Path, n_train: int = 48, n_test: int = 16, seed: int = 0, n_folds: int = 2) -> Path:
+    """A prepared work dir over a small learnable dataset: a product's colour names its category.
+
+    Returns the work dir (dataset.json, index/, folds.csv) with test_labels.csv beside the data.
+    """
+    import subprocess  # noqa: F401  (kept local: fixtures only)
+
+    import pandas as pd
+
+    from common.categories import CategoryTree
+    from common.folds import main as folds_main
+    from common.prepare import main as prepare_main
+
+    rng = np.random.default_rng(seed)
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    tree = CategoryTree.from_csv(CATEGORY_NAMES_CSV).subset(TINY_CATEGORIES)
+    tree.to_csv(data / "category_names.csv")
+    palette = rng.integers(0, 256, size=(len(tree), 3))
+
+    def product(label: int) -> list[bytes]:
+        images = []
+        for _ in range(int(rng.integers(1, 4))):
+            img = np.clip(palette[label] + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+            images.append(encode_jpeg(img))
+        return images
+
+    ids = rng.permutation(np.arange(10, 10 + 3 * (n_train + n_test)))[: n_train + n_test]
+    labels = rng.integers(0, len(tree), n_train + n_test)
+    with BsonWriter(data / "train.bson") as w:
+        for pid, lab in sorted(zip(ids[:n_train].tolist(), labels[:n_train].tolist())):
+            w.write(pid, product(lab), int(tree.ids[lab]))
+    with BsonWriter(data / "test.bson") as w:
+        for pid, lab in sorted(zip(ids[n_train:].tolist(), labels[n_train:].tolist())):
+            w.write(pid, product(lab), None)
+    pd.DataFrame({"_id": ids[n_train:], "category_id": tree.ids[labels[n_train:]]}).sort_values("_id").to_csv(data / "test_labels.csv", index=False)
+    work = root / "work"
+    prepare_main(["--train", str(data / "train.bson"), "--test", str(data / "test.bson"), "--categories", str(data / "category_names.csv"),
+                  "--test-labels", str(data / "test_labels.csv"), "--work", str(work)])
+    folds_main(["--index", str(work / "index" / "train"), "--categories", str(data / "category_names.csv"), "--out", str(work / "folds.csv"),
+                "--n-folds", str(n_folds), "--seed", "0"])
+    return work
+
+
+@pytest.fixture
+def tiny_work(tmp_path) -> Path:
+    return make_tiny_work(tmp_path)

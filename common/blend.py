@@ -1,0 +1,86 @@
+"""Blend prediction sources (a solution's models, a team's members) into one source + submission."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .atomic import write_json
+from .infer import average_topk
+from .metrics import accuracy, class_prior_accuracy
+from .paths import WorkDir
+from .predictions import DEFAULT_K, TopK, load_topk, save_topk
+from .prepare import DatasetPaths
+from .submission import score_submission, submission_from_topk
+
+
+@dataclass
+class Labels:
+    """Train labels by _id, for scoring OOF predictions."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def load(cls, work: WorkDir) -> "Labels":
+        paths = DatasetPaths.load(work)
+        index = paths.index(work, "train")
+        order = np.argsort(index.ids, kind="stable")
+        return cls(np.asarray(index.ids[order]), paths.tree().to_index(index.category_ids[order], strict=False))
+
+    def of(self, ids: np.ndarray) -> np.ndarray:
+        rows = np.searchsorted(self.ids, ids)
+        return self.labels[np.clip(rows, 0, len(self.ids) - 1)]
+
+
+def find_sources(work: WorkDir, prefix: str) -> list[str]:
+    root = work.root / "preds"
+    return sorted(p.name for p in root.glob(f"{prefix}*") if (p / "oof.npz").exists() and (p / "test.npz").exists())
+
+
+def oof_accuracy(preds: TopK, labels: Labels) -> float:
+    return accuracy(preds.top1, labels.of(preds.ids))
+
+
+def blend(work: WorkDir, sources: list[str], name: str, weights: list[float] | None = None, k: int = DEFAULT_K) -> dict:
+    """Weighted mean of the sources' probabilities on their common OOF products and on test;
+    writes preds/<name>/ and submissions/<name>.csv.gz; returns the figures it printed."""
+    if not sources:
+        raise FileNotFoundError(f"no prediction sources to blend under {work.root / 'preds'}")
+    labels = Labels.load(work)
+    oofs = [load_topk(work.preds(s) / "oof.npz") for s in sources]
+    common_ids = oofs[0].ids
+    for o in oofs[1:]:
+        common_ids = np.intersect1d(common_ids, o.ids)
+    oofs = [o.take(np.searchsorted(o.ids, common_ids)) for o in oofs]
+    oof = average_topk(oofs, k, weights)
+    test = average_topk([load_topk(work.preds(s) / "test.npz") for s in sources], k, weights)
+    save_topk(work.preds(name) / "oof.npz", oof)
+    save_topk(work.preds(name) / "test.npz", test)
+    paths = DatasetPaths.load(work)
+    tree, test_index = paths.tree(), paths.index(work, "test")
+    prior = int(np.bincount(labels.labels[labels.labels >= 0]).argmax())
+    sub, fallback = submission_from_topk(work.submissions / f"{name}.csv.gz", test, np.asarray(test_index.ids), tree, prior)
+    report = {
+        "name": name,
+        "sources": {s: oof_accuracy(o, labels) for s, o in zip(sources, oofs)},
+        "weights": weights or [1.0] * len(sources),
+        "oof_products": int(len(oof)),
+        "oof_product_accuracy": oof_accuracy(oof, labels),
+        "class_prior_accuracy": class_prior_accuracy(labels.labels[labels.labels >= 0], labels.of(oof.ids)),
+        "submission": str(sub),
+        "test_rows_from_fallback": fallback,
+        "test_accuracy": score_submission(sub, paths.test_labels) if paths.test_labels else None,
+    }
+    write_json(work.preds(name) / "summary.json", report)
+    return report
+
+
+def print_report(report: dict) -> None:
+    for source, acc in report["sources"].items():
+        print(f"  {source:40s} OOF product accuracy {acc:.4f}")
+    print(f"  {report['name'] + ' (blend)':40s} OOF product accuracy {report['oof_product_accuracy']:.4f} on {report['oof_products']} products")
+    print(f"  {'class-prior baseline':40s} OOF product accuracy {report['class_prior_accuracy']:.4f}")
+    if report["test_accuracy"] is not None:
+        print(f"  mini test accuracy of {report['submission']}: {report['test_accuracy']:.4f}")
+    print(f"  test rows from the fallback (no image prediction): {report['test_rows_from_fallback']}")

@@ -1,0 +1,109 @@
+"""Recipe configuration: one YAML per model recipe, overridable from the command line.
+
+Two passes, as in timm's train.py: `--config recipe.yaml` is parsed first and its values become
+the defaults of the full parser, so `--lr 3e-4` on the command line wins over the YAML. The
+resolved config is saved beside the checkpoints (config.yaml).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .atomic import write_text
+from .errors import DataError
+
+
+@dataclass
+class TrainConfig:
+    # what and where
+    solution: str = "dylan"
+    name: str = "model"  # the recipe name: work/models/<solution>/<name>/fold<k>/
+    model: str = "tf_efficientnet_lite0"  # a timm model name
+    pretrained: str | None = None  # a registered weight source or a local file
+    drop_rate: float = 0.0
+    # data
+    input_size: int = 180  # side of one image tile fed to the network
+    hflip: bool = True  # random horizontal flip in training
+    num_workers: int = 2
+    max_images_per_epoch: int = 0  # 0 = all; >0 samples a fixed-size epoch (mini budgets)
+    # optimisation
+    epochs: int = 1
+    batch_size: int = 64
+    accum_steps: int = 1  # gradient accumulation: effective batch = batch_size * accum_steps * world
+    optimizer: str = "nadam"  # sgd | nadam | adam | adamw
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "step"  # step | cosine | constant
+    lr_milestones: list[int] = field(default_factory=list)  # epochs where a step schedule multiplies by lr_gamma
+    lr_gamma: float = 0.2
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    amp: str = "bf16"  # bf16 | fp16 | none (CUDA only; CPU runs fp32)
+    channels_last: bool = True  # CUDA only
+    seed: int = 0
+    # inference
+    tta: list[str] = field(default_factory=lambda: ["orig", "hflip"])
+    aggregate: str = "mean"  # mean | geomean: a product's probability from its images'
+    topk: int = 20
+    eval_batch_size: int = 256
+    folds: list[int] = field(default_factory=list)  # empty = every fold in folds.csv
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_text(path, self.to_yaml())
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise DataError(f"{path}: invalid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a mapping of option: value")
+    unknown = set(data) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise DataError(f"{path}: unknown options {sorted(unknown)}")
+    return data
+
+
+def _argument(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: object) -> None:
+    """A flag absent from the command line stays absent (SUPPRESS), so the YAML value holds."""
+    flag, kw = "--" + f.name.replace("_", "-"), {"dest": f.name, "default": argparse.SUPPRESS}
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+    elif origin is list:
+        (item,) = typing.get_args(hint)
+        parser.add_argument(flag, nargs="*", type=item, **kw)
+    elif origin in (typing.Union, types.UnionType):
+        parser.add_argument(flag, type=lambda s: None if s.lower() in ("none", "null", "") else s, **kw)
+    else:
+        parser.add_argument(flag, type=hint, **kw)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (defaults left to the YAML / the dataclass)."""
+    hints = typing.get_type_hints(TrainConfig)
+    group = parser.add_argument_group("recipe (overrides the YAML)")
+    for f in dataclasses.fields(TrainConfig):
+        _argument(group, f, hints[f.name])
+
+
+def parse_config(args: argparse.Namespace, yaml_path: str | os.PathLike | None) -> TrainConfig:
+    """TrainConfig = dataclass defaults <- YAML <- command-line flags that were given."""
+    values = load_yaml(yaml_path) if yaml_path else {}
+    for f in dataclasses.fields(TrainConfig):
+        if hasattr(args, f.name):
+            values[f.name] = getattr(args, f.name)
+    return TrainConfig(**values)

@@ -1,0 +1,177 @@
+"""Train every fold of one recipe, predict its OOF and test products, merge them into a source.
+
+    work/models/<solution>/<name>/fold<k>/   last.pt best.pt summary.csv config.yaml oof.npz test.npz
+    work/preds/<solution>_<name>/            oof.npz (each fold's own products) test.npz (mean of folds) summary.json
+
+A fold whose oof.npz and test.npz exist is skipped; an unfinished fold resumes from last.pt.
+A solution differs from another by its Task (datasets, batches, prediction), not by this loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .atomic import write_json
+from .bson_reader import BsonReader
+from .categories import CategoryTree
+from .config import TrainConfig
+from .data import ImageDataset, collate_images, image_table
+from .errors import DataError, log
+from .folds import read_folds
+from .infer import average_topk, predict_products
+from .metrics import accuracy
+from .models import ModelSpec, create_model, normalization
+from .predictions import TopK, concat_topk, load_topk, save_topk
+from .prepare import DatasetPaths
+from .paths import WorkDir
+from .train import Runtime, fit, image_batch, load_checkpoint, setup_runtime
+
+EXCLUDED = -2  # a train product absent from folds.csv (see folds_excluded.csv)
+
+
+@dataclass
+class FoldData:
+    """Everything a fold needs, loaded once per recipe."""
+
+    tree: CategoryTree
+    train: BsonReader
+    test: BsonReader
+    labels: np.ndarray  # label index per train index row (-1 unknown)
+    fold: np.ndarray  # fold per train index row (EXCLUDED when not in folds.csv)
+
+    def rows(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
+        """(training rows, validation rows) of fold k: fold -1 products always train."""
+        usable = self.fold != EXCLUDED
+        return np.flatnonzero(usable & (self.fold != fold)), np.flatnonzero(self.fold == fold)
+
+    @property
+    def test_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.test.index.n_imgs > 0)
+
+
+def load_fold_data(work: WorkDir) -> FoldData:
+    paths = DatasetPaths.load(work)
+    tree = paths.tree()
+    train_index, test_index = paths.index(work, "train"), paths.index(work, "test")
+    folds = read_folds(work.folds)
+    fold = np.full(len(train_index), EXCLUDED, np.int64)
+    pos = train_index.positions_of(folds["_id"].to_numpy())
+    if (pos < 0).any():
+        raise DataError(f"{work.folds}: {(pos < 0).sum()} _ids are not in the train index; rebuild the folds")
+    fold[pos] = folds["fold"].to_numpy()
+    labels = tree.to_index(train_index.category_ids, strict=False)
+    return FoldData(tree, BsonReader(paths.train, train_index), BsonReader(paths.test, test_index), labels, fold)
+
+
+@dataclass
+class Task:
+    """How a solution turns products into samples, samples into batches, a model into predictions."""
+
+    train_set: Callable[[FoldData, np.ndarray, TrainConfig, bool], torch.utils.data.Dataset]
+    collate: Callable
+    to_batch: Callable[[tuple, tuple, TrainConfig], Callable]
+    predict: Callable[..., TopK]
+    val_batch_sampler: Callable | None = None
+
+
+def _image_set(data: FoldData, rows: np.ndarray, cfg: TrainConfig, train: bool) -> ImageDataset:
+    table = image_table(data.train.index.n_imgs, rows)
+    return ImageDataset(data.train, table, data.labels[rows], cfg.input_size, hflip=cfg.hflip and train)
+
+
+IMAGE_TASK = Task(
+    train_set=_image_set,
+    collate=collate_images,
+    to_batch=lambda mean, std, cfg: image_batch(mean, std, cfg.channels_last),
+    predict=predict_products,
+)
+
+
+def run_fold(cfg: TrainConfig, data: FoldData, work: WorkDir, fold: int, task: Task, runtime: Runtime, resume: bool) -> None:
+    out = work.model_dir(cfg.solution, cfg.name, fold)
+    if (out / "oof.npz").exists() and (out / "test.npz").exists():
+        log.info("%s fold %d: predictions exist, skipped", cfg.name, fold)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    if runtime.is_main:
+        cfg.save(out / "config.yaml")
+    torch.manual_seed(cfg.seed * 1000 + fold)
+    model = create_model(ModelSpec(cfg.model, len(data.tree), cfg.pretrained, cfg.drop_rate))
+    mean, std = normalization(model)
+    train_rows, val_rows = data.rows(fold)
+    if len(val_rows) == 0:
+        raise DataError(f"fold {fold} has no products in {work.folds}")
+    train_set, val_set = task.train_set(data, train_rows, cfg, True), task.train_set(data, val_rows, cfg, False)
+    result = fit(cfg, model, train_set, val_set, task.collate, task.to_batch(mean, std, cfg), out, runtime, resume)
+    model.load_state_dict(load_checkpoint(result.last)["model"])
+    oof = task.predict(model, data.train, val_rows, cfg, runtime, mean, std)
+    test = task.predict(model, data.test, data.test_rows, cfg, runtime, mean, std)
+    if runtime.is_main:
+        save_topk(out / "oof.npz", oof)
+        save_topk(out / "test.npz", test)
+
+
+def merge_folds(cfg: TrainConfig, data: FoldData, work: WorkDir, folds: list[int]) -> dict:
+    """OOF = each fold's own products; test = mean over the fold models; summary.json beside."""
+    dirs = [work.model_dir(cfg.solution, cfg.name, k) for k in folds]
+    oof = concat_topk([load_topk(d / "oof.npz") for d in dirs])
+    test = average_topk([load_topk(d / "test.npz") for d in dirs], cfg.topk)
+    out = work.preds(f"{cfg.solution}_{cfg.name}")
+    save_topk(out / "oof.npz", oof)
+    save_topk(out / "test.npz", test)
+    rows = data.train.index.positions_of(oof.ids)
+    summary = {
+        "source": f"{cfg.solution}_{cfg.name}",
+        "model": cfg.model,
+        "folds": folds,
+        "oof_products": int(len(oof)),
+        "oof_product_accuracy": accuracy(oof.top1, data.labels[rows]),
+        "val_image_accuracy_per_fold": [_last_val_acc(d) for d in dirs],
+        "test_products": int(len(test)),
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _last_val_acc(fold_dir) -> float | None:
+    import csv
+
+    path = fold_dir / "summary.csv"
+    if not path.exists():
+        return None
+    rows = list(csv.DictReader(open(path)))
+    return float(rows[-1]["val_acc"]) if rows else None
+
+
+def run_recipe(cfg: TrainConfig, work: WorkDir, task: Task = IMAGE_TASK, resume: bool = True) -> dict | None:
+    runtime = setup_runtime()
+    data = load_fold_data(work)
+    folds = cfg.folds or sorted(int(k) for k in np.unique(data.fold) if k >= 0)
+    for k in folds:
+        run_fold(cfg, data, work, k, task, runtime, resume)
+    if not runtime.is_main:
+        return None
+    summary = merge_folds(cfg, data, work, folds)
+    print(f"{summary['source']}: OOF product accuracy {summary['oof_product_accuracy']:.4f} on {summary['oof_products']} products")
+    return summary
+
+
+def train_main(task: Task, argv: list[str] | None = None, description: str = "") -> dict | None:
+    """`--config recipe.yaml [--work DIR] [--any-recipe-option value]`: train all folds, merge."""
+    import argparse
+    import logging
+
+    from .config import add_config_arguments, parse_config
+
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="recipe YAML (command-line options override it)")
+    p.add_argument("--work", default=None, help="work dir (default: $CDISCOUNT_WORK or ./work)")
+    p.add_argument("--no-resume", action="store_true", help="ignore last.pt and train the unfinished folds from scratch")
+    add_config_arguments(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    cfg = parse_config(args, args.config)
+    return run_recipe(cfg, WorkDir(args.work), task, resume=not args.no_resume)

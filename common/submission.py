@@ -1,0 +1,78 @@
+"""The Kaggle submission: `_id,category_id`, one row per test product, and its validator."""
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .atomic import atomic_path
+from .categories import CategoryTree
+from .errors import DataError
+
+HEADER = ["_id", "category_id"]
+
+
+def write_submission(path: str | os.PathLike, ids: np.ndarray, category_ids: np.ndarray) -> Path:
+    """Write a .csv or .csv.gz submission atomically, rows sorted by _id."""
+    path = Path(path)
+    order = np.argsort(ids, kind="stable")
+    frame = pd.DataFrame({"_id": np.asarray(ids, np.int64)[order], "category_id": np.asarray(category_ids, np.int64)[order]})
+    with atomic_path(path) as tmp:
+        if path.suffix == ".gz":
+            with gzip.open(tmp, "wt", newline="") as f:
+                frame.to_csv(f, index=False)
+        else:
+            frame.to_csv(tmp, index=False)
+    return path
+
+
+def validate_submission(path: str | os.PathLike, test_ids: np.ndarray, tree: CategoryTree) -> pd.DataFrame:
+    """Every test _id exactly once, nothing else, every category_id in the tree; returns the frame."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, dtype={"_id": "int64", "category_id": "int64"})
+    except (ValueError, pd.errors.ParserError) as e:
+        raise DataError(f"{path}: unreadable submission ({e})") from None
+    if list(frame.columns) != HEADER:
+        raise DataError(f"{path}: header {list(frame.columns)}, expected {HEADER}")
+    ids = frame["_id"].to_numpy()
+    dup = pd.Series(ids).duplicated()
+    if dup.any():
+        raise DataError(f"{path}: {int(dup.sum())} _ids appear more than once, e.g. {int(ids[dup.to_numpy()][0])}")
+    test_ids = np.asarray(test_ids, np.int64)
+    missing = np.setdiff1d(test_ids, ids)
+    if len(missing):
+        raise DataError(f"{path}: {len(missing)} test products have no row, e.g. _id {missing[:5].tolist()}")
+    extra = np.setdiff1d(ids, test_ids)
+    if len(extra):
+        raise DataError(f"{path}: {len(extra)} rows are not test products, e.g. _id {extra[:5].tolist()}")
+    unknown = tree.to_index(frame["category_id"].to_numpy(), strict=False) < 0
+    if unknown.any():
+        raise DataError(f"{path}: {int(unknown.sum())} rows have a category_id not in {tree.source}, e.g. {int(frame['category_id'][unknown].iloc[0])}")
+    return frame
+
+
+def submission_from_topk(path: str | os.PathLike, preds, test_ids: np.ndarray, tree: CategoryTree, fallback_label: int) -> tuple[Path, int]:
+    """Top-1 of each predicted test product; every other test product gets `fallback_label`
+    (the most frequent training category), so the submission always has every row.
+    Returns (path, number of fallback rows)."""
+    test_ids = np.asarray(test_ids, np.int64)
+    labels = np.full(len(test_ids), fallback_label, np.int64)
+    rows = np.searchsorted(preds.ids, test_ids)
+    rows = np.clip(rows, 0, max(len(preds.ids) - 1, 0))
+    have = (preds.ids[rows] == test_ids) if len(preds.ids) else np.zeros(len(test_ids), bool)
+    labels[have] = preds.top1[rows[have]]
+    write_submission(path, test_ids, tree.to_id(labels))
+    validate_submission(path, test_ids, tree)
+    return Path(path), int((~have).sum())
+
+
+def score_submission(path: str | os.PathLike, labels_csv: str | os.PathLike) -> float:
+    """Accuracy of a submission against known test labels (the mini data's test_labels.csv)."""
+    sub = pd.read_csv(path)
+    truth = pd.read_csv(labels_csv)
+    merged = truth.merge(sub, on="_id", how="left", suffixes=("_true", "_pred"))
+    return float((merged["category_id_true"] == merged["category_id_pred"]).mean())

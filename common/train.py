@@ -1,0 +1,300 @@
+"""The training loop every solution uses: optimisers, schedules, AMP, DDP, checkpoints, resume.
+
+Single process by default; under torchrun (WORLD_SIZE > 1) it runs DistributedDataParallel:
+    torchrun --standalone --nproc_per_node=8 -m solutions.dylan.train --config ...          (one node)
+    torchrun --nnodes=2 --node_rank=R --nproc_per_node=8 --rdzv_backend=c10d \\
+             --rdzv_endpoint=HOST:29500 -m solutions.dylan.train --config ...               (two nodes)
+A checkpoint is written atomically after every epoch (last.pt; best.pt on the best validation
+accuracy) with the optimiser, scheduler position, history and RNG state, so `--resume` continues
+exactly where an interrupted run stopped.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .atomic import atomic_path
+from .config import TrainConfig
+from .data import EpochSampler, normalize_on_device
+from .errors import log
+
+# ----------------------------------------------------------------------------- registries
+
+OPTIMIZERS: dict[str, Callable[[list, TrainConfig], torch.optim.Optimizer]] = {
+    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
+    "nadam": lambda p, c: torch.optim.NAdam(p, lr=c.lr, weight_decay=c.weight_decay),
+    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay),
+    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay),
+}
+
+SCHEDULES: dict[str, Callable[[TrainConfig, float], float]] = {
+    "constant": lambda c, e: 1.0,
+    "step": lambda c, e: c.lr_gamma ** sum(e >= m for m in c.lr_milestones),
+    "cosine": lambda c, e: 0.5 * (1 + math.cos(math.pi * min(e / max(c.epochs, 1), 1.0))),
+}
+
+
+def lr_factor(cfg: TrainConfig, epoch: float) -> float:
+    """Multiplier of cfg.lr at a (fractional) epoch: linear warm-up, then the named schedule."""
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose from {sorted(SCHEDULES)}")
+    warm = min(1.0, (epoch + 1e-9) / cfg.warmup_epochs) if cfg.warmup_epochs > 0 else 1.0
+    return warm * SCHEDULES[cfg.schedule](cfg, epoch)
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose from {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[cfg.optimizer]([p for p in model.parameters() if p.requires_grad], cfg)
+
+
+# ----------------------------------------------------------------------------- runtime
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def setup_runtime() -> Runtime:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: then one GPU per process, NCCL (gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+        return Runtime(device, dist.get_rank(), world)
+    return Runtime(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def autocast(cfg: TrainConfig, runtime: Runtime):
+    """bf16/fp16 autocast on CUDA; CPU runs in fp32 (reproducible, and fast enough for mini)."""
+    enabled = runtime.cuda and cfg.amp != "none"
+    dtype = torch.float16 if cfg.amp == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=runtime.device.type, dtype=dtype, enabled=enabled)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """weights_only=True: a checkpoint is data, never code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: name it and stop
+        raise RuntimeError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e}); delete it to restart the fold") from None
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_summary(path: Path, history: list[dict]) -> None:
+    """Per-epoch figures as CSV (rewritten whole from the checkpoint's history: resume-safe)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Batch:
+    """What a task hands the loop: normalised inputs, integer targets, a mask of usable samples."""
+
+    inputs: torch.Tensor
+    target: torch.Tensor
+    valid: torch.Tensor
+
+
+BatchFn = Callable[[dict, Runtime], Batch]
+
+
+def image_batch(mean, std, channels_last: bool) -> BatchFn:
+    """The default task: one image per sample (uint8 pixels -> normalised on the device)."""
+
+    def to_batch(raw: dict, runtime: Runtime) -> Batch:
+        pixels = raw["pixels"].to(runtime.device, non_blocking=True)
+        x = normalize_on_device(pixels, mean, std, channels_last and runtime.cuda)
+        target = raw["label"].to(runtime.device, non_blocking=True)
+        valid = raw["ok"].to(runtime.device) & (target >= 0)
+        return Batch(x, target, valid)
+
+    return to_batch
+
+
+@dataclass
+class FitResult:
+    last: Path
+    best: Path
+    history: list[dict]
+
+
+def fit(
+    cfg: TrainConfig,
+    model: nn.Module,
+    train_set: Dataset,
+    val_set: Dataset | None,
+    collate: Callable,
+    to_batch: BatchFn,
+    out_dir: Path,
+    runtime: Runtime,
+    resume: bool = True,
+    val_batch_sampler=None,
+) -> FitResult:
+    """Train for cfg.epochs; checkpoint, validate and log each epoch; resume from last.pt."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last, best = out_dir / "last.pt", out_dir / "best.pt"
+    torch.manual_seed(cfg.seed)
+    model.to(runtime.device)
+    if cfg.channels_last and runtime.cuda:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, model)
+    scaler = torch.amp.GradScaler(enabled=runtime.cuda and cfg.amp == "fp16")
+    start_epoch, history, best_acc = 0, [], -1.0
+    if resume and last.exists():
+        state = load_checkpoint(last)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        start_epoch, history, best_acc = state["epoch"] + 1, state["history"], state["best_acc"]
+        if runtime.is_main:
+            log.info("resumed %s at epoch %d", last, start_epoch)
+    net = nn.parallel.DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.cuda else None) if runtime.distributed else model
+    sampler = EpochSampler(len(train_set), cfg.seed, cfg.max_images_per_epoch, runtime.rank, runtime.world)
+    # drop the ragged last batch (a batch of one breaks BatchNorm) unless it is the only one
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
+                        pin_memory=runtime.cuda, drop_last=len(sampler) > cfg.batch_size)
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        train_loss, train_acc, seen = train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch, runtime, epoch)
+        seconds = time.perf_counter() - t0
+        val_loss, val_acc = evaluate(cfg, model, val_set, collate, to_batch, runtime, val_batch_sampler) if val_set is not None else (float("nan"), float("nan"))
+        row = {"epoch": epoch, "lr": cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9), "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
+               "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "images": seen, "images_per_s": round(seen / seconds, 1), "seconds": round(seconds, 1)}
+        history.append(row)
+        is_best = val_acc > best_acc or val_set is None
+        best_acc = max(best_acc, val_acc) if val_set is not None else best_acc
+        if runtime.is_main:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                     "epoch": epoch, "history": history, "best_acc": best_acc, "config": asdict(cfg)}
+            save_checkpoint(last, state)
+            if is_best:
+                save_checkpoint(best, {"model": model.state_dict(), "epoch": epoch, "val_acc": val_acc, "config": asdict(cfg)})
+            write_summary(out_dir / "summary.csv", history)
+            log.info("epoch %d: %s", epoch, row)
+        if runtime.distributed:
+            dist.barrier()
+    return FitResult(last, best, history)
+
+
+def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runtime: Runtime, epoch: int) -> tuple[float, float, int]:
+    """One pass; LR set per optimizer step from the fractional epoch; returns (loss, acc, samples)."""
+    net.train()
+    steps_per_epoch = max(1, math.ceil(len(loader) / cfg.accum_steps))
+    loss_sum, correct, seen = 0.0, 0, 0
+    bar = tqdm(loader, desc=f"{cfg.name} epoch {epoch}", leave=False, disable=not runtime.is_main)
+    optimizer.zero_grad(set_to_none=True)
+    for i, raw in enumerate(bar):
+        step = i // cfg.accum_steps
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(cfg, epoch + step / steps_per_epoch)
+        batch = to_batch(raw, runtime)
+        with autocast(cfg, runtime):
+            logits = net(batch.inputs)
+        loss = masked_cross_entropy(logits.float(), batch.target, batch.valid, cfg.label_smoothing)
+        scaler.scale(loss / cfg.accum_steps).backward()
+        if (i + 1) % cfg.accum_steps == 0 or i + 1 == len(loader):
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        n = int(batch.valid.sum())
+        loss_sum += float(loss.detach()) * n
+        correct += int(((logits.argmax(1) == batch.target) & batch.valid).sum())
+        seen += n
+        bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}")
+    return _reduce(runtime, loss_sum / max(seen, 1), correct / max(seen, 1), seen)
+
+
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Cross-entropy over usable samples only (a corrupt image or an unknown label adds nothing)."""
+    losses = nn.functional.cross_entropy(logits, target.clamp_min(0), reduction="none", label_smoothing=smoothing)
+    return (losses * valid).sum() / valid.sum().clamp_min(1)
+
+
+@torch.no_grad()
+def evaluate(cfg, model, dataset, collate, to_batch: BatchFn, runtime: Runtime, batch_sampler=None) -> tuple[float, float]:
+    """Sample-level loss and accuracy on a validation set (no TTA), sharded over ranks."""
+    model.eval()
+    if batch_sampler is None:
+        sampler = EpochSampler(len(dataset), cfg.seed, 0, runtime.rank, runtime.world, shuffle=False)
+        loader = DataLoader(dataset, batch_size=cfg.eval_batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers)
+    else:
+        loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=cfg.num_workers)
+    loss_sum, correct, seen = 0.0, 0, 0
+    for raw in loader:
+        batch = to_batch(raw, runtime)
+        with autocast(cfg, runtime):
+            logits = model(batch.inputs).float()
+        n = int(batch.valid.sum())
+        loss_sum += float(masked_cross_entropy(logits, batch.target, batch.valid, 0.0)) * n
+        correct += int(((logits.argmax(1) == batch.target) & batch.valid).sum())
+        seen += n
+    loss, acc, _ = _reduce(runtime, loss_sum / max(seen, 1), correct / max(seen, 1), seen)
+    return loss, acc
+
+
+def _reduce(runtime: Runtime, loss: float, acc: float, n: int) -> tuple[float, float, int]:
+    """Sample-weighted means over DDP ranks."""
+    if not runtime.distributed:
+        return loss, acc, n
+    t = torch.tensor([loss * n, acc * n, n], dtype=torch.float64, device=runtime.device)
+    dist.all_reduce(t)
+    return float(t[0] / t[2].clamp_min(1)), float(t[1] / t[2].clamp_min(1)), int(t[2])

@@ -1,0 +1,127 @@
+"""Training core: schedules, full recipes step once, exact resume, fold OOF/test coverage, submission."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from common.config import TrainConfig, load_yaml
+from common.data import ImageDataset, collate_images, image_table
+from common.errors import DataError
+from common.models import ModelSpec, create_model, normalization
+from common.paths import REPO, WorkDir
+from common.predictions import load_topk
+from common.recipe import IMAGE_TASK, load_fold_data, run_recipe
+from common.train import Runtime, fit, image_batch, lr_factor, masked_cross_entropy
+
+DYLAN_FULL = sorted(p for p in (REPO / "solutions/dylan/configs").glob("*.yaml") if not p.stem.startswith("mini"))
+CPU = Runtime(torch.device("cpu"))
+
+
+def small_cfg(**kw) -> TrainConfig:
+    base = dict(solution="test", name="tiny", model="resnet10t", input_size=32, epochs=2, batch_size=8, num_workers=0,
+                optimizer="nadam", lr=3e-3, schedule="step", lr_milestones=[1], label_smoothing=0.1, amp="none",
+                eval_batch_size=16, topk=5, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_lr_schedules():
+    step = TrainConfig(lr=1e-4, schedule="step", lr_milestones=[9, 13], lr_gamma=0.2, epochs=15)
+    assert [round(lr_factor(step, e) * step.lr, 12) for e in (0, 8.99, 9, 12.5, 13, 14.9)] == [1e-4, 1e-4, 2e-5, 2e-5, 4e-6, 4e-6]
+    cos = TrainConfig(schedule="cosine", epochs=10)
+    assert lr_factor(cos, 0) == pytest.approx(1) and lr_factor(cos, 5) == pytest.approx(0.5) and lr_factor(cos, 10) == pytest.approx(0)
+    warm = TrainConfig(schedule="constant", warmup_epochs=2)
+    assert lr_factor(warm, 1) == pytest.approx(0.5) and lr_factor(warm, 3) == 1
+    with pytest.raises(ValueError, match="unknown schedule"):
+        lr_factor(TrainConfig(schedule="exotic"), 0)
+
+
+@pytest.mark.parametrize("recipe", DYLAN_FULL, ids=lambda p: p.stem)
+def test_full_recipe_builds_with_5270_classes_and_steps(recipe):
+    """The GPU recipes themselves, on a 2-image batch at 64 px (pretrained weights off)."""
+    from common.train import build_optimizer
+
+    cfg = TrainConfig(**{**load_yaml(recipe), "pretrained": None})
+    model = create_model(ModelSpec(cfg.model, 5270, None, cfg.drop_rate))
+    optimizer = build_optimizer(cfg, model)
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 5269])
+    before = [p.detach().clone() for p in model.parameters()][-1]
+    logits = model(x)
+    loss = masked_cross_entropy(logits, y, torch.ones(2, dtype=torch.bool), cfg.label_smoothing)
+    loss.backward()
+    optimizer.step()
+    assert logits.shape == (2, 5270) and torch.isfinite(loss)
+    assert not torch.equal(before, list(model.parameters())[-1])
+
+
+def test_masked_loss_ignores_invalid():
+    logits = torch.tensor([[5.0, 0.0], [0.0, 5.0], [9.0, -9.0]])
+    target = torch.tensor([0, 1, 1])
+    valid = torch.tensor([True, True, False])
+    assert masked_cross_entropy(logits, target, valid, 0.0) == pytest.approx(masked_cross_entropy(logits[:2], target[:2], valid[:2], 0.0))
+
+
+def _fit(tmp, work, cfg, resume=True):
+    data = load_fold_data(WorkDir(work))
+    torch.manual_seed(cfg.seed)
+    model = create_model(ModelSpec(cfg.model, len(data.tree)))
+    mean, std = normalization(model)
+    train_rows, val_rows = data.rows(0)
+    make = lambda rows, train: ImageDataset(data.train, image_table(data.train.index.n_imgs, rows), data.labels[rows], cfg.input_size, hflip=train)  # noqa: E731
+    fit(cfg, model, make(train_rows, True), make(val_rows, False), collate_images, image_batch(mean, std, False), tmp, CPU, resume)
+    return model
+
+
+def test_resume_continues_exactly(tiny_work, tmp_path):
+    """2 epochs straight == 1 epoch, stop, resume for the 2nd (optimizer, schedule, RNG restored)."""
+    straight = _fit(tmp_path / "a", tiny_work, small_cfg(epochs=2, drop_rate=0.2))
+    _fit(tmp_path / "b", tiny_work, small_cfg(epochs=1, drop_rate=0.2))
+    resumed = _fit(tmp_path / "b", tiny_work, small_cfg(epochs=2, drop_rate=0.2))
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    history = pd.read_csv(tmp_path / "b" / "summary.csv")
+    assert history["epoch"].tolist() == [0, 1] and history.equals(pd.read_csv(tmp_path / "a" / "summary.csv").assign(seconds=history["seconds"], images_per_s=history["images_per_s"]))
+
+
+def test_corrupt_checkpoint_is_named(tiny_work, tmp_path):
+    _fit(tmp_path, tiny_work, small_cfg(epochs=1))
+    last = tmp_path / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    with pytest.raises(RuntimeError, match="last.pt: unreadable checkpoint"):
+        _fit(tmp_path, tiny_work, small_cfg(epochs=2))
+
+
+def test_recipe_oof_covers_every_product_once_and_dylan_submits(tiny_work, capsys):
+    from solutions.dylan.submit import main as submit_main
+
+    work = WorkDir(tiny_work)
+    cfg = small_cfg(solution="dylan", name="tiny_a", epochs=2)
+    summary = run_recipe(cfg, work, IMAGE_TASK)
+    folds = pd.read_csv(work.folds)
+    oof = load_topk(work.preds("dylan_tiny_a") / "oof.npz")
+    assert oof.ids.tolist() == sorted(folds["_id"].tolist())  # every product of folds.csv, once
+    test = load_topk(work.preds("dylan_tiny_a") / "test.npz")
+    data = load_fold_data(work)
+    assert test.ids.tolist() == sorted(np.asarray(data.test.index.ids).tolist())
+    assert np.allclose(test.probs.astype(np.float32).sum(1), 1, atol=0.02)  # 6 classes, K=5: nearly all the mass
+    assert summary["oof_product_accuracy"] > 0.5  # colours are easy: far above the 1/6 prior
+    for k in (0, 1):
+        fold_dir = work.model_dir("dylan", "tiny_a", k)
+        assert {"last.pt", "best.pt", "summary.csv", "config.yaml", "oof.npz", "test.npz"} <= {p.name for p in fold_dir.iterdir()}
+    run_recipe(small_cfg(solution="dylan", name="tiny_b", epochs=1, model="mobilenetv3_small_050", seed=5), work, IMAGE_TASK)
+    report = submit_main(["--work", str(tiny_work)])
+    assert set(report["sources"]) == {"dylan_tiny_a", "dylan_tiny_b"}
+    sub = pd.read_csv(work.submissions / "dylan.csv.gz")
+    assert len(sub) == len(data.test.index) and report["test_accuracy"] is not None
+    assert "OOF product accuracy" in capsys.readouterr().out
+
+
+def test_finished_folds_are_skipped(tiny_work):
+    work = WorkDir(tiny_work)
+    cfg = small_cfg(solution="dylan", name="skip", epochs=1, folds=[0])
+    run_recipe(cfg, work)
+    stamp = (work.model_dir("dylan", "skip", 0) / "oof.npz").stat().st_mtime_ns
+    run_recipe(cfg, work)
+    assert (work.model_dir("dylan", "skip", 0) / "oof.npz").stat().st_mtime_ns == stamp
