@@ -9,7 +9,7 @@
 # A stage whose outputs exist is skipped, so an interrupted run continues where it stopped.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-DATA="" WORK="$ROOT/work" PRESET="default" PROFILE="mini" FROM="" ONLY="" FORCE=0 SEED=0 N_FOLDS=5
+DATA="" WORK="$ROOT/work" PRESET="default" PROFILE="mini" FROM="" ONLY="" FORCE=0 SEED=0 N_FOLDS=""
 usage() { sed -n '2,9p' "$0"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -27,10 +27,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$PROFILE" in mini|full) ;; *) echo "run_all.sh: --profile must be mini or full" >&2; exit 2 ;; esac
+# 3 folds keep the mini run within its CPU budget; 5 on the full profile (override with --n-folds)
+[ -n "$N_FOLDS" ] || { [ "$PROFILE" = mini ] && N_FOLDS=3 || N_FOLDS=5; }
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
-STAGES=(data index folds stats)
-TO_COME=(dylan bestfitting convoluted ocr md5 stack report)
+STAGES=(data index folds stats dylan)
+TO_COME=(bestfitting convoluted ocr md5 stack report)
 for s in "$FROM" "$ONLY"; do
   if [ -n "$s" ] && [[ ! " ${STAGES[*]} " =~ " $s " ]]; then
     echo "run_all.sh: unknown stage '$s' (stages: ${STAGES[*]}; still to come: ${TO_COME[*]})" >&2; exit 2
@@ -45,6 +47,25 @@ else
   MINI="$WORK/mini"
   TRAIN="$MINI/train.bson" TEST="$MINI/test.bson" CATEGORIES="$MINI/category_names.csv"
 fi
+TEST_LABELS=()
+[ -z "$DATA" ] && TEST_LABELS=(--test-labels "$MINI/test_labels.csv")
+
+# one process per GPU under torchrun when several are visible, else plain python
+NGPU="$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
+if [ "$NGPU" -gt 1 ]; then LAUNCH=(torchrun --standalone --nproc_per_node="$NGPU"); else LAUNCH=(python); fi
+recipes() {  # recipes SOLUTION: the recipe YAMLs of the chosen profile (mini_*.yaml, or the others)
+  local f
+  for f in "$ROOT/solutions/$1/configs/"*.yaml; do
+    case "$(basename "$f")" in mini_*) [ "$PROFILE" = mini ] && echo "$f" ;; *) [ "$PROFILE" = full ] && echo "$f" ;; esac
+  done
+}
+train_solution() {  # train_solution SOLUTION: every recipe of the profile (all folds), then the solution's blend
+  local recipe
+  for recipe in $(recipes "$1"); do
+    "${LAUNCH[@]}" -m "solutions.$1.train" --config "$recipe" --work "$WORK"
+  done
+  python -m "solutions.$1.submit" --work "$WORK"
+}
 
 started=0
 should_run() {  # should_run STAGE: honours --from / --only
@@ -71,12 +92,13 @@ force_flag() { [ "$FORCE" = 1 ] && echo --force || true; }
 if [ -z "$DATA" ]; then
   run_stage data "" python -m common.mini --out "$MINI" --preset "$PRESET" --seed "$SEED" $(force_flag)
 fi
-run_stage index "" bash -c "python -m common.bson_index --bson '$TRAIN' --out '$WORK/index/train' $(force_flag) && \
-                            python -m common.bson_index --bson '$TEST' --out '$WORK/index/test' $(force_flag)"
+run_stage index "" python -m common.prepare --train "$TRAIN" --test "$TEST" --categories "$CATEGORIES" "${TEST_LABELS[@]}" --work "$WORK"
 run_stage folds "$WORK/folds.csv" python -m common.folds --index "$WORK/index/train" --categories "$CATEGORIES" \
   --out "$WORK/folds.csv" --n-folds "$N_FOLDS" --seed "$SEED"
 run_stage stats "$WORK/stats/train/stats.json" bash -c "python -m common.stats --bson '$TRAIN' --categories '$CATEGORIES' --out '$WORK/stats/train' && \
                                                      python -m common.stats --bson '$TEST' --categories '$CATEGORIES' --out '$WORK/stats/test'"
+
+run_stage dylan "$WORK/preds/dylan/summary.json" train_solution dylan
 
 echo
 echo "Wall time per stage:"

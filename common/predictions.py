@@ -8,6 +8,7 @@ float16[N, K] (descending; 0 pads). npz without pickle; written atomically.
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def load_topk(path: str | os.PathLike) -> TopK:
     try:
         with np.load(path, allow_pickle=False) as z:
             preds = TopK(z["ids"], z["labels"], z["probs"])
-    except (KeyError, ValueError, OSError, EOFError) as e:
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: not a valid top-K prediction file ({e})") from None
     validate_topk(preds, str(path))
     return preds

@@ -125,3 +125,23 @@ def test_finished_folds_are_skipped(tiny_work):
     stamp = (work.model_dir("dylan", "skip", 0) / "oof.npz").stat().st_mtime_ns
     run_recipe(cfg, work)
     assert (work.model_dir("dylan", "skip", 0) / "oof.npz").stat().st_mtime_ns == stamp
+
+
+def test_corrupt_images_are_masked_not_fatal(write_bson):
+    from common.bson_index import build_index
+    from common.bson_reader import BsonReader
+    from common.infer import predict_products
+    from tests.conftest import solid_jpeg
+
+    path = write_bson("bad.bson", [(1, [b"\xff\xd8 broken", solid_jpeg(1)], None), (2, [b""], None), (3, [solid_jpeg(3)], None)])
+    reader = BsonReader(path, build_index(path, progress=False))
+    table = image_table(reader.index.n_imgs, np.arange(3))
+    ds = ImageDataset(reader, table, None, 32)
+    assert [ds[i][3] for i in range(len(ds))] == [False, True, False, True]
+    cfg = small_cfg(topk=3)
+    model = create_model(ModelSpec(cfg.model, 4))
+    preds = predict_products(model, reader, np.arange(3), cfg, CPU, *normalization(model))
+    assert preds.ids.tolist() == [1, 3]  # product 2 has no decodable image: left to the fallback
+    batch = collate_images([ds[i] for i in range(4)])
+    valid = image_batch(*normalization(model), False)({**batch, "label": torch.tensor([0, 0, 1, 2])}, CPU).valid
+    assert valid.tolist() == [False, True, False, True]

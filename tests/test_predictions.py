@@ -1,0 +1,120 @@
+"""Top-K prediction files, aggregation over a product's images, fold averaging, submissions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from common.categories import CategoryTree
+from common.data import ProductBatchSampler, image_table
+from common.errors import DataError
+from common.infer import aggregate, average_topk
+from common.predictions import TopK, concat_topk, load_topk, save_topk, topk_from_dense
+from common.submission import submission_from_topk, validate_submission, write_submission
+
+
+def dense(rng, n, c):
+    p = rng.random((n, c)).astype(np.float32) ** 4
+    return p / p.sum(1, keepdims=True)
+
+
+def test_topk_from_dense_sorted_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    ids = np.array([30, 10, 20])
+    probs = dense(rng, 3, 12)
+    top = topk_from_dense(ids, probs, k=4)
+    assert top.ids.tolist() == [10, 20, 30]
+    assert (np.diff(top.probs.astype(np.float32), axis=1) <= 0).all()
+    assert top.labels[0, 0] == probs[1].argmax() and top.labels.dtype == np.int16 and top.probs.dtype == np.float16
+    save_topk(tmp_path / "p.npz", top)
+    back = load_topk(tmp_path / "p.npz")
+    assert (back.ids == top.ids).all() and (back.labels == top.labels).all() and (back.probs == top.probs).all()
+
+
+def test_bad_prediction_files_are_named(tmp_path):
+    top = topk_from_dense(np.arange(3), dense(np.random.default_rng(1), 3, 5), k=2)
+    save_topk(tmp_path / "p.npz", top)
+    half = tmp_path / "half.npz"
+    half.write_bytes((tmp_path / "p.npz").read_bytes()[:200])
+    with pytest.raises(DataError, match="half.npz"):
+        load_topk(half)
+    with pytest.raises(DataError, match="NaN"):
+        topk_from_dense(np.arange(2), np.array([[0.5, np.nan], [0.1, 0.9]]))
+    nan = TopK(top.ids, top.labels, top.probs.copy())
+    nan.probs[1, 0] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        save_topk(tmp_path / "nan.npz", nan)
+    with pytest.raises(DataError, match="sorted"):
+        save_topk(tmp_path / "unsorted.npz", TopK(top.ids[::-1].copy(), top.labels, top.probs))
+
+
+def test_aggregate_mean_and_geomean():
+    probs = torch.tensor([[0.8, 0.2], [0.4, 0.6], [0.5, 0.5], [0.9, 0.1]])
+    groups = torch.tensor([7, 7, 9, 9])
+    valid = torch.tensor([True, True, True, False])  # the last image is corrupt
+    ids, mean = aggregate(probs, groups, valid, "mean")
+    assert ids.tolist() == [7, 9] and torch.allclose(mean, torch.tensor([[0.6, 0.4], [0.5, 0.5]]))
+    _, geo = aggregate(probs, groups, valid, "geomean")
+    g = torch.tensor([(0.8 * 0.4) ** 0.5, (0.2 * 0.6) ** 0.5])
+    assert torch.allclose(geo[0], g / g.sum(), atol=1e-6)
+
+
+def test_product_batches_never_split_products():
+    n_imgs = np.array([1, 4, 2, 3, 1, 4, 4])
+    table = image_table(n_imgs, np.arange(7))
+    batches = list(ProductBatchSampler(table, batch_images=5))
+    assert sorted(i for b in batches for i in b) == list(range(n_imgs.sum()))
+    for b in batches:
+        products = set(table.product_pos[b].tolist())
+        assert sum(n_imgs[p] for p in products) == len(b)
+
+
+def test_average_topk_matches_dense_mean():
+    rng = np.random.default_rng(2)
+    a, b = dense(rng, 5, 8), dense(rng, 5, 8)
+    ids = np.arange(5)
+    avg = average_topk([topk_from_dense(ids, a, 8), topk_from_dense(ids, b, 8)], k=3, weights=[3.0, 1.0])
+    want = (3 * a + b) / 4
+    assert (avg.labels == np.argsort(-want, axis=1)[:, :3]).all()
+    assert np.allclose(avg.probs.astype(np.float32), -np.sort(-want, axis=1)[:, :3], atol=2e-3)
+    partial = average_topk([topk_from_dense(ids[:3], a[:3], 8), topk_from_dense(ids, b, 8)], k=2)
+    assert partial.ids.tolist() == ids.tolist()  # products 3, 4 come from the second part alone
+    assert (partial.labels[3:, 0] == b[3:].argmax(1)).all()
+
+
+def test_concat_rejects_overlap():
+    top = topk_from_dense(np.arange(4), dense(np.random.default_rng(3), 4, 5), k=2)
+    assert concat_topk([top.take(np.array([2, 3])), top.take(np.array([0, 1]))]).ids.tolist() == [0, 1, 2, 3]
+    with pytest.raises(DataError, match="overlap"):
+        concat_topk([top.take(np.array([0, 1])), top.take(np.array([1, 2]))])
+
+
+@pytest.fixture(scope="module")
+def tree(category_csv):
+    return CategoryTree.from_csv(category_csv)
+
+
+def test_submission_rejects_missing_repeated_and_unknown(tmp_path, tree):
+    test_ids = np.array([5, 6, 7])
+    good = tree.ids[[0, 1, 2]]
+    path = write_submission(tmp_path / "s.csv.gz", test_ids, good)
+    assert validate_submission(path, test_ids, tree)["_id"].tolist() == [5, 6, 7]
+    write_submission(tmp_path / "missing.csv", test_ids[:2], good[:2])
+    with pytest.raises(DataError, match="missing.csv: 1 test products have no row.*7"):
+        validate_submission(tmp_path / "missing.csv", test_ids, tree)
+    write_submission(tmp_path / "dup.csv", np.array([5, 5, 6, 7]), tree.ids[[0, 0, 1, 2]])
+    with pytest.raises(DataError, match="more than once"):
+        validate_submission(tmp_path / "dup.csv", test_ids, tree)
+    write_submission(tmp_path / "unknown.csv", test_ids, np.array([good[0], 123, good[2]]))
+    with pytest.raises(DataError, match="not in"):
+        validate_submission(tmp_path / "unknown.csv", test_ids, tree)
+    (tmp_path / "header.csv").write_text("id,category\n5,1\n")
+    with pytest.raises(DataError, match="header"):
+        validate_submission(tmp_path / "header.csv", test_ids, tree)
+
+
+def test_every_test_product_gets_a_row(tmp_path, tree):
+    preds = topk_from_dense(np.array([5, 7]), np.eye(3, dtype=np.float32)[[1, 2]], k=2)
+    path, fallback = submission_from_topk(tmp_path / "s.csv", preds, np.array([5, 6, 7]), tree, fallback_label=0)
+    frame = validate_submission(path, np.array([5, 6, 7]), tree)
+    assert fallback == 1 and frame["category_id"].tolist() == tree.ids[[1, 0, 2]].tolist()
