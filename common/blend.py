@@ -7,7 +7,7 @@ import numpy as np
 
 from .atomic import write_json
 from .infer import average_topk
-from .metrics import accuracy, class_prior_accuracy
+from .metrics import accuracy, class_prior_accuracy, product_report
 from .paths import WorkDir
 from .predictions import DEFAULT_K, TopK, load_topk, save_topk
 from .prepare import DatasetPaths
@@ -16,21 +16,25 @@ from .submission import score_submission, submission_from_topk
 
 @dataclass
 class Labels:
-    """Train labels by _id, for scoring OOF predictions."""
+    """Train labels and image counts by _id, for scoring OOF predictions."""
 
     ids: np.ndarray
     labels: np.ndarray
+    n_imgs: np.ndarray
 
     @classmethod
     def load(cls, work: WorkDir) -> "Labels":
         paths = DatasetPaths.load(work)
         index = paths.index(work, "train")
         order = np.argsort(index.ids, kind="stable")
-        return cls(np.asarray(index.ids[order]), paths.tree().to_index(index.category_ids[order], strict=False))
+        labels = paths.tree().to_index(index.category_ids[order], strict=False)
+        return cls(np.asarray(index.ids[order]), labels, np.asarray(index.n_imgs[order]))
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        return np.clip(np.searchsorted(self.ids, ids), 0, len(self.ids) - 1)
 
     def of(self, ids: np.ndarray) -> np.ndarray:
-        rows = np.searchsorted(self.ids, ids)
-        return self.labels[np.clip(rows, 0, len(self.ids) - 1)]
+        return self.labels[self.rows(ids)]
 
 
 def find_sources(work: WorkDir, prefix: str) -> list[str]:
@@ -67,6 +71,7 @@ def blend(work: WorkDir, sources: list[str], name: str, weights: list[float] | N
         "weights": weights or [1.0] * len(sources),
         "oof_products": int(len(oof)),
         "oof_product_accuracy": oof_accuracy(oof, labels),
+        "oof_report": product_report(oof.top1, labels.of(oof.ids), labels.n_imgs[labels.rows(oof.ids)], tree),
         "class_prior_accuracy": class_prior_accuracy(labels.labels[labels.labels >= 0], labels.of(oof.ids)),
         "submission": str(sub),
         "test_rows_from_fallback": fallback,
@@ -81,6 +86,9 @@ def print_report(report: dict) -> None:
         print(f"  {source:40s} OOF product accuracy {acc:.4f}")
     print(f"  {report['name'] + ' (blend)':40s} OOF product accuracy {report['oof_product_accuracy']:.4f} on {report['oof_products']} products")
     print(f"  {'class-prior baseline':40s} OOF product accuracy {report['class_prior_accuracy']:.4f}")
+    by_count = report["oof_report"]["by_image_count"]
+    print("  blend OOF accuracy by image count: " + ", ".join(f"{k}: {v['accuracy']:.3f} ({v['products']})" for k, v in by_count.items()))
+    print(f"  blend OOF level-1 accuracy: {report['oof_report']['level1_accuracy']:.4f}")
     if report["test_accuracy"] is not None:
         print(f"  mini test accuracy of {report['submission']}: {report['test_accuracy']:.4f}")
     print(f"  test rows from the fallback (no image prediction): {report['test_rows_from_fallback']}")

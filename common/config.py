@@ -20,6 +20,15 @@ from .atomic import write_text
 from .errors import DataError
 
 
+CHOICES = {
+    "optimizer": {"sgd", "nadam", "adam", "adamw"},
+    "schedule": {"step", "cosine", "constant"},
+    "amp": {"bf16", "fp16", "none"},
+    "aggregate": {"mean", "geomean"},
+    "decode_on": {"workers", "device"},
+}
+
+
 @dataclass
 class TrainConfig:
     # what and where
@@ -32,6 +41,7 @@ class TrainConfig:
     input_size: int = 180  # side of one image tile fed to the network
     hflip: bool = True  # random horizontal flip in training
     num_workers: int = 2
+    decode_on: str = "workers"  # workers (OpenCV in loader processes) | device (torchvision.io.decode_jpeg, nvjpeg on CUDA)
     max_images_per_epoch: int = 0  # 0 = all; >0 samples a fixed-size epoch (mini budgets)
     # optimisation
     epochs: int = 1
@@ -55,6 +65,15 @@ class TrainConfig:
     topk: int = 20
     eval_batch_size: int = 256
     folds: list[int] = field(default_factory=list)  # empty = every fold in folds.csv
+
+    def __post_init__(self) -> None:
+        """Reject a misspelt choice when the recipe is read, not hours into a run."""
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise DataError(f"recipe option {name}={getattr(self, name)!r}: choose from {sorted(allowed)}")
+        unknown = set(self.tta) - {"orig", "hflip"}
+        if unknown:
+            raise DataError(f"recipe option tta: unknown views {sorted(unknown)}")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)

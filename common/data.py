@@ -54,10 +54,17 @@ def to_chw(rgb: np.ndarray) -> torch.Tensor:
 
 
 class ImageDataset(Dataset):
-    """Item = (uint8 CxHxW, label, product position, ok). Indexed by int or (int, sample seed)."""
+    """Item = (uint8 CxHxW, label, product position, ok). Indexed by int or (int, sample seed).
 
-    def __init__(self, reader: BsonReader, table: ImageTable, labels: np.ndarray | None, size: int, hflip: bool = False):
+    With `device_decode`, the item carries the JPEG bytes and the flip decision instead
+    ((uint8 bytes[L], label, position, flip)): decode, resize and flip then run batched on the
+    training device (torchvision.io.decode_jpeg on CUDA), leaving the workers only the reads.
+    """
+
+    def __init__(self, reader: BsonReader, table: ImageTable, labels: np.ndarray | None, size: int, hflip: bool = False,
+                 device_decode: bool = False):
         self.reader, self.table, self.labels, self.size, self.hflip = reader, table, labels, size, hflip
+        self.device_decode = device_decode
 
     def __len__(self) -> int:
         return len(self.table)
@@ -67,9 +74,13 @@ class ImageDataset(Dataset):
         row, rank = int(self.table.product_row[i]), int(self.table.rank[i])
         product = self.reader[row]
         flip = self.hflip and bool(np.random.default_rng(sample_seed).integers(2))
+        label = -1 if self.labels is None else int(self.labels[self.table.product_pos[i]])
+        if self.device_decode:
+            data = product.images[rank]
+            jpeg = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
+            return jpeg, label, int(self.table.product_pos[i]), flip
         where = f"{self.reader.path} _id={product.product_id} image {rank}"
         rgb, ok = load_tile(product.images[rank], self.size, flip, where)
-        label = -1 if self.labels is None else int(self.labels[self.table.product_pos[i]])
         return to_chw(rgb), label, int(self.table.product_pos[i]), ok
 
 
@@ -97,8 +108,51 @@ class ProductDataset(Dataset):
 
 
 def collate_images(batch: list) -> dict[str, torch.Tensor]:
-    pixels, labels, pos, ok = zip(*batch)
-    return {"pixels": torch.stack(pixels), "label": torch.tensor(labels), "pos": torch.tensor(pos), "ok": torch.tensor(ok)}
+    pixels, labels, pos, last = zip(*batch)
+    out = {"label": torch.tensor(labels), "pos": torch.tensor(pos)}
+    if pixels[0].ndim == 1:  # device_decode: JPEG bytes of different lengths + flip flags
+        return {**out, "jpeg": list(pixels), "flip": torch.tensor(last)}
+    return {**out, "pixels": torch.stack(pixels), "ok": torch.tensor(last)}
+
+
+def decode_on_device(jpegs: list[torch.Tensor], flips: torch.Tensor, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched JPEG decode on `device` (nvjpeg on CUDA), resize, flip -> (uint8 NxCxSxS, ok[N]).
+
+    A batch with an undecodable image is retried image by image, so one corrupt JPEG costs only
+    itself (black, ok=False), as on the worker path.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        images = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        images = [_decode_one(j, device) for j in jpegs]
+    ok = torch.tensor([img is not None for img in images], device=device)
+    out = torch.zeros(len(jpegs), 3, size, size, dtype=torch.uint8, device=device)
+    for i, img in enumerate(images):
+        if img is None:
+            continue
+        if img.shape[-2:] != (size, size):
+            img = torch.nn.functional.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+            img = img.round().clamp(0, 255).to(torch.uint8)
+        out[i] = torch.flip(img, dims=[2]) if bool(flips[i]) else img
+    return out, ok
+
+
+def _decode_one(jpeg: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        return decode_jpeg(jpeg, mode=ImageReadMode.RGB, device=device) if len(jpeg) else None
+    except RuntimeError:
+        return None
+
+
+def batch_pixels(raw: dict, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 pixels, ok) on the device, whichever path decoded the batch."""
+    if "jpeg" in raw:
+        return decode_on_device(raw["jpeg"], raw["flip"], size, device)
+    return raw["pixels"].to(device, non_blocking=True), raw["ok"].to(device)
 
 
 def collate_products(batch: list, max_views: int = 4) -> dict[str, torch.Tensor]:

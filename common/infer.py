@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .config import TrainConfig
-from .data import ImageDataset, ProductBatchSampler, collate_images, image_table, normalize_on_device
+from .data import ImageDataset, ProductBatchSampler, batch_pixels, collate_images, image_table, normalize_on_device
 from .bson_reader import BsonReader
 from .errors import log
 from .predictions import TopK
@@ -64,15 +64,14 @@ def predict_products(model: nn.Module, reader: BsonReader, product_rows: np.ndar
     """Top-K per product (those with at least one decodable image), keyed by product _id."""
     model.eval().to(runtime.device)
     table = image_table(reader.index.n_imgs, product_rows)
-    dataset = ImageDataset(reader, table, None, cfg.input_size)
+    dataset = ImageDataset(reader, table, None, cfg.input_size, device_decode=cfg.decode_on == "device")
     sampler = ProductBatchSampler(table, cfg.eval_batch_size, runtime.rank, runtime.world)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_images, num_workers=cfg.num_workers, pin_memory=runtime.cuda)
     positions, labels, probs, corrupt = [], [], [], 0
     for raw in tqdm(loader, desc=f"predict {cfg.name}", leave=False, disable=not runtime.is_main):
-        pixels = raw["pixels"].to(runtime.device, non_blocking=True)
+        pixels, ok = batch_pixels(raw, cfg.input_size, runtime.device)
         x = normalize_on_device(pixels, mean, std, cfg.channels_last and runtime.cuda)
         p = tta_probs(model, x, cfg.tta, cfg, runtime)
-        ok = raw["ok"].to(runtime.device)
         corrupt += int((~ok).sum())
         pos, agg = aggregate(p, raw["pos"].to(runtime.device), ok, cfg.aggregate)
         top = agg.topk(min(cfg.topk, agg.shape[1]), dim=1)

@@ -22,7 +22,7 @@ from .data import ImageDataset, collate_images, image_table
 from .errors import DataError, log
 from .folds import read_folds
 from .infer import average_topk, predict_products
-from .metrics import accuracy
+from .metrics import product_report
 from .models import ModelSpec, create_model, normalization
 from .predictions import TopK, concat_topk, load_topk, save_topk
 from .prepare import DatasetPaths
@@ -79,13 +79,13 @@ class Task:
 
 def _image_set(data: FoldData, rows: np.ndarray, cfg: TrainConfig, train: bool) -> ImageDataset:
     table = image_table(data.train.index.n_imgs, rows)
-    return ImageDataset(data.train, table, data.labels[rows], cfg.input_size, hflip=cfg.hflip and train)
+    return ImageDataset(data.train, table, data.labels[rows], cfg.input_size, hflip=cfg.hflip and train, device_decode=cfg.decode_on == "device")
 
 
 IMAGE_TASK = Task(
     train_set=_image_set,
     collate=collate_images,
-    to_batch=lambda mean, std, cfg: image_batch(mean, std, cfg.channels_last),
+    to_batch=lambda mean, std, cfg: image_batch(mean, std, cfg.channels_last, cfg.input_size),
     predict=predict_products,
 )
 
@@ -123,12 +123,16 @@ def merge_folds(cfg: TrainConfig, data: FoldData, work: WorkDir, folds: list[int
     save_topk(out / "oof.npz", oof)
     save_topk(out / "test.npz", test)
     rows = data.train.index.positions_of(oof.ids)
+    report = product_report(oof.top1, data.labels[rows], data.train.index.n_imgs[rows], data.tree)
     summary = {
         "source": f"{cfg.solution}_{cfg.name}",
         "model": cfg.model,
         "folds": folds,
         "oof_products": int(len(oof)),
-        "oof_product_accuracy": accuracy(oof.top1, data.labels[rows]),
+        "oof_product_accuracy": report["accuracy"],
+        "oof_level1_accuracy": report["level1_accuracy"],
+        "oof_by_image_count": report["by_image_count"],
+        "oof_by_level1": report["by_level1"],
         "val_image_accuracy_per_fold": [_last_val_acc(d) for d in dirs],
         "test_products": int(len(test)),
     }

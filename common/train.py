@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_path
 from .config import TrainConfig
-from .data import EpochSampler, normalize_on_device
+from .data import EpochSampler, batch_pixels, normalize_on_device
 from .errors import log
 
 # ----------------------------------------------------------------------------- registries
@@ -155,15 +155,15 @@ class Batch:
 BatchFn = Callable[[dict, Runtime], Batch]
 
 
-def image_batch(mean, std, channels_last: bool) -> BatchFn:
-    """The default task: one image per sample (uint8 pixels -> normalised on the device)."""
+def image_batch(mean, std, channels_last: bool, size: int = 0) -> BatchFn:
+    """The default task: one image per sample (uint8 pixels, or JPEG bytes decoded on the
+    device, -> normalised on the device)."""
 
     def to_batch(raw: dict, runtime: Runtime) -> Batch:
-        pixels = raw["pixels"].to(runtime.device, non_blocking=True)
+        pixels, ok = batch_pixels(raw, size, runtime.device)
         x = normalize_on_device(pixels, mean, std, channels_last and runtime.cuda)
         target = raw["label"].to(runtime.device, non_blocking=True)
-        valid = raw["ok"].to(runtime.device) & (target >= 0)
-        return Batch(x, target, valid)
+        return Batch(x, target, ok & (target >= 0))
 
     return to_batch
 

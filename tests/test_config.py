@@ -45,3 +45,9 @@ def test_every_shipped_recipe_parses():
     for path in recipes:
         cfg = TrainConfig(**load_yaml(path))
         assert cfg.name == path.stem, path
+
+
+@pytest.mark.parametrize("field, value", [("optimizer", "adagrad"), ("schedule", "poly"), ("amp", "fp8"), ("aggregate", "median"), ("decode_on", "gpu"), ("tta", ["vflip"])])
+def test_bad_choices_fail_when_read(field, value):
+    with pytest.raises(DataError, match=field):
+        TrainConfig(**{field: value})

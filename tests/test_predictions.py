@@ -118,3 +118,17 @@ def test_every_test_product_gets_a_row(tmp_path, tree):
     path, fallback = submission_from_topk(tmp_path / "s.csv", preds, np.array([5, 6, 7]), tree, fallback_label=0)
     frame = validate_submission(path, np.array([5, 6, 7]), tree)
     assert fallback == 1 and frame["category_id"].tolist() == tree.ids[[1, 0, 2]].tolist()
+
+
+def test_product_report_breakdowns(tree):
+    from common.metrics import class_prior_accuracy, product_report
+
+    true = np.array([0, 0, 1, 2, 5000, -1])
+    pred = np.array([0, 1, 1, 2, 5001, 3])  # 5000 -> 5001: wrong category, same level-1 group
+    report = product_report(pred, true, np.array([1, 1, 2, 4, 4, 1]), tree)
+    assert report["products"] == 5 and report["accuracy"] == pytest.approx(3 / 5)
+    assert report["by_image_count"] == {"1": {"accuracy": 0.5, "products": 2}, "2": {"accuracy": 1.0, "products": 1},
+                                        "4": {"accuracy": 0.5, "products": 2}}
+    assert report["level1_accuracy"] == pytest.approx(1.0 if tree.level1_of[0] == tree.level1_of[1] else 0.8)
+    assert sum(v["products"] for v in report["by_level1"].values()) == 5
+    assert class_prior_accuracy(np.array([3, 3, 1]), np.array([3, 1, 3, 3])) == 0.75

@@ -34,8 +34,8 @@ def test_lr_schedules():
     assert lr_factor(cos, 0) == pytest.approx(1) and lr_factor(cos, 5) == pytest.approx(0.5) and lr_factor(cos, 10) == pytest.approx(0)
     warm = TrainConfig(schedule="constant", warmup_epochs=2)
     assert lr_factor(warm, 1) == pytest.approx(0.5) and lr_factor(warm, 3) == 1
-    with pytest.raises(ValueError, match="unknown schedule"):
-        lr_factor(TrainConfig(schedule="exotic"), 0)
+    with pytest.raises(DataError, match="schedule"):
+        TrainConfig(schedule="exotic")
 
 
 @pytest.mark.parametrize("recipe", DYLAN_FULL, ids=lambda p: p.stem)
@@ -145,3 +145,56 @@ def test_corrupt_images_are_masked_not_fatal(write_bson):
     batch = collate_images([ds[i] for i in range(4)])
     valid = image_batch(*normalization(model), False)({**batch, "label": torch.tensor([0, 0, 1, 2])}, CPU).valid
     assert valid.tolist() == [False, True, False, True]
+
+
+def test_ddp_under_torchrun_two_cpu_processes(tiny_work, tmp_path):
+    """DistributedDataParallel (gloo) over 2 processes: folds train, OOF still covers each product once."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    recipe = tmp_path / "ddp.yaml"
+    recipe.write_text("solution: dylan\nname: ddp\nmodel: resnet10t\ninput_size: 32\nepochs: 1\nbatch_size: 8\nnum_workers: 0\n"
+                      "lr: 3.0e-3\namp: none\ntopk: 5\neval_batch_size: 16\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "solutions.dylan.train", "--config", str(recipe),
+                           "--work", str(tiny_work)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    work = WorkDir(tiny_work)
+    oof = load_topk(work.preds("dylan_ddp") / "oof.npz")
+    assert oof.ids.tolist() == sorted(pd.read_csv(work.folds)["_id"].tolist())
+    history = pd.read_csv(work.model_dir("dylan", "ddp", 0) / "summary.csv")
+    train_rows, _ = load_fold_data(work).rows(0)
+    n_images = int(load_fold_data(work).train.index.n_imgs[train_rows].sum())
+    assert history["images"].iloc[0] == (n_images // 2 // 8) * 8 * 2  # both ranks' samples, equal shards of whole batches
+
+
+def test_device_decode_path_matches_worker_path(write_bson):
+    """decode_on=device (torchvision.io.decode_jpeg; nvjpeg on CUDA) checked here on the CPU."""
+    from common.bson_index import build_index
+    from common.bson_reader import BsonReader, iter_products
+    from common.data import batch_pixels
+    from common.paths import TRAIN_EXAMPLE_BSON
+
+    real = [p.images[0] for p in list(iter_products(TRAIN_EXAMPLE_BSON))[:6]]
+    path = write_bson("mix.bson", [(i, [img], None) for i, img in enumerate(real)] + [(6, [b"\xff\xd8 broken"], None), (7, [b""], None)])
+    reader = BsonReader(path, build_index(path, progress=False))
+    table = image_table(reader.index.n_imgs, np.arange(8))
+    workers = collate_images([ImageDataset(reader, table, None, 64)[i] for i in range(8)])
+    device = collate_images([ImageDataset(reader, table, None, 64, device_decode=True)[i] for i in range(8)])
+    a, ok_a = batch_pixels(workers, 64, torch.device("cpu"))
+    b, ok_b = batch_pixels(device, 64, torch.device("cpu"))
+    assert ok_a.tolist() == ok_b.tolist() == [True] * 6 + [False, False]
+    diff = (a[:6].float() - b[:6].float()).abs().mean()
+    assert a.shape == b.shape == (8, 3, 64, 64) and diff < 4  # OpenCV area vs antialiased bilinear resize
+    flipped = dict(device, flip=torch.ones(8, dtype=torch.bool))
+    c, _ = batch_pixels(flipped, 64, torch.device("cpu"))
+    assert torch.equal(c[:6], torch.flip(b[:6], dims=[3]))
+
+
+def test_fit_and_predict_with_device_decode(tiny_work):
+    work = WorkDir(tiny_work)
+    summary = run_recipe(small_cfg(solution="dylan", name="devdec", epochs=1, decode_on="device", folds=[0]), work)
+    assert summary["oof_products"] == int((pd.read_csv(work.folds)["fold"] == 0).sum())
