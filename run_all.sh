@@ -13,7 +13,8 @@ DATA="" WORK="$ROOT/work" PRESET="default" PROFILE="mini" FROM="" ONLY="" FORCE=
 usage() { sed -n '2,9p' "$0"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --data) DATA="$(cd "$2" && pwd)"; shift 2 ;;
+    --data) [ -d "${2:-}" ] || { echo "run_all.sh: --data ${2:-}: no such folder (it must hold train.bson and test.bson)" >&2; exit 2; }
+            DATA="$(cd "$2" && pwd)"; shift 2 ;;
     --work) mkdir -p "$2"; WORK="$(cd "$2" && pwd)"; shift 2 ;;
     --preset) PRESET="$2"; shift 2 ;;
     --profile) PROFILE="$2"; shift 2 ;;

@@ -328,11 +328,10 @@ class BsonWriter:
         self._ctx.__exit__(None, None, None)
 
     def abort(self) -> None:
+        """Close and delete the temporary file: nothing appears at `path`."""
         self._f.close()
-        try:
-            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
-        except RuntimeError:
-            pass
+        error = RuntimeError("BsonWriter aborted")
+        self._ctx.__exit__(RuntimeError, error, None)
 
     def __enter__(self) -> "BsonWriter":
         return self

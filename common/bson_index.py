@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import time
@@ -132,8 +133,6 @@ def save_index(index: ProductIndex, prefix: str | os.PathLike) -> None:
 
 
 def load_index(prefix: str | os.PathLike, mmap: bool = True) -> ProductIndex:
-    import json
-
     prefix = Path(prefix)
     meta_path, rows_path = prefix.with_suffix(".json"), prefix.with_suffix(".npy")
     if not meta_path.exists() or not rows_path.exists():
@@ -147,8 +146,6 @@ def load_index(prefix: str | os.PathLike, mmap: bool = True) -> ProductIndex:
 
 def index_is_current(prefix: str | os.PathLike, bson_path: str | os.PathLike) -> bool:
     """True when a saved index exists and was built from this very file (size and mtime)."""
-    import json
-
     meta_path = Path(prefix).with_suffix(".json")
     if not meta_path.exists():
         return False

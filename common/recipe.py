@@ -146,7 +146,8 @@ def _last_val_acc(fold_dir) -> float | None:
     path = fold_dir / "summary.csv"
     if not path.exists():
         return None
-    rows = list(csv.DictReader(open(path)))
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
     return float(rows[-1]["val_acc"]) if rows else None
 
 

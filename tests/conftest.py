@@ -58,8 +58,6 @@ def make_tiny_work(root: Path, n_train: int = 48, n_test: int = 16, seed: int = 
 
     Returns the work dir (dataset.json, index/, folds.csv) with test_labels.csv beside the data.
     """
-    import subprocess  # noqa: F401  (kept local: fixtures only)
-
     import pandas as pd
 
     from common.categories import CategoryTree
