@@ -92,3 +92,19 @@ def print_report(report: dict) -> None:
     if report["test_accuracy"] is not None:
         print(f"  mini test accuracy of {report['submission']}: {report['test_accuracy']:.4f}")
     print(f"  test rows from the fallback (no image prediction): {report['test_rows_from_fallback']}")
+
+
+def solution_main(solution: str, description: str, argv: list[str] | None = None) -> dict:
+    """`[--work W] [--sources a b]`: average a solution's sources (default: preds/<solution>_*)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default=None)
+    p.add_argument("--sources", nargs="*", help=f"prediction sources to average (default: every preds/{solution}_*)")
+    args = p.parse_args(argv)
+    work = WorkDir(args.work)
+    sources = args.sources or find_sources(work, f"{solution}_")
+    report = blend(work, sources, solution)
+    print(f"{solution}: mean of {len(sources)} models")
+    print_report(report)
+    return report

@@ -82,7 +82,7 @@ class TrainConfig:
         write_text(path, self.to_yaml())
 
 
-def load_yaml(path: str | os.PathLike) -> dict:
+def load_yaml(path: str | os.PathLike, cls: type = TrainConfig) -> dict:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -90,7 +90,7 @@ def load_yaml(path: str | os.PathLike) -> dict:
         raise DataError(f"{path}: invalid YAML ({e})") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a mapping of option: value")
-    unknown = set(data) - {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
         raise DataError(f"{path}: unknown options {sorted(unknown)}")
     return data
@@ -111,18 +111,19 @@ def _argument(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: objec
         parser.add_argument(flag, type=hint, **kw)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (defaults left to the YAML / the dataclass)."""
-    hints = typing.get_type_hints(TrainConfig)
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
+    """One flag per config field (defaults left to the YAML / the dataclass). A solution may pass
+    its own TrainConfig subclass to add the options only it has."""
+    hints = typing.get_type_hints(cls)
     group = parser.add_argument_group("recipe (overrides the YAML)")
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(cls):
         _argument(group, f, hints[f.name])
 
 
-def parse_config(args: argparse.Namespace, yaml_path: str | os.PathLike | None) -> TrainConfig:
-    """TrainConfig = dataclass defaults <- YAML <- command-line flags that were given."""
-    values = load_yaml(yaml_path) if yaml_path else {}
-    for f in dataclasses.fields(TrainConfig):
+def parse_config(args: argparse.Namespace, yaml_path: str | os.PathLike | None, cls: type = TrainConfig) -> TrainConfig:
+    """Config = dataclass defaults <- YAML <- command-line flags that were given."""
+    values = load_yaml(yaml_path, cls) if yaml_path else {}
+    for f in dataclasses.fields(cls):
         if hasattr(args, f.name):
             values[f.name] = getattr(args, f.name)
-    return TrainConfig(**values)
+    return cls(**values)

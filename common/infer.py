@@ -128,3 +128,14 @@ def average_topk(parts: list[TopK], k: int, weights: list[float] | None = None) 
         labels_out[start : start + len(chunk), :kk] = top
         probs_out[start : start + len(chunk), :kk] = np.take_along_axis(acc, top, axis=1)
     return TopK(ids, labels_out, probs_out)
+
+
+def gather_topk(runtime: Runtime, preds: TopK) -> TopK:
+    """Join the ranks' disjoint predictions (every rank gets the whole, sorted by _id)."""
+    if not runtime.distributed:
+        return preds
+    from .predictions import concat_topk
+
+    gathered = [None] * runtime.world
+    dist.all_gather_object(gathered, (preds.ids, preds.labels, preds.probs))  # in-memory exchange within one job
+    return concat_topk([TopK(*g) for g in gathered if len(g[0])])

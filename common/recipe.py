@@ -164,8 +164,8 @@ def run_recipe(cfg: TrainConfig, work: WorkDir, task: Task = IMAGE_TASK, resume:
     return summary
 
 
-def train_main(task: Task, argv: list[str] | None = None, description: str = "") -> dict | None:
-    """`--config recipe.yaml [--work DIR] [--any-recipe-option value]`: train all folds, merge."""
+def parse_train_args(argv: list[str] | None, description: str, cls: type = TrainConfig):
+    """`--config recipe.yaml [--work DIR] [--no-resume] [--any-recipe-option value]` -> (cfg, work, resume)."""
     import argparse
     import logging
 
@@ -175,8 +175,13 @@ def train_main(task: Task, argv: list[str] | None = None, description: str = "")
     p.add_argument("--config", required=True, help="recipe YAML (command-line options override it)")
     p.add_argument("--work", default=None, help="work dir (default: $CDISCOUNT_WORK or ./work)")
     p.add_argument("--no-resume", action="store_true", help="ignore last.pt and train the unfinished folds from scratch")
-    add_config_arguments(p)
+    add_config_arguments(p, cls)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    cfg = parse_config(args, args.config)
-    return run_recipe(cfg, WorkDir(args.work), task, resume=not args.no_resume)
+    return parse_config(args, args.config, cls), WorkDir(args.work), not args.no_resume
+
+
+def train_main(task: Task, argv: list[str] | None = None, description: str = "") -> dict | None:
+    """Train all folds of a recipe with a Task, then merge them into a prediction source."""
+    cfg, work, resume = parse_train_args(argv, description)
+    return run_recipe(cfg, work, task, resume=resume)

@@ -186,6 +186,7 @@ def fit(
     runtime: Runtime,
     resume: bool = True,
     val_batch_sampler=None,
+    train_batch_sampler=None,
 ) -> FitResult:
     """Train for cfg.epochs; checkpoint, validate and log each epoch; resume from last.pt."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -207,10 +208,14 @@ def fit(
         if runtime.is_main:
             log.info("resumed %s at epoch %d", last, start_epoch)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.cuda else None) if runtime.distributed else model
-    sampler = EpochSampler(len(train_set), cfg.seed, cfg.max_images_per_epoch, runtime.rank, runtime.world)
-    # drop the ragged last batch (a batch of one breaks BatchNorm) unless it is the only one
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
-                        pin_memory=runtime.cuda, drop_last=len(sampler) > cfg.batch_size)
+    if train_batch_sampler is not None:  # a solution's own batching (e.g. products grouped by image count)
+        sampler = train_batch_sampler
+        loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers, pin_memory=runtime.cuda)
+    else:
+        sampler = EpochSampler(len(train_set), cfg.seed, cfg.max_images_per_epoch, runtime.rank, runtime.world)
+        # drop the ragged last batch (a batch of one breaks BatchNorm) unless it is the only one
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
+                            pin_memory=runtime.cuda, drop_last=len(sampler) > cfg.batch_size)
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()

@@ -40,11 +40,15 @@ def test_bad_yaml(tmp_path, text, problem):
 
 
 def test_every_shipped_recipe_parses():
+    from solutions.bestfitting.train import BestfittingConfig
+
+    classes = {"bestfitting": BestfittingConfig}
     recipes = sorted((REPO / "solutions").glob("*/configs/*.yaml"))
-    assert len(recipes) >= 5
+    assert len(recipes) >= 12
     for path in recipes:
-        cfg = TrainConfig(**load_yaml(path))
-        assert cfg.name == path.stem, path
+        cls = classes.get(path.parent.parent.name, TrainConfig)
+        cfg = cls(**load_yaml(path, cls))
+        assert cfg.name == path.stem and cfg.solution == path.parent.parent.name, path
 
 
 @pytest.mark.parametrize("field, value", [("optimizer", "adagrad"), ("schedule", "poly"), ("amp", "fp8"), ("aggregate", "median"), ("decode_on", "gpu"), ("tta", ["vflip"])])
