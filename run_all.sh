@@ -32,8 +32,8 @@ case "$PROFILE" in mini|full) ;; *) echo "run_all.sh: --profile must be mini or 
 [ -n "$N_FOLDS" ] || { [ "$PROFILE" = mini ] && N_FOLDS=3 || N_FOLDS=5; }
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
-STAGES=(data index folds stats dylan)
-TO_COME=(bestfitting convoluted ocr md5 stack report)
+STAGES=(data index folds stats dylan bestfitting)
+TO_COME=(convoluted ocr md5 stack report)
 for s in "$FROM" "$ONLY"; do
   if [ -n "$s" ] && [[ ! " ${STAGES[*]} " =~ " $s " ]]; then
     echo "run_all.sh: unknown stage '$s' (stages: ${STAGES[*]}; still to come: ${TO_COME[*]})" >&2; exit 2
@@ -54,10 +54,14 @@ TEST_LABELS=()
 # one process per GPU under torchrun when several are visible, else plain python
 NGPU="$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
 if [ "$NGPU" -gt 1 ]; then LAUNCH=(torchrun --standalone --nproc_per_node="$NGPU"); else LAUNCH=(python); fi
-recipes() {  # recipes SOLUTION: the recipe YAMLs of the chosen profile (mini_*.yaml, or the others)
+recipes() {  # recipes SOLUTION: the recipe YAMLs of the profile (mini_*.yaml, or the others; never ablation_*)
   local f
   for f in "$ROOT/solutions/$1/configs/"*.yaml; do
-    case "$(basename "$f")" in mini_*) [ "$PROFILE" = mini ] && echo "$f" ;; *) [ "$PROFILE" = full ] && echo "$f" ;; esac
+    case "$(basename "$f")" in
+      ablation_*) ;;
+      mini_*) [ "$PROFILE" = mini ] && echo "$f" ;;
+      *) [ "$PROFILE" = full ] && echo "$f" ;;
+    esac
   done
 }
 train_solution() {  # train_solution SOLUTION: every recipe of the profile (all folds), then the solution's blend
@@ -100,6 +104,7 @@ run_stage stats "$WORK/stats/train/stats.json" bash -c "python -m common.stats -
                                                      python -m common.stats --bson '$TEST' --categories '$CATEGORIES' --out '$WORK/stats/test'"
 
 run_stage dylan "$WORK/preds/dylan/summary.json" train_solution dylan
+run_stage bestfitting "$WORK/preds/bestfitting/summary.json" train_solution bestfitting
 
 echo
 echo "Wall time per stage:"

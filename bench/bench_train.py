@@ -70,7 +70,7 @@ def bench_ours(args, bson_path: Path, device: torch.device) -> float:
     dataset = ImageDataset(reader, image_table(index.n_imgs, rows), labels, args.size, hflip=True)
     with tempfile.TemporaryDirectory() as tmp:
         result = fit(cfg, model, dataset, None, collate_images, image_batch(mean, std, cfg.channels_last), Path(tmp), Runtime(device), resume=False)
-    return result.history[-1]["images_per_s"]
+    return result.history[-1]["samples_per_s"]
 
 
 def bench_timm(args, folder: Path, device: torch.device) -> float:

@@ -38,8 +38,10 @@ class Labels:
 
 
 def find_sources(work: WorkDir, prefix: str) -> list[str]:
+    """Finished sources named <prefix>*, ablation recipes (…_ablation_…) left out of blends."""
     root = work.root / "preds"
-    return sorted(p.name for p in root.glob(f"{prefix}*") if (p / "oof.npz").exists() and (p / "test.npz").exists())
+    found = [p for p in root.glob(f"{prefix}*") if (p / "oof.npz").exists() and (p / "test.npz").exists()]
+    return sorted(p.name for p in found if "_ablation_" not in p.name)
 
 
 def oof_accuracy(preds: TopK, labels: Labels) -> float:

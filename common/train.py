@@ -223,7 +223,7 @@ def fit(
         seconds = time.perf_counter() - t0
         val_loss, val_acc = evaluate(cfg, model, val_set, collate, to_batch, runtime, val_batch_sampler) if val_set is not None else (float("nan"), float("nan"))
         row = {"epoch": epoch, "lr": cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9), "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
-               "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "images": seen, "images_per_s": round(seen / seconds, 1), "seconds": round(seconds, 1)}
+               "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "samples": seen, "samples_per_s": round(seen / seconds, 1), "seconds": round(seconds, 1)}
         history.append(row)
         is_best = val_acc > best_acc or val_set is None
         best_acc = max(best_acc, val_acc) if val_set is not None else best_acc

@@ -19,7 +19,7 @@ def run_all(*args: str) -> str:
 def test_run_all_tiny_end_to_end_and_rerun(tmp_path):
     work = tmp_path / "work"
     out = run_all("--preset", "tiny", "--work", str(work))
-    for stage in ("data", "index", "folds", "stats", "dylan"):
+    for stage in ("data", "index", "folds", "stats", "dylan", "bestfitting"):
         assert f"== {stage}:" in out
     test_labels = pd.read_csv(work / "mini" / "test_labels.csv")
     submission = pd.read_csv(work / "submissions" / "dylan.csv.gz")

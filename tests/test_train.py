@@ -82,7 +82,7 @@ def test_resume_continues_exactly(tiny_work, tmp_path):
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     history = pd.read_csv(tmp_path / "b" / "summary.csv")
-    assert history["epoch"].tolist() == [0, 1] and history.equals(pd.read_csv(tmp_path / "a" / "summary.csv").assign(seconds=history["seconds"], images_per_s=history["images_per_s"]))
+    assert history["epoch"].tolist() == [0, 1] and history.equals(pd.read_csv(tmp_path / "a" / "summary.csv").assign(seconds=history["seconds"], samples_per_s=history["samples_per_s"]))
 
 
 def test_corrupt_checkpoint_is_named(tiny_work, tmp_path):
@@ -168,7 +168,7 @@ def test_ddp_under_torchrun_two_cpu_processes(tiny_work, tmp_path):
     history = pd.read_csv(work.model_dir("dylan", "ddp", 0) / "summary.csv")
     train_rows, _ = load_fold_data(work).rows(0)
     n_images = int(load_fold_data(work).train.index.n_imgs[train_rows].sum())
-    assert history["images"].iloc[0] == (n_images // 2 // 8) * 8 * 2  # both ranks' samples, equal shards of whole batches
+    assert history["samples"].iloc[0] == (n_images // 2 // 8) * 8 * 2  # both ranks' samples, equal shards of whole batches
 
 
 def test_device_decode_path_matches_worker_path(write_bson):
