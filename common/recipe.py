@@ -9,6 +9,7 @@ A solution differs from another by its Task (datasets, batches, prediction), not
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -90,15 +91,31 @@ IMAGE_TASK = Task(
 )
 
 
-def run_fold(cfg: TrainConfig, data: FoldData, work: WorkDir, fold: int, task: Task, runtime: Runtime, resume: bool) -> None:
+def begin_fold(cfg: TrainConfig, work: WorkDir, fold: int, runtime: Runtime) -> Path | None:
+    """The fold's directory with its config saved, or None when its predictions exist (skip)."""
     out = work.model_dir(cfg.solution, cfg.name, fold)
     if (out / "oof.npz").exists() and (out / "test.npz").exists():
         log.info("%s fold %d: predictions exist, skipped", cfg.name, fold)
-        return
+        return None
     out.mkdir(parents=True, exist_ok=True)
     if runtime.is_main:
         cfg.save(out / "config.yaml")
     torch.manual_seed(cfg.seed * 1000 + fold)
+    return out
+
+
+def finish_fold(out: Path, oof: TopK, test: TopK, runtime: Runtime) -> None:
+    if runtime.is_main:
+        save_topk(out / "oof.npz", oof)
+        save_topk(out / "test.npz", test)
+
+
+def run_fold(cfg: TrainConfig, data: FoldData, work: WorkDir, fold: int, runtime: Runtime, resume: bool, task: Task = None) -> None:
+    """One fold of a single-model recipe: train on the other folds, predict this one and test."""
+    task = task or IMAGE_TASK
+    out = begin_fold(cfg, work, fold, runtime)
+    if out is None:
+        return
     model = create_model(ModelSpec(cfg.model, len(data.tree), cfg.pretrained, cfg.drop_rate))
     mean, std = normalization(model)
     train_rows, val_rows = data.rows(fold)
@@ -109,9 +126,7 @@ def run_fold(cfg: TrainConfig, data: FoldData, work: WorkDir, fold: int, task: T
     model.load_state_dict(load_checkpoint(result.last)["model"])
     oof = task.predict(model, data.train, val_rows, cfg, runtime, mean, std)
     test = task.predict(model, data.test, data.test_rows, cfg, runtime, mean, std)
-    if runtime.is_main:
-        save_topk(out / "oof.npz", oof)
-        save_topk(out / "test.npz", test)
+    finish_fold(out, oof, test, runtime)
 
 
 def merge_folds(cfg: TrainConfig, data: FoldData, work: WorkDir, folds: list[int]) -> dict:
@@ -151,17 +166,26 @@ def _last_val_acc(fold_dir) -> float | None:
     return float(rows[-1]["val_acc"]) if rows else None
 
 
-def run_recipe(cfg: TrainConfig, work: WorkDir, task: Task = IMAGE_TASK, resume: bool = True) -> dict | None:
+FoldFn = Callable[[TrainConfig, FoldData, WorkDir, int, Runtime, bool], None]
+
+
+def run_folds(cfg: TrainConfig, work: WorkDir, fold_fn: FoldFn, resume: bool = True) -> dict | None:
+    """Every fold of cfg (or cfg.folds) through fold_fn, then merged into preds/<solution>_<name>/."""
     runtime = setup_runtime()
     data = load_fold_data(work)
     folds = cfg.folds or sorted(int(k) for k in np.unique(data.fold) if k >= 0)
     for k in folds:
-        run_fold(cfg, data, work, k, task, runtime, resume)
+        fold_fn(cfg, data, work, k, runtime, resume)
     if not runtime.is_main:
         return None
     summary = merge_folds(cfg, data, work, folds)
-    print(f"{summary['source']}: OOF product accuracy {summary['oof_product_accuracy']:.4f} on {summary['oof_products']} products")
+    by_count = ", ".join(f"{k}: {v['accuracy']:.3f}" for k, v in summary["oof_by_image_count"].items())
+    print(f"{summary['source']}: OOF product accuracy {summary['oof_product_accuracy']:.4f} on {summary['oof_products']} products (by image count: {by_count})")
     return summary
+
+
+def run_recipe(cfg: TrainConfig, work: WorkDir, task: Task = IMAGE_TASK, resume: bool = True) -> dict | None:
+    return run_folds(cfg, work, lambda *args: run_fold(*args, task=task), resume)
 
 
 def parse_train_args(argv: list[str] | None, description: str, cls: type = TrainConfig):

@@ -20,12 +20,12 @@ from tqdm import tqdm
 
 from common.config import TrainConfig
 from common.data import ProductDataset
-from common.errors import DataError, log
+from common.errors import DataError
 from common.models import ModelSpec, create_model, normalization
 from common.infer import gather_topk
-from common.predictions import TopK, concat_topk, save_topk
-from common.recipe import FoldData, load_fold_data, merge_folds, parse_train_args
-from common.train import Runtime, autocast, fit, load_checkpoint, setup_runtime
+from common.predictions import TopK, concat_topk
+from common.recipe import FoldData, begin_fold, finish_fold, parse_train_args, run_folds
+from common.train import Runtime, autocast, fit, load_checkpoint
 
 from .data import ByCountBatchSampler, collate_same_count, compose, composed_batch, image_count
 from .layout import LAYOUTS, TILE_TTA
@@ -96,15 +96,10 @@ def _softmax(model, x, cfg, runtime) -> torch.Tensor:
 
 
 def run_fold(cfg: BestfittingConfig, data: FoldData, work, fold: int, runtime: Runtime, resume: bool) -> None:
-    out = work.model_dir(cfg.solution, cfg.name, fold)
-    if (out / "oof.npz").exists() and (out / "test.npz").exists():
-        log.info("%s fold %d: predictions exist, skipped", cfg.name, fold)
+    out = begin_fold(cfg, work, fold, runtime)
+    if out is None:
         return
-    out.mkdir(parents=True, exist_ok=True)
-    if runtime.is_main:
-        cfg.save(out / "config.yaml")
     train_rows, val_rows = data.rows(fold)
-    torch.manual_seed(cfg.seed * 1000 + fold)
     shared = train_stage(cfg, create_model(ModelSpec(cfg.model, len(data.tree), cfg.pretrained, cfg.drop_rate)), data, train_rows, val_rows, out / "shared", runtime, resume)
     models = {}
     for k in range(1, 5):
@@ -118,24 +113,12 @@ def run_fold(cfg: BestfittingConfig, data: FoldData, work, fold: int, runtime: R
         models[k] = model
     oof = predict_by_count(models, data.train, val_rows, cfg, runtime)
     test = predict_by_count(models, data.test, data.test_rows, cfg, runtime)
-    if runtime.is_main:
-        save_topk(out / "oof.npz", oof)
-        save_topk(out / "test.npz", test)
+    finish_fold(out, oof, test, runtime)
 
 
 def main(argv: list[str] | None = None) -> dict | None:
     cfg, work, resume = parse_train_args(argv, __doc__, BestfittingConfig)
-    runtime = setup_runtime()
-    data = load_fold_data(work)
-    folds = cfg.folds or sorted(int(k) for k in np.unique(data.fold) if k >= 0)
-    for k in folds:
-        run_fold(cfg, data, work, k, runtime, resume)
-    if not runtime.is_main:
-        return None
-    summary = merge_folds(cfg, data, work, folds)
-    by_count = ", ".join(f"{k}: {v['accuracy']:.3f}" for k, v in summary["oof_by_image_count"].items())
-    print(f"{summary['source']}: OOF product accuracy {summary['oof_product_accuracy']:.4f} on {summary['oof_products']} products (by K: {by_count})")
-    return summary
+    return run_folds(cfg, work, run_fold, resume)
 
 
 if __name__ == "__main__":
