@@ -78,24 +78,15 @@ def predict_products(model: nn.Module, reader: BsonReader, product_rows: np.ndar
         positions.append(pos.cpu().numpy())
         labels.append(top.indices.cpu().numpy().astype(np.int16))
         probs.append(top.values.cpu().numpy().astype(np.float16))
-    pos, lab, pr = _gather(runtime, positions, labels, probs, cfg.topk)
     if corrupt:
         log.warning("%s: %d images could not be decoded and were left out of their products' predictions", reader.path, corrupt)
+    k = min(cfg.topk, getattr(model, "num_classes", cfg.topk))
+    pos = np.concatenate(positions) if positions else np.zeros(0, np.int64)
     ids = np.asarray(reader.index.ids[np.asarray(product_rows)[pos]], np.int64)
+    lab = np.concatenate(labels) if labels else np.zeros((0, k), np.int16)
+    pr = np.concatenate(probs) if probs else np.zeros((0, k), np.float16)
     order = np.argsort(ids, kind="stable")
-    return TopK(ids[order], lab[order], pr[order])
-
-
-def _gather(runtime: Runtime, positions: list, labels: list, probs: list, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    def cat(parts, shape, dtype):
-        return np.concatenate(parts) if parts else np.zeros(shape, dtype)
-
-    local = (cat(positions, (0,), np.int64), cat(labels, (0, k), np.int16), cat(probs, (0, k), np.float16))
-    if not runtime.distributed:
-        return local
-    gathered = [None] * runtime.world
-    dist.all_gather_object(gathered, local)  # in-memory exchange between ranks of one job
-    return tuple(np.concatenate([g[i] for g in gathered]) for i in range(3))
+    return gather_topk(runtime, TopK(ids[order], lab[order], pr[order]))
 
 
 def average_topk(parts: list[TopK], k: int, weights: list[float] | None = None) -> TopK:

@@ -75,7 +75,6 @@ class Task:
     collate: Callable
     to_batch: Callable[[tuple, tuple, TrainConfig], Callable]
     predict: Callable[..., TopK]
-    val_batch_sampler: Callable | None = None
 
 
 def _image_set(data: FoldData, rows: np.ndarray, cfg: TrainConfig, train: bool) -> ImageDataset:
