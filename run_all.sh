@@ -32,8 +32,8 @@ case "$PROFILE" in mini|full) ;; *) echo "run_all.sh: --profile must be mini or 
 [ -n "$N_FOLDS" ] || { [ "$PROFILE" = mini ] && N_FOLDS=3 || N_FOLDS=5; }
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
-STAGES=(data index folds stats dylan bestfitting)
-TO_COME=(convoluted ocr md5 stack report)
+STAGES=(data index folds stats dylan bestfitting convoluted)
+TO_COME=(ocr md5 stack report)
 for s in "$FROM" "$ONLY"; do
   if [ -n "$s" ] && [[ ! " ${STAGES[*]} " =~ " $s " ]]; then
     echo "run_all.sh: unknown stage '$s' (stages: ${STAGES[*]}; still to come: ${TO_COME[*]})" >&2; exit 2
@@ -64,7 +64,7 @@ recipes() {  # recipes SOLUTION: the recipe YAMLs of the profile (mini_*.yaml, o
     esac
   done
 }
-train_solution() {  # train_solution SOLUTION: every recipe of the profile (all folds), then the solution's blend
+train_solution() {  # train_solution SOLUTION: every recipe of the profile in name order (all folds), then the solution's blend
   local recipe
   for recipe in $(recipes "$1"); do
     "${LAUNCH[@]}" -m "solutions.$1.train" --config "$recipe" --work "$WORK"
@@ -105,6 +105,7 @@ run_stage stats "$WORK/stats/train/stats.json" bash -c "python -m common.stats -
 
 run_stage dylan "$WORK/preds/dylan/summary.json" train_solution dylan
 run_stage bestfitting "$WORK/preds/bestfitting/summary.json" train_solution bestfitting
+run_stage convoluted "$WORK/preds/convoluted/summary.json" train_solution convoluted
 
 echo
 echo "Wall time per stage:"

@@ -48,9 +48,20 @@ def oof_accuracy(preds: TopK, labels: Labels) -> float:
     return accuracy(preds.top1, labels.of(preds.ids))
 
 
-def blend(work: WorkDir, sources: list[str], name: str, weights: list[float] | None = None, k: int = DEFAULT_K) -> dict:
-    """Weighted mean of the sources' probabilities on their common OOF products and on test;
-    writes preds/<name>/ and submissions/<name>.csv.gz; returns the figures it printed."""
+def power_mean(parts: list[TopK], k: int, weights: list[float] | None = None, power: float = 1.0) -> TopK:
+    """Weighted mean of p**power, raised back to 1/power (power 0.5 = the 2nd place's sqrt blend:
+    it lets a confident member weigh less than in a plain mean). Argmax is what matters; the
+    1/power keeps the scores on a probability-like scale for later stages."""
+    if power == 1.0:
+        return average_topk(parts, k, weights)
+    raised = [TopK(p.ids, p.labels, (p.probs.astype(np.float32) ** power).astype(np.float16)) for p in parts]
+    out = average_topk(raised, k, weights)
+    return TopK(out.ids, out.labels, (out.probs.astype(np.float32) ** (1.0 / power)).astype(np.float16))
+
+
+def blend(work: WorkDir, sources: list[str], name: str, weights: list[float] | None = None, k: int = DEFAULT_K, power: float = 1.0) -> dict:
+    """Weighted (power) mean of the sources' probabilities on their common OOF products and on
+    test; writes preds/<name>/ and submissions/<name>.csv.gz; returns the figures it printed."""
     if not sources:
         raise FileNotFoundError(f"no prediction sources to blend under {work.root / 'preds'}")
     labels = Labels.load(work)
@@ -59,8 +70,8 @@ def blend(work: WorkDir, sources: list[str], name: str, weights: list[float] | N
     for o in oofs[1:]:
         common_ids = np.intersect1d(common_ids, o.ids)
     oofs = [o.take(np.searchsorted(o.ids, common_ids)) for o in oofs]
-    oof = average_topk(oofs, k, weights)
-    test = average_topk([load_topk(work.preds(s) / "test.npz") for s in sources], k, weights)
+    oof = power_mean(oofs, k, weights, power)
+    test = power_mean([load_topk(work.preds(s) / "test.npz") for s in sources], k, weights, power)
     save_topk(work.preds(name) / "oof.npz", oof)
     save_topk(work.preds(name) / "test.npz", test)
     paths = DatasetPaths.load(work)
@@ -71,6 +82,7 @@ def blend(work: WorkDir, sources: list[str], name: str, weights: list[float] | N
         "name": name,
         "sources": {s: oof_accuracy(o, labels) for s, o in zip(sources, oofs)},
         "weights": weights or [1.0] * len(sources),
+        "power": power,
         "oof_products": int(len(oof)),
         "oof_product_accuracy": oof_accuracy(oof, labels),
         "oof_report": product_report(oof.top1, labels.of(oof.ids), labels.n_imgs[labels.rows(oof.ids)], tree),

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from .atomic import write_text
+from .augment import AUGMENTS
 from .errors import DataError
 
 
@@ -40,6 +41,7 @@ class TrainConfig:
     # data
     input_size: int = 180  # side of one image tile fed to the network
     hflip: bool = True  # random horizontal flip in training
+    augment: list[str] = field(default_factory=list)  # on-device batch augmentations (common.augment.AUGMENTS), training only
     num_workers: int = 2
     decode_on: str = "workers"  # workers (OpenCV in loader processes) | device (torchvision.io.decode_jpeg, nvjpeg on CUDA)
     max_images_per_epoch: int = 0  # 0 = all; >0 samples a fixed-size epoch (mini budgets)
@@ -74,6 +76,9 @@ class TrainConfig:
         unknown = set(self.tta) - {"orig", "hflip"}
         if unknown:
             raise DataError(f"recipe option tta: unknown views {sorted(unknown)}")
+        unknown = set(self.augment) - set(AUGMENTS)
+        if unknown:
+            raise DataError(f"recipe option augment: unknown augmentations {sorted(unknown)}; choose from {sorted(AUGMENTS)}")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)

@@ -32,6 +32,9 @@ class WorkDir:
     def model_dir(self, solution: str, model: str, fold: int) -> Path:
         return self.root / "models" / solution / model / f"fold{fold}"
 
+    def features(self, solution: str, model: str, fold: int) -> Path:
+        return self.root / "features" / solution / model / f"fold{fold}"
+
     def preds(self, source: str) -> Path:
         return self.root / "preds" / source
 

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .atomic import atomic_path
+from .augment import build_augment
 from .config import TrainConfig
 from .data import EpochSampler, batch_pixels, normalize_on_device
 from .errors import log
@@ -187,8 +188,11 @@ def fit(
     resume: bool = True,
     val_batch_sampler=None,
     train_batch_sampler=None,
+    train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> FitResult:
-    """Train for cfg.epochs; checkpoint, validate and log each epoch; resume from last.pt."""
+    """Train for cfg.epochs; checkpoint, validate and log each epoch; resume from last.pt.
+
+    `train_transform` (default: the recipe's `augment` list) acts on training inputs only."""
     out_dir.mkdir(parents=True, exist_ok=True)
     last, best = out_dir / "last.pt", out_dir / "best.pt"
     torch.manual_seed(cfg.seed)
@@ -216,10 +220,11 @@ def fit(
         # drop the ragged last batch (a batch of one breaks BatchNorm) unless it is the only one
         loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
                             pin_memory=runtime.cuda, drop_last=len(sampler) > cfg.batch_size)
+    transform = train_transform or build_augment(cfg.augment)
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
-        train_loss, train_acc, seen = train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch, runtime, epoch)
+        train_loss, train_acc, seen = train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch, runtime, epoch, transform)
         seconds = time.perf_counter() - t0
         val_loss, val_acc = evaluate(cfg, model, val_set, collate, to_batch, runtime, val_batch_sampler) if val_set is not None else (float("nan"), float("nan"))
         row = {"epoch": epoch, "lr": cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9), "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
@@ -240,7 +245,12 @@ def fit(
     return FitResult(last, best, history)
 
 
-def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runtime: Runtime, epoch: int) -> tuple[float, float, int]:
+def forward(net: nn.Module, inputs: torch.Tensor | tuple) -> torch.Tensor:
+    """A task's inputs are one tensor or a tuple of the model's arguments (e.g. features, mask)."""
+    return net(*inputs) if isinstance(inputs, tuple) else net(inputs)
+
+
+def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runtime: Runtime, epoch: int, transform=None) -> tuple[float, float, int]:
     """One pass; LR set per optimizer step from the fractional epoch; returns (loss, acc, samples)."""
     net.train()
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.accum_steps))
@@ -252,8 +262,9 @@ def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runt
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, epoch + step / steps_per_epoch)
         batch = to_batch(raw, runtime)
+        inputs = transform(batch.inputs) if transform is not None else batch.inputs
         with autocast(cfg, runtime):
-            logits = net(batch.inputs)
+            logits = forward(net, inputs)
         loss = masked_cross_entropy(logits.float(), batch.target, batch.valid, cfg.label_smoothing)
         scaler.scale(loss / cfg.accum_steps).backward()
         if (i + 1) % cfg.accum_steps == 0 or i + 1 == len(loader):
@@ -287,7 +298,7 @@ def evaluate(cfg, model, dataset, collate, to_batch: BatchFn, runtime: Runtime, 
     for raw in loader:
         batch = to_batch(raw, runtime)
         with autocast(cfg, runtime):
-            logits = model(batch.inputs).float()
+            logits = forward(model, batch.inputs).float()
         n = int(batch.valid.sum())
         loss_sum += float(masked_cross_entropy(logits, batch.target, batch.valid, 0.0)) * n
         correct += int(((logits.argmax(1) == batch.target) & batch.valid).sum())

@@ -41,12 +41,13 @@ def test_bad_yaml(tmp_path, text, problem):
 
 def test_every_shipped_recipe_parses():
     from solutions.bestfitting.train import BestfittingConfig
+    from solutions.convoluted.train import stage_of
 
-    classes = {"bestfitting": BestfittingConfig}
+    classes = {"bestfitting": lambda path: BestfittingConfig, "convoluted": lambda path: stage_of(path).config}
     recipes = sorted((REPO / "solutions").glob("*/configs/*.yaml"))
-    assert len(recipes) >= 12
+    assert len(recipes) >= 25
     for path in recipes:
-        cls = classes.get(path.parent.parent.name, TrainConfig)
+        cls = classes.get(path.parent.parent.name, lambda path: TrainConfig)(path)
         cfg = cls(**load_yaml(path, cls))
         assert cfg.name == path.stem and cfg.solution == path.parent.parent.name, path
 

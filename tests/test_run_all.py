@@ -19,11 +19,12 @@ def run_all(*args: str) -> str:
 def test_run_all_tiny_end_to_end_and_rerun(tmp_path):
     work = tmp_path / "work"
     out = run_all("--preset", "tiny", "--work", str(work))
-    for stage in ("data", "index", "folds", "stats", "dylan", "bestfitting"):
+    for stage in ("data", "index", "folds", "stats", "dylan", "bestfitting", "convoluted"):
         assert f"== {stage}:" in out
     test_labels = pd.read_csv(work / "mini" / "test_labels.csv")
-    submission = pd.read_csv(work / "submissions" / "dylan.csv.gz")
-    assert sorted(submission["_id"]) == sorted(test_labels["_id"])
+    for solution in ("dylan", "bestfitting", "convoluted"):
+        submission = pd.read_csv(work / "submissions" / f"{solution}.csv.gz")
+        assert sorted(submission["_id"]) == sorted(test_labels["_id"]), solution
     assert (work / "preds" / "dylan_mini_lite0" / "oof.npz").exists()
     assert (work / "stats" / "train" / "stats.json").exists()
     assert "Still to come" in out

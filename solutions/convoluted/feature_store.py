@@ -1,0 +1,149 @@
+"""The 2nd place's feature store: a base net's penultimate features per image, clipped to
+[0, clip] and quantised to uint8 in a memory-mapped file, read back by product.
+
+    <dir>/<split>.u8        uint8[n_images, n_flips, dim]  (image order = the BSON index's)
+    <dir>/<split>.ok.u8     uint8[n_images]                1 = written and decoded
+    <dir>/<split>.json      dim, flips, clip, n_images, model, rows written
+
+Why: at full scale a base net's features are tens of GB (12.4M images x 2 flips x 2048 bytes
+= 51 GB), far beyond RAM, yet the fusion heads want random access by product. A memmap of
+fixed-size rows gives that, and uint8 is 4x smaller than float32 at a precision far below the
+features' noise (the team's choice). Writers in several DDP ranks fill disjoint rows of one
+pre-sized file; the file is renamed into place only when complete (a crash leaves no store).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.atomic import write_json
+from common.errors import DataError
+
+MAX_VIEWS = 4  # products are padded / cut to 4 images
+
+
+def image_offsets(n_imgs: np.ndarray) -> np.ndarray:
+    """First image row of every product (products in index order)."""
+    return np.concatenate([[0], np.cumsum(np.asarray(n_imgs, np.int64))])
+
+
+def quantise(x: np.ndarray, clip: float) -> np.ndarray:
+    return np.rint(np.clip(x, 0.0, clip) * (255.0 / clip)).astype(np.uint8)
+
+
+def dequantise(q, clip: float):
+    """uint8 -> float32 (numpy array or torch tensor)."""
+    return q.astype(np.float32) * (clip / 255.0) if isinstance(q, np.ndarray) else q.float() * (clip / 255.0)
+
+
+class FeatureWriter:
+    """Pre-sizes the store (sparse file), takes per-image features in any order, then commits."""
+
+    def __init__(self, directory: Path, split: str, n_imgs: np.ndarray, dim: int, flips: int, clip: float, model: str, create: bool = True):
+        self.dir, self.split, self.dim, self.flips, self.clip, self.model = Path(directory), split, dim, flips, clip, model
+        self.offsets = image_offsets(n_imgs)
+        self.n_images = int(self.offsets[-1])
+        self.tmp = self.dir / f"{split}.u8.tmp"
+        self.tmp_ok = self.dir / f"{split}.ok.u8.tmp"
+        if create:  # rank 0 creates, the other ranks open after a barrier
+            self.dir.mkdir(parents=True, exist_ok=True)
+            np.memmap(self.tmp, np.uint8, "w+", shape=(max(self.n_images, 1), flips, dim)).flush()
+            np.memmap(self.tmp_ok, np.uint8, "w+", shape=(max(self.n_images, 1),)).flush()
+        self.features = np.memmap(self.tmp, np.uint8, "r+", shape=(max(self.n_images, 1), flips, dim))
+        self.ok = np.memmap(self.tmp_ok, np.uint8, "r+", shape=(max(self.n_images, 1),))
+
+    def write(self, product_rows: np.ndarray, ranks: np.ndarray, features: np.ndarray, ok: np.ndarray) -> None:
+        """features float[n, flips, dim] of images (product row, rank); ok[n] marks decoded images."""
+        if features.shape[1:] != (self.flips, self.dim):
+            raise ValueError(f"features of shape {features.shape[1:]}, store holds {(self.flips, self.dim)}")
+        at = self.offsets[np.asarray(product_rows)] + np.asarray(ranks)
+        self.features[at] = quantise(features, self.clip)
+        self.ok[at] = np.asarray(ok, np.uint8)
+
+    def commit(self, rows: np.ndarray) -> "FeatureStore":
+        """Flush, record which products were written, rename into place (main process only)."""
+        self.features.flush()
+        self.ok.flush()
+        del self.features, self.ok
+        meta = {"dim": self.dim, "flips": self.flips, "clip": self.clip, "n_images": self.n_images, "model": self.model}
+        np.save(self.dir / f"{self.split}.rows.npy", np.asarray(np.sort(rows), np.int64))
+        os.replace(self.tmp_ok, self.dir / f"{self.split}.ok.u8")
+        os.replace(self.tmp, self.dir / f"{self.split}.u8")
+        write_json(self.dir / f"{self.split}.json", meta)  # last: its presence marks a complete store
+        return FeatureStore(self.dir, self.split)
+
+
+@dataclass
+class StoreMeta:
+    dim: int
+    flips: int
+    clip: float
+    n_images: int
+    model: str
+
+
+class FeatureStore:
+    """Read side: product rows -> padded views, without loading the file."""
+
+    def __init__(self, directory: Path, split: str):
+        self.dir, self.split = Path(directory), split
+        meta_path = self.dir / f"{split}.json"
+        if not meta_path.exists():
+            raise DataError(f"{meta_path}: no feature store (train the base net first: its fold extracts the features)")
+        self.meta = StoreMeta(**json.loads(meta_path.read_text()))
+        self.shape = (max(self.meta.n_images, 1), self.meta.flips, self.meta.dim)
+        path = self.dir / f"{split}.u8"
+        if path.stat().st_size != int(np.prod(self.shape)):
+            raise DataError(f"{path}: {path.stat().st_size} bytes, expected {int(np.prod(self.shape))} (a truncated store: delete it and extract again)")
+        self.rows = np.load(self.dir / f"{split}.rows.npy")
+        self._features: np.memmap | None = None
+        self._ok: np.memmap | None = None
+
+    def __getstate__(self) -> dict:
+        """Loader workers reopen the memmaps (pickling one would copy the whole file)."""
+        return {**self.__dict__, "_features": None, "_ok": None}
+
+    @property
+    def features(self) -> np.memmap:
+        if self._features is None:
+            self._features = np.memmap(self.dir / f"{self.split}.u8", np.uint8, "r", shape=self.shape)
+        return self._features
+
+    @property
+    def ok(self) -> np.memmap:
+        if self._ok is None:
+            self._ok = np.memmap(self.dir / f"{self.split}.ok.u8", np.uint8, "r", shape=(self.shape[0],))
+        return self._ok
+
+    @staticmethod
+    def exists(directory: Path, split: str) -> bool:
+        return (Path(directory) / f"{split}.json").exists()
+
+    def check_index(self, n_imgs: np.ndarray) -> np.ndarray:
+        """The store must match the index it is read with; returns the image offsets."""
+        offsets = image_offsets(n_imgs)
+        if int(offsets[-1]) != self.meta.n_images:
+            raise DataError(f"{self.dir / self.split}: made for {self.meta.n_images} images, the index has {int(offsets[-1])}: extract again")
+        return offsets
+
+    def views(self, offsets: np.ndarray, n_imgs: np.ndarray, rows: np.ndarray, max_views: int = MAX_VIEWS) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8[B, max_views, flips, dim], mask bool[B, max_views]) for product rows; missing
+        views (fewer images, or undecodable) are zeros with mask False."""
+        rows = np.asarray(rows)
+        out = np.zeros((len(rows), max_views, self.meta.flips, self.meta.dim), np.uint8)
+        mask = np.zeros((len(rows), max_views), bool)
+        for v in range(max_views):
+            has = np.asarray(n_imgs)[rows] > v
+            at = offsets[rows[has]] + v
+            out[has, v] = self.features[at]
+            mask[has, v] = self.ok[at] > 0
+        return out, mask
+
+    def images(self, offsets: np.ndarray, rows: np.ndarray, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8[n, flips, dim], ok[n]) of single images (product row, rank)."""
+        at = offsets[np.asarray(rows)] + np.asarray(ranks)
+        return self.features[at], self.ok[at] > 0

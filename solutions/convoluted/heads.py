@@ -1,0 +1,67 @@
+"""Second-level nets over a product's padded views of base-net features (2nd place).
+
+Every head takes (x float[B, V, D], mask bool[B, V]) and returns logits [B, C]; a masked view
+(missing image, undecodable image) never contributes. Heads are chosen by name (`model:` in a
+fuse recipe) through HEADS, like timm's registry.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+HEADS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_head(name: str):
+    def wrap(cls):
+        HEADS[name] = cls
+        return cls
+
+    return wrap
+
+
+@register_head("fusion_gated")
+class GatedFusionHead(nn.Module):
+    """Member A's "FcNet3": dropout, per-view SE-style gate sigmoid(fc(relu(fc(x)))) * x, sum over
+    views, Linear -> PReLU -> Linear -> PReLU -> classes. Its best version (DPN92 + SE-ResNeXt101
+    features) scored 0.7823 product-level val. Hidden sizes are our choice (not recorded)."""
+
+    def __init__(self, in_dim: int, num_classes: int, hidden: int = 2048, gate_reduction: int = 16, drop_rate: float = 0.5):
+        super().__init__()
+        self.num_classes = num_classes
+        self.drop = nn.Dropout(drop_rate)
+        squeeze = max(in_dim // gate_reduction, 8)
+        self.gate = nn.Sequential(nn.Linear(in_dim, squeeze), nn.ReLU(inplace=True), nn.Linear(squeeze, in_dim), nn.Sigmoid())
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.PReLU(), nn.Linear(hidden, hidden), nn.PReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.drop(x)
+        x = self.gate(x) * x * mask.unsqueeze(-1).to(x.dtype)
+        return self.mlp(x.sum(dim=1))
+
+
+@register_head("fusion_max")
+class MaxFusionHead(nn.Module):
+    """Member B's second-level net: a Dense layer per view (shared weights), max over the real
+    views, then the classifier (the team's max-pool variant of FcNet scored 0.7795)."""
+
+    def __init__(self, in_dim: int, num_classes: int, hidden: int = 2048, drop_rate: float = 0.5, **_: object):
+        super().__init__()
+        self.num_classes = num_classes
+        self.per_view = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(in_dim, hidden), nn.ReLU(inplace=True))
+        self.classifier = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.per_view(x)
+        h = h.masked_fill(~mask.unsqueeze(-1), torch.finfo(h.dtype).min)
+        pooled = h.max(dim=1).values
+        pooled = torch.where(mask.any(dim=1, keepdim=True), pooled, torch.zeros_like(pooled))  # no view at all -> zeros
+        return self.classifier(pooled)
+
+
+def create_head(name: str, in_dim: int, num_classes: int, **kwargs) -> nn.Module:
+    if name not in HEADS:
+        raise ValueError(f"unknown fusion head {name!r}; choose from {sorted(HEADS)}")
+    return HEADS[name](in_dim, num_classes, **kwargs)

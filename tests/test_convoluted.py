@@ -1,0 +1,256 @@
+"""2nd place (convoluted): feature store, fusion heads, rank/count routing, full recipes, a tiny run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from common.bson_index import load_index
+from common.config import load_yaml
+from common.errors import DataError
+from common.models import ModelSpec, create_model
+from common.paths import REPO, WorkDir
+from common.predictions import TopK, load_topk, validate_topk
+from common.train import build_optimizer, masked_cross_entropy
+from solutions.convoluted.base import BaseConfig, classifier_as_linear, ranks_in_batch
+from solutions.convoluted.feature_store import FeatureStore, FeatureWriter, dequantise
+from solutions.convoluted.heads import create_head
+from solutions.convoluted.rank_count import COUNT_MODELS, RANK_MODELS, _probs_by_route, route
+from solutions.convoluted.train import stage_of
+
+CONFIGS = REPO / "solutions" / "convoluted" / "configs"
+
+
+# ----------------------------------------------------------------------------- feature store
+
+
+def _write_store(directory: Path, n_imgs: np.ndarray, rows: np.ndarray, dim: int = 6, flips: int = 2, clip: float = 3.0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    writer = FeatureWriter(directory, "train", n_imgs, dim, flips, clip, "toy")
+    truth = {}
+    for row in rows[::-1]:  # any order
+        feats = rng.uniform(-1, 4, (n_imgs[row], flips, dim)).astype(np.float32)
+        ok = np.ones(n_imgs[row], bool)
+        ok[-1] = n_imgs[row] < 3  # the last image of a 3+ image product is "corrupt"
+        writer.write(np.full(n_imgs[row], row), np.arange(n_imgs[row]), feats, ok)
+        truth[row] = (feats, ok)
+    return writer.commit(rows), truth
+
+
+def test_feature_store_round_trip_by_product_padded_to_four_views(tmp_path):
+    n_imgs = np.array([1, 3, 0, 4, 2, 5])
+    rows = np.array([0, 1, 3, 4, 5])
+    store, truth = _write_store(tmp_path, n_imgs, rows)
+    reopened = FeatureStore(tmp_path, "train")
+    offsets = reopened.check_index(n_imgs)
+    feats, mask = reopened.views(offsets, n_imgs, np.array([3, 0, 5]))
+    assert feats.shape == (3, 4, 2, 6) and feats.dtype == np.uint8
+    assert mask.tolist() == [[True, True, True, False], [True, False, False, False], [True, True, True, True]]
+    real, ok = truth[3]
+    assert np.abs(dequantise(feats[0], 3.0) - np.clip(real, 0, 3)).max() <= 3.0 / 255 / 2 + 1e-6  # half a quantisation step
+    assert not feats[1, 1:].any()  # padding views are zeros
+    assert np.array_equal(feats[2], reopened.views(offsets, n_imgs, np.array([5]))[0][0])  # 5 images: cut to 4 views
+    assert reopened.rows.tolist() == rows.tolist()
+
+
+def test_feature_store_refuses_incomplete_or_mismatched_files(tmp_path):
+    n_imgs = np.array([2, 1])
+    writer = FeatureWriter(tmp_path, "train", n_imgs, 4, 1, 3.0, "toy")
+    writer.write(np.array([0, 0]), np.array([0, 1]), np.ones((2, 1, 4)), np.ones(2, bool))
+    with pytest.raises(DataError, match="no feature store"):  # crashed before commit
+        FeatureStore(tmp_path, "train")
+    writer.commit(np.array([0, 1]))
+    with pytest.raises(DataError, match="index has"):
+        FeatureStore(tmp_path, "train").check_index(np.array([2, 2]))
+    path = tmp_path / "train.u8"
+    path.write_bytes(path.read_bytes()[:5])  # cut in half
+    with pytest.raises(DataError, match="truncated"):
+        FeatureStore(tmp_path, "train")
+
+
+def test_ranks_in_batch_of_whole_products():
+    assert ranks_in_batch(np.array([0, 0, 0, 1, 2, 2])).tolist() == [0, 1, 2, 0, 0, 1]
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+@pytest.mark.parametrize("name", ["fusion_gated", "fusion_max"])
+def test_fusion_heads_ignore_masked_views(name):
+    torch.manual_seed(0)
+    head = create_head(name, 16, 7, hidden=32).eval()
+    x = torch.randn(3, 4, 16).abs()
+    mask = torch.tensor([[True, True, False, False], [True, False, False, False], [True, True, True, True]])
+    out = head(x, mask)
+    assert out.shape == (3, 7) and torch.isfinite(out).all()
+    garbage = x.clone()
+    garbage[~mask] = 100.0  # whatever sits in a missing view must not matter
+    assert torch.allclose(head(garbage, mask), out, atol=1e-5)
+    changed = x.clone()
+    changed[0, 1] += 1.0  # a real view does matter
+    assert not torch.allclose(head(changed, mask)[0], out[0])
+    assert torch.isfinite(head(x, torch.zeros(3, 4, dtype=torch.bool))).all()  # no view at all
+
+
+def test_gated_head_learns_from_views():
+    torch.manual_seed(0)
+    head = create_head("fusion_gated", 8, 2, hidden=16, drop_rate=0.0)
+    x = torch.rand(64, 4, 8)
+    y = (x[:, 0, 0] > 0.5).long()
+    mask = torch.ones(64, 4, dtype=torch.bool)
+    opt = torch.optim.Adam(head.parameters(), 1e-2)
+    for _ in range(200):
+        loss = torch.nn.functional.cross_entropy(head(x, mask), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert (head(x, mask).argmax(1) == y).float().mean() > 0.9
+
+
+# ----------------------------------------------------------------------------- rank / count
+
+
+def test_rank_and_count_routing():
+    rank_i, count_i = route(np.array([0, 1, 2, 3, 0, 0, 4]), np.array([4, 4, 4, 4, 1, 2, 5]))
+    assert [RANK_MODELS[i] for i in rank_i] == ["rank1", "rank2_4", "rank2_4", "rank2_4", "rank1", "rank1", "rank2_4"]
+    assert [COUNT_MODELS[i] for i in count_i] == ["count4"] * 4 + ["count1", "count2", "count4"]
+
+
+def test_each_image_goes_through_its_routed_model():
+    models = []
+    for i in range(4):  # model i always says class i
+        m = torch.nn.Linear(3, 4)
+        torch.nn.init.zeros_(m.weight)
+        with torch.no_grad():
+            m.bias.copy_(torch.nn.functional.one_hot(torch.tensor(i), 4) * 10.0)
+        models.append(m)
+    which = np.array([2, 0, 3, 3, 1])
+    probs = _probs_by_route(models, which, torch.randn(5, 3))
+    assert probs.argmax(1).tolist() == which.tolist()
+
+
+# ----------------------------------------------------------------------------- full recipes
+
+
+BASES = sorted(CONFIGS.glob("base_*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", BASES, ids=lambda p: p.stem)
+def test_full_base_net_builds_and_steps(recipe):
+    from common.augment import build_augment
+
+    cfg = BaseConfig(**{**load_yaml(recipe, BaseConfig), "pretrained": None})
+    model = create_model(ModelSpec(cfg.model, 5270))
+    optimizer = build_optimizer(cfg, model)
+    x = build_augment(cfg.augment)(torch.randn(2, 3, 80, 80))  # tiny input (InceptionV3 needs >= 75 px)
+    logits = model(x)
+    loss = masked_cross_entropy(logits, torch.tensor([0, 5269]), torch.ones(2, dtype=torch.bool), cfg.label_smoothing)
+    loss.backward()
+    optimizer.step()
+    assert logits.shape == (2, 5270) and torch.isfinite(loss)
+    assert classifier_as_linear(model)(model.forward_head(model.forward_features(x), pre_logits=True)).shape == (2, 5270)
+
+
+@pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("fuse_*.yaml")), ids=lambda p: p.stem)
+def test_full_fusion_head_builds_and_steps(recipe):
+    stage = stage_of(recipe)
+    cfg = stage.config(**load_yaml(recipe, stage.config))
+    dims = {"base_dpn92": 2688, "base_seresnext101": 2048}
+    head = create_head(cfg.model, sum(dims[b] for b in cfg.bases), 5270, hidden=cfg.hidden, gate_reduction=cfg.gate_reduction, drop_rate=cfg.drop_rate)
+    optimizer = build_optimizer(cfg, head)
+    logits = head(torch.rand(2, 4, sum(dims[b] for b in cfg.bases)) * 3, torch.tensor([[True, False, False, False], [True] * 4]))
+    torch.nn.functional.cross_entropy(logits, torch.tensor([1, 5000])).backward()
+    optimizer.step()
+    assert logits.shape == (2, 5270)
+
+
+# ----------------------------------------------------------------------------- the sqrt blend
+
+
+def test_sqrt_blend_lets_agreeing_members_outvote_a_confident_one():
+    from common.blend import power_mean
+
+    ids = np.array([7])
+    a = TopK(ids, np.array([[0, 1, -1]], np.int16), np.array([[0.9, 0.1, 0.0]], np.float16))
+    b = TopK(ids, np.array([[1, 2, -1]], np.int16), np.array([[0.6, 0.4, 0.0]], np.float16))
+    assert power_mean([a, b], 3).labels[0, 0] == 0  # plain mean: 0.45 vs 0.35
+    sqrt = power_mean([a, b], 3, power=0.5)
+    assert sqrt.labels[0, 0] == 1  # sqrt: (0.95 + 0) / 2 < (0.32 + 0.77) / 2
+    assert float(sqrt.probs[0, 0]) == pytest.approx(((0.1**0.5 + 0.6**0.5) / 2) ** 2, abs=2e-3)
+
+
+# ----------------------------------------------------------------------------- a tiny end-to-end run
+
+
+def test_tiny_run_base_heads_rank_count_and_team_blend(tiny_work, tmp_path, monkeypatch):
+    import solutions.convoluted.fuse as fuse
+    from solutions.convoluted.submit import main as submit
+    from solutions.convoluted.train import main
+
+    work = WorkDir(tiny_work)
+    folds = pd.read_csv(work.folds).set_index("_id")["fold"]
+    seen_by_fold = {}
+    real_fit = fuse.fit
+
+    def recording_fit(cfg, model, train_set, *args, **kwargs):  # which products each head trains on
+        seen_by_fold.setdefault(cfg.name, []).append(train_set.rows.copy())
+        return real_fit(cfg, model, train_set, *args, **kwargs)
+
+    monkeypatch.setattr(fuse, "fit", recording_fit)
+    common = "solution: convoluted\ninput_size: 32\nepochs: 2\nbatch_size: 8\nnum_workers: 0\namp: none\ntopk: 5\neval_batch_size: 16\n"
+    recipes = {
+        "base": "stage: base\nname: tb\nmodel: resnet10t\nlr: 0.01\naugment: [shift_scale_rotate, rot90]\n",
+        "gated": "stage: fuse\nname: tg\nmodel: fusion_gated\nbases: [tb]\nhidden: 32\nlr: 3.0e-3\nteam_weight: 0.53\n",
+        "max": "stage: fuse\nname: tm\nmodel: fusion_max\nbases: [tb]\nhidden: 32\nlr: 3.0e-3\nteam_weight: 0.23\n",
+        "rc": "stage: rank_count\nname: trc\nmodel: linear\nbase: tb\nlr: 1.0e-3\nteam_weight: 0.23\n",
+    }
+    summaries = {}
+    for key, text in recipes.items():
+        path = tmp_path / f"{key}.yaml"
+        path.write_text(common + text)
+        summaries[key] = main(["--config", str(path), "--work", str(tiny_work)])
+
+    ids = load_index(work.index("train")).ids
+    for k in (0, 1):  # honesty: fold k's head learnt only from products outside fold k
+        assert (folds.loc[ids[seen_by_fold["tg"][k]]] != k).all()
+        store = FeatureStore(work.features("convoluted", "tb", k), "train")
+        assert set(ids[store.rows]) == set(folds.index)  # heads' training rows + fold k's own
+    for key, source in (("base", "convoluted_tb"), ("gated", "convoluted_tg"), ("max", "convoluted_tm"), ("rc", "convoluted_trc")):
+        oof = load_topk(work.preds(source) / "oof.npz")
+        validate_topk(oof, source)
+        assert oof.ids.tolist() == sorted(folds.index.tolist())
+        assert len(load_topk(work.preds(source) / "test.npz")) == 16
+    assert summaries["base"]["oof_product_accuracy"] > 0.5
+    assert summaries["gated"]["oof_product_accuracy"] > 0.5
+    assert set(summaries["rc"]["oof_variants"]) == {"base", "rank", "count", "rank_count"}
+    assert summaries["rc"]["oof_variants"]["rank_count"] == pytest.approx(summaries["rc"]["oof_product_accuracy"], abs=1e-4)
+    report = submit(["--work", str(tiny_work)])
+    assert report["weights"] == [0.53, 0.23, 0.23] and report["power"] == 0.5
+    sub = pd.read_csv(work.submissions / "convoluted.csv.gz")
+    assert len(sub) == 16 and report["oof_product_accuracy"] > 0.5
+
+
+# ----------------------------------------------------------------------------- augmentations
+
+
+def test_augmentations_keep_shape_and_content():
+    from common.augment import build_augment, random_rot90, shift_scale_rotate
+
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 16, 16)
+    assert torch.equal(shift_scale_rotate(x, p=0.0), x)  # p=0: untouched
+    moved = shift_scale_rotate(x, p=1.0)
+    assert moved.shape == x.shape and not torch.allclose(moved, x)
+    turned = random_rot90(x)
+    for a, b in zip(x, turned):  # each sample is one of its four rotations
+        assert any(torch.equal(torch.rot90(a, k, dims=(1, 2)), b) for k in range(4))
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert build_augment(["shift_scale_rotate", "rot90"])(cl).is_contiguous(memory_format=torch.channels_last)
+    assert build_augment([]) is None
+    with pytest.raises(ValueError, match="unknown augmentations"):
+        build_augment(["mixup"])
+    with pytest.raises(DataError, match="augment"):
+        BaseConfig(augment=["mixup"])
