@@ -32,8 +32,8 @@ case "$PROFILE" in mini|full) ;; *) echo "run_all.sh: --profile must be mini or 
 [ -n "$N_FOLDS" ] || { [ "$PROFILE" = mini ] && N_FOLDS=3 || N_FOLDS=5; }
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
-STAGES=(data index folds stats dylan bestfitting convoluted)
-TO_COME=(ocr md5 stack report)
+STAGES=(data index folds stats dylan bestfitting convoluted ocr md5)
+TO_COME=(stack report)
 for s in "$FROM" "$ONLY"; do
   if [ -n "$s" ] && [[ ! " ${STAGES[*]} " =~ " $s " ]]; then
     echo "run_all.sh: unknown stage '$s' (stages: ${STAGES[*]}; still to come: ${TO_COME[*]})" >&2; exit 2
@@ -106,6 +106,8 @@ run_stage stats "$WORK/stats/train/stats.json" bash -c "python -m common.stats -
 run_stage dylan "$WORK/preds/dylan/summary.json" train_solution dylan
 run_stage bestfitting "$WORK/preds/bestfitting/summary.json" train_solution bestfitting
 run_stage convoluted "$WORK/preds/convoluted/summary.json" train_solution convoluted
+run_stage ocr "$WORK/preds/ocr/summary.json" python -m ocr.run --work "$WORK"
+run_stage md5 "$WORK/preds/md5/summary.json" python -m ensembling.md5 --work "$WORK"
 
 echo
 echo "Wall time per stage:"

@@ -1,0 +1,279 @@
+"""The OCR source: read the covers of the products predicted to be media, classify their text.
+
+    python -m ocr.run --work work [--sources dylan bestfitting] [--threshold 0.3] [--workers N]
+    python -m ocr.run --work work --config my_ocr.yaml            # any option below, as YAML
+
+Writes work/preds/ocr/{oof,test}.npz (top-K; a product not read, or read without a known word,
+has no row) and summary.json; the per-image text cache is work/ocr/cache.sqlite3.
+
+Spreading the reading over machines (the slowest CPU stage at full scale; on the mini data one
+core reads ~35 covers/s with 64 images per tesseract process):
+    machine i of n:  python -m ocr.run --work W --shard i/n --cache W/ocr/cache_shard_i.sqlite3
+                     (reads only its products, chosen by a hash of _id, fills its cache, stops)
+    then, on one:    python -m ocr.run --work W --merge-caches cache_shard_*.sqlite3
+                     (merges them into W/ocr/cache.sqlite3; every image is then a cache hit, and
+                     the text model trains on all of them)
+Within a machine, `--workers` tesseract processes (default: every core) share the images.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.atomic import write_json
+from common.bson_reader import BsonReader
+from common.config import add_config_arguments, parse_config
+from common.errors import DataError
+from common.infer import average_topk
+from common.known_test_labels import known_test_labels
+from common.metrics import accuracy
+from common.paths import WorkDir
+from common.predictions import TopK, concat_topk, save_topk
+from common.recipe import FoldData, load_fold_data
+
+from .evaluate import media_accuracy
+from .reader import ImageTexts, Readers, ReadSettings, TextCache, check_steps, check_tesseract, merge_caches
+from .select import Selection, default_sources, load_sources, media_labels, select_products, selection_report
+from .text_model import FoldTexts, TextModelOptions, cross_fit, empty_topk, has_words
+
+SOURCE = "ocr"
+REAL_MEDIA_GROUPS = ["LIBRAIRIE", "MUSIQUE", "DVD - BLU-RAY", "JEUX VIDEO"]
+
+
+@dataclass
+class OcrOptions:
+    # which products
+    sources: list[str] = field(default_factory=list)  # CNN sources choosing the products (default: the solution blends)
+    media_groups: list[str] = field(default_factory=lambda: list(REAL_MEDIA_GROUPS))
+    threshold: float = 0.3  # minimum mean media probability mass to read a product
+    max_images: int = 4  # images read per product (in the seller's order; 4 = all)
+    # how to read (bench/bench_ocr.py measured the steps)
+    preprocess: list[str] = field(default_factory=lambda: ["pad", "otsu"])  # steps of ocr.reader.PREPROCESS, in order
+    lang: str = "fra+eng"
+    psm: int = 11  # sparse text: +10 points of keyword read rate over the automatic layout (3) on the mini covers
+    workers: int = 0  # tesseract processes; 0 = every core
+    batch: int = 64  # images per tesseract process (it spends ~0.18 s loading its models per call)
+    chunk_images: int = 4096  # images buffered between cache look-ups (a few batches per worker)
+    cache: str | None = None  # default: <work>/ocr/cache.sqlite3
+    merge_caches: list[str] = field(default_factory=list)  # caches of other machines to merge first
+    shard: str = ""  # "i/n": read only this machine's share (then stop)
+    # the text model
+    classifier: str = "logreg"
+    C: float = 10.0
+    word_ngram_max: int = 2
+    char_ngram_min: int = 2
+    char_ngram_max: int = 5
+    min_df: int = 1
+    topk: int = 20
+
+    def __post_init__(self) -> None:
+        check_steps(self.preprocess)
+        if self.shard:
+            parse_shard(self.shard)
+
+    @property
+    def settings(self) -> ReadSettings:
+        return ReadSettings(tuple(self.preprocess), self.lang, self.psm)
+
+    @property
+    def text_model(self) -> TextModelOptions:
+        return TextModelOptions(self.classifier, self.C, (1, self.word_ngram_max), (self.char_ngram_min, self.char_ngram_max), self.min_df)
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise DataError(f"--shard {shard!r}: expected i/n, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise DataError(f"--shard {shard!r}: need 0 <= i < n")
+    return i, n
+
+
+def shard_mask(ids: np.ndarray, shard: str) -> np.ndarray:
+    """bool per _id: its share of a multiplicative hash (even across shards whatever the id order)."""
+    i, n = parse_shard(shard)
+    mixed = (np.asarray(ids).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
+    return mixed % np.uint64(n) == np.uint64(i)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def queue_products(reader: BsonReader, rows: np.ndarray, texts: ImageTexts, max_images: int) -> list[list[bytes]]:
+    """Each product's image MD5s (first `max_images`), the images queued for reading."""
+    return [[texts.add(jpeg) for jpeg in reader[int(r)].images[:max_images]] for r in rows]
+
+
+def product_texts(digests: list[list[bytes]], texts: dict[bytes, str]) -> list[str]:
+    return [" \n ".join(texts[d] for d in ds if texts[d]) for ds in digests]
+
+
+def read_selected(data: FoldData, sel: Selection, opts: OcrOptions, cache_path: Path, progress: bool) -> tuple[list[str], list[str], dict]:
+    """Texts of the selected train and test products (index-row order), and the reading figures."""
+    settings = opts.settings
+    version = check_tesseract(settings.lang)
+    cache = TextCache(cache_path, settings.key)
+    try:
+        with Readers(settings, opts.workers or os.cpu_count() or 1, opts.batch) as readers:
+            texts = ImageTexts(cache, readers, opts.chunk_images, progress)
+            train_digests = queue_products(data.train, sel.train_rows, texts, opts.max_images)
+            test_digests = queue_products(data.test, sel.test_rows, texts, opts.max_images)
+            stats = texts.close()
+        cached = len(cache)
+    finally:
+        cache.close()
+    report = {"tesseract": version, "settings": settings.key, "cache": str(cache_path), "cache_rows": cached, **stats.as_dict()}
+    return product_texts(train_digests, texts.texts), product_texts(test_digests, texts.texts), report
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+
+
+def select(work: WorkDir, data: FoldData, opts: OcrOptions) -> tuple[Selection, list[str], dict, dict, np.ndarray]:
+    """The products to read, the sources that chose them, their predictions, and the media mask."""
+    media = media_labels(data.tree, opts.media_groups)
+    sources = opts.sources or default_sources(work)
+    oofs, tests = load_sources(work, sources)
+    sel = select_products(oofs, tests, media, np.asarray(data.train.index.ids), data.labels, data.fold,
+                          np.asarray(data.test.index.ids), opts.threshold)
+    return sel, sources, dict(zip(sources, oofs)), dict(zip(sources, tests)), media
+
+
+def selection_summary(data: FoldData, sel: Selection, media: np.ndarray, test_true: np.ndarray | None) -> dict:
+    known = data.labels >= 0
+    usable = known & (data.fold >= -1)
+    train_sel = np.zeros(len(data.labels), bool)
+    train_sel[sel.train_rows] = True
+    out = {"train": {**selection_report(train_sel & usable, usable & media[np.where(known, data.labels, 0)]),
+                     "chosen_by_own_label": sel.by_label}}
+    test_sel = np.zeros(len(data.test.index), bool)
+    test_sel[sel.test_rows] = True
+    out["test"] = {"selected": int(test_sel.sum())}
+    if test_true is not None:
+        have = test_true >= 0
+        out["test"] = selection_report(test_sel & have, have & media[np.where(have, test_true, 0)])
+    return out
+
+
+def classify(data: FoldData, sel: Selection, train_texts: list[str], test_texts: list[str], opts: OcrOptions) -> tuple[TopK, TopK, dict]:
+    """OOF (fold models on their own fold) and test (mean of fold models) top-K predictions."""
+    read_tr = np.array([has_words(t) for t in train_texts], bool) & (data.labels[sel.train_rows] >= 0)
+    read_te = np.array([has_words(t) for t in test_texts], bool)
+    rows_tr, rows_te = sel.train_rows[read_tr], sel.test_rows[read_te]
+    train = FoldTexts(np.asarray(data.train.index.ids[rows_tr], np.int64), [t for t, ok in zip(train_texts, read_tr) if ok],
+                      data.labels[rows_tr], data.fold[rows_tr])
+    test = FoldTexts(np.asarray(data.test.index.ids[rows_te], np.int64), [t for t, ok in zip(test_texts, read_te) if ok])
+    k = min(opts.topk, len(data.tree))
+    oof_parts, test_parts, folds = cross_fit(_sorted(train), _sorted(test), len(data.tree), opts.text_model, k)
+    oof_parts, test_parts = [p for p in oof_parts if len(p)], [p for p in test_parts if len(p)]
+    oof = concat_topk(oof_parts) if oof_parts else empty_topk(k)
+    test_preds = average_topk(test_parts, k) if test_parts else empty_topk(k)
+    counts = {"train_products_with_text": int(read_tr.sum()), "test_products_with_text": int(read_te.sum()), "folds_trained": folds}
+    return oof, test_preds, counts
+
+
+def _sorted(t: FoldTexts) -> FoldTexts:
+    order = np.argsort(t.ids, kind="stable")
+    pick = lambda a: None if a is None else a[order]  # noqa: E731
+    return FoldTexts(t.ids[order], [t.texts[i] for i in order], pick(t.labels), pick(t.folds))
+
+
+def run_ocr(work: WorkDir, opts: OcrOptions, progress: bool = True) -> dict:
+    """The whole stage; returns the summary (also written to preds/ocr/summary.json)."""
+    t0 = time.perf_counter()
+    cache_path = Path(opts.cache) if opts.cache else work.root / "ocr" / "cache.sqlite3"
+    merged = merge_caches(cache_path, opts.merge_caches) if opts.merge_caches else 0
+    data = load_fold_data(work)
+    sel, sources, oofs, tests, media = select(work, data, opts)
+    if opts.shard:
+        keep_tr = shard_mask(data.train.index.ids[sel.train_rows], opts.shard)
+        keep_te = shard_mask(data.test.index.ids[sel.test_rows], opts.shard)
+        sel = Selection(sel.train_rows[keep_tr], sel.test_rows[keep_te], sel.train_mass, sel.test_mass, sel.by_label)
+    train_texts, test_texts, reading = read_selected(data, sel, opts, cache_path, progress)
+    if opts.shard:
+        print(f"ocr shard {opts.shard}: {len(sel.train_rows)} train + {len(sel.test_rows)} test products read into {cache_path}; "
+              "merge the shard caches with --merge-caches and rerun without --shard")
+        return {"shard": opts.shard, "reading": reading}
+    oof, test, counts = classify(data, sel, train_texts, test_texts, opts)
+    out = work.preds(SOURCE)
+    save_topk(out / "oof.npz", oof)
+    save_topk(out / "test.npz", test)
+    summary = make_summary(work, data, sel, media, sources, oofs, tests, oof, test, reading, counts, opts)
+    summary["merged_cache_rows"] = merged
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def make_summary(work, data, sel, media, sources, oofs, tests, oof, test, reading, counts, opts) -> dict:
+    test_true = known_test_labels(work, data)
+    oof_true = data.labels[data.train.index.positions_of(oof.ids)]
+    train_ids = np.asarray(data.train.index.ids)
+    true_media_rows = np.flatnonzero((data.fold >= 0) & (data.labels >= 0) & media[np.clip(data.labels, 0, None)])
+    k = min(opts.topk, len(data.tree))
+    summary = {
+        "source": SOURCE, "options": asdict(opts), "selection_sources": sources, "media_groups_present": sorted(set(data.tree.level1_names[media])),
+        "selection": selection_summary(data, sel, media, test_true),
+        "reading": reading, **counts,
+        "oof_products": int(len(oof)), "test_products": int(len(test)),
+        "oof_accuracy_ocr_alone": accuracy(oof.top1, oof_true) if len(oof) else None,
+        "media_accuracy_oof": media_accuracy(oofs, oof, train_ids[true_media_rows], data.labels[true_media_rows], k),
+    }
+    if test_true is not None:
+        rows = np.flatnonzero((test_true >= 0) & media[np.clip(test_true, 0, None)])
+        test_ids = np.asarray(data.test.index.ids)
+        best = summary["media_accuracy_oof"].get("best_cnn")  # the source chosen on OOF, not on test
+        summary["media_accuracy_test"] = media_accuracy(tests, test, test_ids[rows], test_true[rows], k, best)
+        truth = test_true[data.test.index.positions_of(test.ids)]
+        summary["test_accuracy_ocr_alone"] = accuracy(test.top1, truth) if len(test) else None
+    return summary
+
+
+def print_summary(s: dict) -> None:
+    if "shard" in s:
+        return
+    r, sel = s["reading"], s["selection"]
+    print(f"ocr: sources {s['selection_sources']}, threshold {s['options']['threshold']}")
+    for split in ("train", "test"):
+        x = sel[split]
+        if "recall" in x:
+            print(f"  {split}: {x['selected']} products selected, {x['true_media_caught']} of {x['true_media']} media products caught "
+                  f"(recall {x['recall'] or 0:.3f}, precision {x['precision'] or 0:.3f})")
+        else:
+            print(f"  {split}: {x['selected']} products selected")
+    print(f"  images: {r['image_occurrences']} in the selected products, {r['unique_images']} distinct, {r['cache_hits']} cache hits, "
+          f"{r['images_read_now']} read now in {r['ocr_wall_seconds']} s ({r['images_per_second_per_core']} images/s per core, {r['workers']} workers)")
+    print(f"  products with text: train {s['train_products_with_text']}, test {s['test_products_with_text']}; "
+          f"OOF rows {s['oof_products']}, OCR-alone OOF accuracy {s['oof_accuracy_ocr_alone'] or float('nan'):.4f}")
+    for split in ("oof", "test"):
+        m = s.get(f"media_accuracy_{split}")
+        if m and "best_cnn" in m:
+            print(f"  media products ({split}, {m['products']}): {m['best_cnn']} alone {m['cnn_alone'][m['best_cnn']]:.4f}, "
+                  f"+ OCR mean {m['best_cnn_plus_ocr_mean']:.4f}, + OCR product {m['best_cnn_plus_ocr_product']:.4f}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default=None, help="work dir (default: $CDISCOUNT_WORK or ./work)")
+    p.add_argument("--config", default=None, help="YAML of OcrOptions fields (command-line options override it)")
+    p.add_argument("--no-progress", action="store_true")
+    add_config_arguments(p, OcrOptions)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    opts = parse_config(args, args.config, OcrOptions)
+    summary = run_ocr(WorkDir(args.work), opts, progress=not args.no_progress)
+    print_summary(summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The MD5 dictionary: honest OOF look-ups, placeholders ignored, the override, valid outputs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.categories import CategoryTree
+from common.paths import CATEGORY_NAMES_CSV, WorkDir
+from common.predictions import load_topk, save_topk, topk_from_dense
+from common.prepare import main as prepare_main
+from ensembling.md5 import Dictionary, Md5Options, digest_keys, group_ids, hashes_path, override, run_md5
+from tests.conftest import TINY_CATEGORIES, solid_jpeg
+
+A, B, C, D, E, P = (solid_jpeg(v) for v in (10, 40, 70, 100, 130, 250))  # P: the "no photo" placeholder
+
+# _id: (images, label index, fold)
+TRAIN = {
+    1: ([A], 0, 0), 2: ([A], 0, 0),  # partners in the same fold: no vote for each other
+    3: ([B], 1, 0), 4: ([B], 1, 1),  # partners in different folds: each votes for the other
+    5: ([C, C], 2, 1),  # alone (twice the same picture): never votes for itself
+    12: ([D], 3, -1), 13: ([D], 3, 1),  # an always-train partner votes for fold 1's product
+    14: ([E], 0, 2), 15: ([E], 1, 0), 16: ([E], 0, 1),  # a conflicting hash
+    # the placeholder over 5 labels, still 5 without any one fold (the OOF look-up decides per fold)
+    **{20 + k: ([P, solid_jpeg(150 + k)], k % 5, k % 3) for k in range(15)},
+}
+TEST = {101: [B], 102: [P], 103: [E], 104: [solid_jpeg(200)], 105: [A, C]}
+
+
+@pytest.fixture
+def md5_work(tmp_path, write_bson):
+    """A prepared work dir over the products above, folds as written."""
+    tree = CategoryTree.from_csv(CATEGORY_NAMES_CSV).subset(TINY_CATEGORIES)
+    data = tmp_path / "data"
+    data.mkdir()
+    tree.to_csv(data / "category_names.csv")
+    train = write_bson("train.bson", [(i, imgs, int(tree.ids[lab])) for i, (imgs, lab, _) in sorted(TRAIN.items())])
+    test = write_bson("test.bson", [(i, imgs, None) for i, imgs in sorted(TEST.items())])
+    pd.DataFrame({"_id": sorted(TEST), "category_id": tree.ids[[1, 0, 0, 2, 2]]}).to_csv(data / "test_labels.csv", index=False)
+    work = tmp_path / "work"
+    prepare_main(["--train", str(train), "--test", str(test), "--categories", str(data / "category_names.csv"),
+                  "--test-labels", str(data / "test_labels.csv"), "--work", str(work)])
+    pd.DataFrame({"_id": sorted(TRAIN), "fold": [TRAIN[i][2] for i in sorted(TRAIN)]}).to_csv(work / "folds.csv", index=False)
+    return work
+
+
+def row_of(preds, pid: int) -> dict[int, float] | None:
+    """{label: probability} of one product, None when the source has no row for it."""
+    hit = np.flatnonzero(preds.ids == pid)
+    if not len(hit):
+        return None
+    labels, probs = preds.labels[hit[0]], preds.probs[hit[0]].astype(np.float32)
+    return {int(lab): float(p) for lab, p in zip(labels, probs) if lab >= 0}
+
+
+def test_oof_votes_are_honest_and_placeholders_ignored(md5_work):
+    summary = run_md5(WorkDir(md5_work), Md5Options(workers=1, override_base=[]), progress=False)
+    oof = load_topk(md5_work / "preds" / "md5" / "oof.npz")
+    assert row_of(oof, 1) is None and row_of(oof, 2) is None  # the only partner is in the same fold
+    assert row_of(oof, 3) == {1: 1.0} and row_of(oof, 4) == {1: 1.0}  # a partner in another fold votes
+    assert row_of(oof, 5) is None  # never a vote from itself
+    assert row_of(oof, 13) == {3: 1.0} and row_of(oof, 12) is None  # fold -1 votes, is never queried
+    for pid in range(20, 35):
+        assert row_of(oof, pid) is None  # the placeholder is their only shared picture
+    # 14 (fold 2) sees 15 (label 1) and 16 (label 0): purity 1/2, weight 0.5**2, split evenly
+    assert row_of(oof, 14) == pytest.approx({0: 0.125, 1: 0.125}, abs=1e-3)
+    assert set(oof.ids.tolist()) == {3, 4, 13, 14, 15, 16}
+    d = summary["dictionary"]
+    assert d["ignored_hashes"] == 1 and d["most_shared_ignored_hashes"][0]["train_products"] == 15
+    assert d["most_shared_ignored_hashes"][0]["distinct_labels"] == 5
+    assert d["hashes_with_conflicting_labels"] == 2  # E and the placeholder
+    assert row_of(oof, 15) == {0: 1.0}  # 15 (fold 0, label 1) sees only 14 and 16, both label 0
+    # the override applies where one label remains: 3, 4, 13 right, 15 wrong
+    assert summary["oof"]["override_products"] == 4 and summary["oof"]["override_accuracy_on_unique"] == 0.75
+
+
+def test_test_votes_override_and_outputs(md5_work):
+    tree = CategoryTree.from_csv(md5_work.parent / "data" / "category_names.csv")
+    base_ids = np.array(sorted(TEST))
+    dense = np.zeros((len(base_ids), len(tree)), np.float32)
+    dense[:, 4] = 0.9
+    dense[:, 2] = 0.1
+    save_topk(md5_work / "preds" / "base" / "test.npz", topk_from_dense(base_ids, dense, 3))
+    oof_ids = np.array(sorted(i for i, v in TRAIN.items() if v[2] >= 0))
+    save_topk(md5_work / "preds" / "base" / "oof.npz", topk_from_dense(oof_ids, np.tile(dense[:1], (len(oof_ids), 1)), 3))
+    summary = run_md5(WorkDir(md5_work), Md5Options(workers=1, override_base=["base"], write_submissions=True), progress=False)
+    test = load_topk(md5_work / "preds" / "md5" / "test.npz")
+    assert row_of(test, 101) == {1: 1.0}
+    assert row_of(test, 102) is None and row_of(test, 104) is None  # only the placeholder / nothing known
+    w = (2 / 3) ** 2  # E: labels 0, 1, 0 -> purity 2/3
+    assert row_of(test, 103) == pytest.approx({0: w * 2 / 3, 1: w / 3}, abs=1e-3)
+    assert row_of(test, 105) == pytest.approx({0: 0.5, 2: 0.5}, abs=1e-3)  # two pure hashes, two labels
+    t = summary["test"]
+    assert t["share_with_any_match"] == pytest.approx(4 / 5) and t["share_with_usable_match"] == pytest.approx(3 / 5)
+    assert t["override_products"] == 1 and t["override_accuracy_on_unique"] == 1.0
+    o = summary["override"]["base"]
+    assert o["test_changed"] == 1 and o["test_accuracy"] == 0.0 and o["test_accuracy_with_override"] == pytest.approx(1 / 5)
+    sub = pd.read_csv(o["submission"])
+    assert sub.set_index("_id").loc[101, "category_id"] == tree.ids[1] and len(sub) == len(TEST)
+    # per-image hashes are saved for later stages and reused on a rerun
+    hashes = np.load(hashes_path(WorkDir(md5_work), "train"))
+    assert len(hashes) == sum(len(v[0]) for v in TRAIN.values())
+    again = run_md5(WorkDir(md5_work), Md5Options(workers=1, override_base=[]), progress=False)
+    assert again["hashing"]["train"]["reused"] and json.loads((md5_work / "preds" / "md5" / "summary.json").read_text())["source"] == "md5"
+
+
+def test_weights_ignore_placeholder_like_hashes():
+    # hash 0: pure (3 x label 0); 1: 2/3 pure; 2: six labels once each; 3: nobody
+    h = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 2])
+    lab = np.array([0, 0, 0, 0, 0, 1, 0, 1, 2, 3, 4, 5])
+    d = Dictionary.build(h, lab, 4, 6)
+    w = d.weights(Md5Options(alpha=2.0, max_labels=5))
+    assert w == pytest.approx([1.0, 4 / 9, 0.0, 0.0])
+    assert d.weights(Md5Options(alpha=1.0, max_labels=10))[2] == pytest.approx(1 / 6)
+    assert d.weights(Md5Options(alpha=1.0, max_labels=10, min_purity=0.5))[2] == 0.0
+
+
+def test_override_replaces_the_prediction():
+    dense = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]], np.float32)
+    base = topk_from_dense(np.array([5, 9]), dense, 3)
+    out = override(base, np.array([9, 77]), np.array([2, 0]))  # 77: not in the base, ignored
+    assert out.top1.tolist() == [0, 2] and out.labels[1].tolist() == [2, -1, -1] and float(out.probs[1, 0]) == 1.0
+    assert base.top1.tolist() == [0, 1]  # the base is not modified
+
+
+def test_group_ids_use_all_16_bytes():
+    md5 = np.array([b"\x01" * 15 + b"\x00", b"\x01" * 15 + b"\x02", b"\x01" * 15 + b"\x00"], "S16")
+    ids, n = group_ids(digest_keys(md5))
+    assert n == 2 and ids[0] == ids[2] != ids[1]
+
+
+def test_stage_on_the_tiny_work_dir(tiny_work):
+    """No shared pictures there: the stage still hashes everything and writes valid, empty sources."""
+    summary = run_md5(WorkDir(tiny_work), Md5Options(workers=2), progress=False)
+    oof, test = load_topk(tiny_work / "preds" / "md5" / "oof.npz"), load_topk(tiny_work / "preds" / "md5" / "test.npz")
+    assert len(oof) == len(test) == 0 and summary["test"]["share_with_any_match"] == 0.0
+    assert summary["dictionary"]["train_images"] == len(np.load(hashes_path(WorkDir(tiny_work), "train")))
+    assert summary["override"] == {}  # no solution blend in the tiny work dir

@@ -1,0 +1,234 @@
+"""The OCR source: tesseract reads French, the cache saves calls, the text model learns, the stage runs."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+import ocr.reader as reader
+from common.categories import CategoryTree
+from common.images import encode_jpeg
+from common.mini_render import font
+from common.paths import CATEGORY_NAMES_CSV, WorkDir
+from common.predictions import TopK, load_topk, save_topk, topk_from_dense
+from common.recipe import EXCLUDED, load_fold_data
+from ocr.reader import ImageTexts, Readers, ReadSettings, TextCache, merge_caches
+from ocr.run import OcrOptions, run_ocr, shard_mask
+from ocr.select import media_labels, select_products
+from ocr.text_model import FoldTexts, TextClassifier, cross_fit, has_words
+
+needs_tesseract = pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract is not installed")
+
+
+def text_jpeg(lines: list[str], size: int = 34) -> bytes:
+    """Dark text on a light cover-like band, as a JPEG (what the stage decodes)."""
+    img = Image.new("RGB", (420, 60 + 50 * len(lines)), (235, 230, 220))
+    draw = ImageDraw.Draw(img)
+    for k, line in enumerate(lines):
+        draw.text((20, 25 + 50 * k), line, font=font(size), fill=(20, 20, 30))
+    return encode_jpeg(np.asarray(img))
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.lower()))
+
+
+@needs_tesseract
+def test_tesseract_reads_french_with_accents():
+    """The stage's own settings (preprocessing, psm, fra+eng) read accented French words exactly,
+    and a batch (one tesseract process) gives each image its own text, in order."""
+    settings = OcrOptions().settings
+    text = reader.read_image(text_jpeg(["Éducation Française", "été à la forêt"]), settings)
+    assert {"éducation", "française", "été", "forêt"} <= words(text), text
+    blank = encode_jpeg(np.full((60, 60, 3), 255, np.uint8))
+    batch = reader.read_jpegs([text_jpeg(["Château"]), blank, b"not a jpeg", text_jpeg(["Crème brûlée"])], settings)
+    assert "château" in words(batch[0]) and batch[1] == "" and batch[2] == "" and {"crème", "brûlée"} <= words(batch[3]), batch
+
+
+def count_calls(monkeypatch) -> list[int]:
+    calls = []
+
+    def fake(images, settings):
+        calls.extend([1] * len(images))  # one per image read
+        return [f"mot{int(img.mean())}" for img in images]
+
+    monkeypatch.setattr(reader, "run_tesseract", fake)
+    return calls
+
+
+def test_cache_makes_a_second_read_free(tmp_path, monkeypatch):
+    calls = count_calls(monkeypatch)
+    a, b = encode_jpeg(np.full((40, 40, 3), 10, np.uint8)), encode_jpeg(np.full((40, 40, 3), 200, np.uint8))
+    settings = ReadSettings()
+
+    def read(images: list[bytes], key_settings=settings):
+        cache = TextCache(tmp_path / "cache.sqlite3", key_settings.key)
+        with Readers(key_settings, 1) as readers:
+            texts = ImageTexts(cache, readers, chunk=2, progress=False)
+            digests = [texts.add(j) for j in images]
+            stats = texts.close()
+        cache.close()
+        return [texts.texts[d] for d in digests], stats
+
+    first, stats = read([a, b, a])  # the duplicate costs nothing either
+    assert len(calls) == 2 and stats.read == 2 and stats.images == 3 and first[0] == first[2] != first[1]
+    again, stats = read([b, a])
+    assert len(calls) == 2 and stats.cache_hits == 2 and stats.read == 0 and again == [first[1], first[0]]
+    read([a], ReadSettings(psm=6))  # other settings: another text, so read again
+    assert len(calls) == 3
+
+
+def test_caches_merge(tmp_path):
+    for name, digest in (("a", b"1" * 16), ("b", b"2" * 16)):
+        cache = TextCache(tmp_path / f"{name}.sqlite3", "k")
+        cache.put_many([(digest, name), (b"0" * 16, "shared")])
+        cache.close()
+    assert merge_caches(tmp_path / "a.sqlite3", [tmp_path / "b.sqlite3"]) == 1
+    cache = TextCache(tmp_path / "a.sqlite3", "k")
+    assert cache.get_many([b"1" * 16, b"2" * 16, b"0" * 16]) == {b"1" * 16: "a", b"2" * 16: "b", b"0" * 16: "shared"}
+    cache.close()
+
+
+def test_text_classifier_learns_a_separable_toy_set():
+    vocab = {0: ["océan", "marée", "phare", "navire"], 1: ["guitare", "riff", "ampli", "orage"], 2: ["recette", "gâteau", "tarte", "soupe"]}
+    rng = np.random.default_rng(0)
+    filler = ["le", "la", "grand", "petit", "secret"]
+
+    def doc(label: int) -> str:
+        return " ".join(rng.permutation([*rng.choice(vocab[label], 2, replace=False), *rng.choice(filler, 2)]))
+
+    labels = np.repeat(np.arange(3), 10)
+    model = TextClassifier(num_classes=5).fit([doc(y) for y in labels], labels)
+    held_out = ["le phare perdu", "AMPLI", "gateau petit", "la maree", "orage grand", "soupe"]  # accents dropped, case changed
+    probs = model.predict(held_out)
+    assert probs.shape == (6, 5) and np.allclose(probs.sum(1), 1, atol=1e-5) and (probs[:, 3:] == 0).all()
+    assert probs.argmax(1).tolist() == [0, 1, 2, 0, 1, 2]
+    assert not model.known(["zzz"])[0] and model.known(["phare"])[0]
+    assert has_words("Océan") and not has_words("| . ;")
+
+
+def test_cross_fit_never_learns_from_the_fold_it_predicts(monkeypatch):
+    trained = []
+    fit = TextClassifier.fit
+    monkeypatch.setattr(TextClassifier, "fit", lambda self, texts, labels: (trained.append(set(texts)), fit(self, texts, labels))[1])
+    ids = np.arange(100, 130)
+    labels, folds = ids % 3, np.where(ids < 103, -1, ids % 4)
+    texts = [f"p{i} mot{y} {'abc' if y else 'xyz'}" for i, y in zip(ids, labels)]
+    test = FoldTexts(np.array([7, 8]), ["mot1 abc", "rien"])
+    oof_parts, test_parts, used = cross_fit(FoldTexts(ids, texts, labels, folds), test, 3, OcrOptions().text_model, 3)
+    assert used == [0, 1, 2, 3] and len(trained) == 4
+    for fold, seen, part in zip(used, trained, oof_parts):
+        own = {t for t, f in zip(texts, folds) if f == fold}
+        assert not seen & own and set(texts[:3]) <= seen  # never its own fold; fold -1 always learns
+        assert set(part.ids.tolist()) <= set(ids[folds == fold].tolist())
+    assert all(p.ids.tolist() == [7] for p in test_parts)  # "rien" shares no feature: no row
+
+
+def test_selection_threshold_picks_media_products():
+    tree = CategoryTree.from_csv(CATEGORY_NAMES_CSV)
+    media = media_labels(tree, ["LIBRAIRIE", "MUSIQUE", "NOT A GROUP"])
+    book, book2 = np.flatnonzero(tree.level1_names == "LIBRAIRIE")[:2]
+    toy = int(np.flatnonzero(tree.level1_names == "JEUX - JOUETS")[0])
+    dense = np.zeros((4, len(tree)), np.float32)
+    dense[0, [book, toy]] = [0.7, 0.3]  # clearly media
+    dense[1, [book, book2, toy]] = [0.2, 0.15, 0.65]  # media mass 0.35: selected at 0.3
+    dense[2, [book, toy]] = [0.1, 0.9]  # 0.1: not selected
+    dense[3, toy] = 1.0
+    ids = np.array([10, 11, 12, 13])
+    a = topk_from_dense(ids, dense, 5)
+    b = topk_from_dense(ids[:3], dense[[0, 0, 0]], 5)  # a second source: media mass 0.7 for 10..12, no row for 13
+    train_ids = np.array([10, 11, 12, 13, 14, 15])
+    labels = np.array([book, book, toy, toy, book, book])
+    fold = np.array([0, 1, 0, 1, -1, EXCLUDED])  # 14: always-train, no OOF prediction, a book by its label
+    sel = select_products([a], [a], media, train_ids, labels, fold, ids, threshold=0.3)
+    assert sel.train_rows.tolist() == [0, 1, 4] and sel.test_rows.tolist() == [0, 1] and sel.by_label == 1
+    sel2 = select_products([a, b], [a, b], media, train_ids, labels, fold, ids, threshold=0.35)
+    # means over the sources that predict a product: 10 -> 0.7, 11 -> 0.525, 12 -> 0.4, 13 -> 0 (a only)
+    assert np.allclose(sel2.test_mass, [0.7, 0.525, 0.4, 0.0], atol=2e-3)
+    assert sel2.test_rows.tolist() == [0, 1, 2]
+
+
+def test_shards_partition_the_products():
+    ids = np.arange(1000, 3000, 3)
+    masks = [shard_mask(ids, f"{i}/4") for i in range(4)]
+    assert (np.sum(masks, axis=0) == 1).all() and min(m.sum() for m in masks) > len(ids) / 8
+
+
+def fake_cnn_source(work, name: str = "dylan") -> None:
+    """A CNN source predicting the true label with 0.8 (OOF: fold products; test: every product)."""
+    data = load_fold_data(WorkDir(work))
+    n = len(data.tree)
+
+    def preds(ids, labels):
+        dense = np.full((len(ids), n), 0.2 / (n - 1), np.float32)
+        dense[np.arange(len(ids)), labels] = 0.8
+        return topk_from_dense(ids, dense, 5)
+
+    rows = np.flatnonzero(data.fold >= 0)
+    save_topk(work / "preds" / name / "oof.npz", preds(data.train.index.ids[rows], data.labels[rows]))
+    truth = __import__("pandas").read_csv(json.loads((work / "dataset.json").read_text())["test_labels"])
+    test_ids = np.asarray(data.test.index.ids)
+    test_labels = data.tree.to_index(truth.set_index("_id").loc[test_ids, "category_id"].to_numpy())
+    save_topk(work / "preds" / name / "test.npz", preds(test_ids, test_labels))
+
+
+@needs_tesseract
+def test_stage_on_the_tiny_work_dir_reads_nothing_and_still_writes(tiny_work):
+    """Solid-colour pictures carry no text: valid (empty) predictions and a clear summary."""
+    fake_cnn_source(tiny_work)
+    summary = run_ocr(WorkDir(tiny_work), OcrOptions(workers=1), progress=False)
+    oof, test = load_topk(tiny_work / "preds" / "ocr" / "oof.npz"), load_topk(tiny_work / "preds" / "ocr" / "test.npz")
+    data = load_fold_data(WorkDir(tiny_work))
+    media = media_labels(data.tree, OcrOptions().media_groups)
+    assert summary["selection"]["train"]["selected"] == int(((data.fold >= 0) & media[data.labels]).sum()) > 0
+    assert summary["selection"]["train"]["recall"] == 1.0 and summary["selection"]["train"]["precision"] == 1.0
+    assert summary["reading"]["images_read_now"] > 0 and summary["train_products_with_text"] == len(oof) == 0 == len(test)
+    assert json.loads((tiny_work / "preds" / "ocr" / "summary.json").read_text())["oof_products"] == 0
+    again = run_ocr(WorkDir(tiny_work), OcrOptions(workers=1), progress=False)
+    assert again["reading"]["images_read_now"] == 0 and again["reading"]["cache_hits"] == summary["reading"]["unique_images"]
+
+
+def test_stage_with_text_writes_honest_predictions(tiny_work, monkeypatch):
+    """With a stand-in OCR whose text names the picture's colour, the text model predicts the
+    read products: OOF rows only for selected train products, from models of the other folds."""
+    def colour_words(images, settings):
+        return [" ".join(f"c{c}x{int(v) // 64}" for c, v in enumerate(img.reshape(-1, 3).mean(0))) for img in images]
+
+    monkeypatch.setattr(reader, "run_tesseract", colour_words)
+    fake_cnn_source(tiny_work)
+    dense_all = load_topk(tiny_work / "preds" / "dylan" / "oof.npz")
+    # make every product look like media to the selection, so the text model sees several classes
+    media_label = int(np.flatnonzero(load_fold_data(WorkDir(tiny_work)).tree.level1_names == "MUSIQUE")[0])
+    for split in ("oof", "test"):
+        p = load_topk(tiny_work / "preds" / "dylan" / f"{split}.npz")
+        labels = p.labels.copy()
+        labels[:, 1] = media_label
+        probs = p.probs.copy()
+        probs[:, 1] = 0.5
+        labels[labels[:, 0] == media_label, 1] = (media_label + 1) % 5
+        save_topk(tiny_work / "preds" / "dylan" / f"{split}.npz", TopK(p.ids, labels, probs))
+    summary = run_ocr(WorkDir(tiny_work), OcrOptions(workers=1, preprocess=[], threshold=0.4), progress=False)
+    oof, test = load_topk(tiny_work / "preds" / "ocr" / "oof.npz"), load_topk(tiny_work / "preds" / "ocr" / "test.npz")
+    assert len(oof) == len(dense_all) and len(test) == summary["test_products"] > 0
+    assert summary["folds_trained"] == [0, 1] and summary["oof_accuracy_ocr_alone"] > 0.5
+    assert summary["media_accuracy_oof"]["products"] > 0
+
+
+def test_shards_fill_caches_that_merge(tiny_work, monkeypatch):
+    """Two machines read half each into their own caches; after the merge nothing is read again."""
+    calls = count_calls(monkeypatch)
+    fake_cnn_source(tiny_work)
+    work, opts = WorkDir(tiny_work), dict(workers=1, preprocess=[])
+    caches = [str(tiny_work / "ocr" / f"cache_shard_{i}.sqlite3") for i in range(2)]
+    for i in range(2):
+        out = run_ocr(work, OcrOptions(shard=f"{i}/2", cache=caches[i], **opts), progress=False)
+        assert out["shard"] == f"{i}/2" and not (tiny_work / "preds" / "ocr").exists()
+    read_by_shards = len(calls)
+    summary = run_ocr(work, OcrOptions(merge_caches=caches, **opts), progress=False)
+    assert len(calls) == read_by_shards > 0 and summary["reading"]["images_read_now"] == 0
+    assert summary["merged_cache_rows"] == summary["reading"]["unique_images"]
+    assert (tiny_work / "preds" / "ocr" / "oof.npz").exists()
