@@ -32,11 +32,10 @@ case "$PROFILE" in mini|full) ;; *) echo "run_all.sh: --profile must be mini or 
 [ -n "$N_FOLDS" ] || { [ "$PROFILE" = mini ] && N_FOLDS=3 || N_FOLDS=5; }
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
-STAGES=(data index folds stats dylan bestfitting convoluted ocr md5)
-TO_COME=(stack report)
+STAGES=(data index folds stats dylan bestfitting convoluted ocr md5 stack report)
 for s in "$FROM" "$ONLY"; do
   if [ -n "$s" ] && [[ ! " ${STAGES[*]} " =~ " $s " ]]; then
-    echo "run_all.sh: unknown stage '$s' (stages: ${STAGES[*]}; still to come: ${TO_COME[*]})" >&2; exit 2
+    echo "run_all.sh: unknown stage '$s' (stages: ${STAGES[*]})" >&2; exit 2
   fi
 done
 
@@ -108,9 +107,11 @@ run_stage bestfitting "$WORK/preds/bestfitting/summary.json" train_solution best
 run_stage convoluted "$WORK/preds/convoluted/summary.json" train_solution convoluted
 run_stage ocr "$WORK/preds/ocr/summary.json" python -m ocr.run --work "$WORK"
 run_stage md5 "$WORK/preds/md5/summary.json" python -m ensembling.md5 --work "$WORK"
+run_stage stack "$WORK/preds/stack/summary.json" python -m ensembling.stack --work "$WORK"
+run_stage report "$WORK/report/index.html" python -m ensembling.report --work "$WORK"
 
 echo
 echo "Wall time per stage:"
 for s in "${STAGES[@]}"; do [ -n "${WALL[$s]:-}" ] && printf '  %-12s %s\n' "$s" "${WALL[$s]}"; done
-echo "Still to come (later issues): ${TO_COME[*]}"
+echo "Final submission: $WORK/submissions/stack.csv.gz    report: $WORK/report/index.html"
 echo "Outputs under $WORK"

@@ -67,6 +67,7 @@ class TrainConfig:
     topk: int = 20
     eval_batch_size: int = 256
     folds: list[int] = field(default_factory=list)  # empty = every fold in folds.csv
+    val_products: int = 0  # per-epoch validation on a seeded sample of the fold's products (0 = all); OOF predictions always cover the fold
 
     def __post_init__(self) -> None:
         """Reject a misspelt choice when the recipe is read, not hours into a run."""

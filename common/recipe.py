@@ -90,6 +90,14 @@ IMAGE_TASK = Task(
 )
 
 
+def validation_sample(rows: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    """The products the per-epoch validation metric uses: all, or a seeded sample (mini budgets:
+    the metric only tracks progress; the fold's OOF predictions still cover every product)."""
+    if 0 < cfg.val_products < len(rows):
+        return np.sort(np.random.default_rng([cfg.seed, len(rows)]).choice(rows, cfg.val_products, replace=False))
+    return rows
+
+
 def begin_fold(cfg: TrainConfig, work: WorkDir, fold: int, runtime: Runtime) -> Path | None:
     """The fold's directory with its config saved, or None when its predictions exist (skip)."""
     out = work.model_dir(cfg.solution, cfg.name, fold)
@@ -120,7 +128,7 @@ def run_fold(cfg: TrainConfig, data: FoldData, work: WorkDir, fold: int, runtime
     train_rows, val_rows = data.rows(fold)
     if len(val_rows) == 0:
         raise DataError(f"fold {fold} has no products in {work.folds}")
-    train_set, val_set = task.train_set(data, train_rows, cfg, True), task.train_set(data, val_rows, cfg, False)
+    train_set, val_set = task.train_set(data, train_rows, cfg, True), task.train_set(data, validation_sample(val_rows, cfg), cfg, False)
     result = fit(cfg, model, train_set, val_set, task.collate, task.to_batch(mean, std, cfg), out, runtime, resume)
     model.load_state_dict(load_checkpoint(result.last)["model"])
     oof = task.predict(model, data.train, val_rows, cfg, runtime, mean, std)

@@ -19,17 +19,18 @@ def run_all(*args: str) -> str:
 def test_run_all_tiny_end_to_end_and_rerun(tmp_path):
     work = tmp_path / "work"
     out = run_all("--preset", "tiny", "--work", str(work))
-    for stage in ("data", "index", "folds", "stats", "dylan", "bestfitting", "convoluted", "ocr", "md5"):
+    for stage in ("data", "index", "folds", "stats", "dylan", "bestfitting", "convoluted", "ocr", "md5", "stack", "report"):
         assert f"== {stage}:" in out
     test_labels = pd.read_csv(work / "mini" / "test_labels.csv")
-    for solution in ("dylan", "bestfitting", "convoluted"):
+    for solution in ("dylan", "bestfitting", "convoluted", "stack"):
         submission = pd.read_csv(work / "submissions" / f"{solution}.csv.gz")
         assert sorted(submission["_id"]) == sorted(test_labels["_id"]), solution
     assert (work / "preds" / "dylan_mini_lite0" / "oof.npz").exists()
     assert (work / "stats" / "train" / "stats.json").exists()
     for source in ("ocr", "md5"):  # side sources cover only some products, but always exist
         assert (work / "preds" / source / "oof.npz").exists() and (work / "preds" / source / "test.npz").exists()
-    assert "Still to come" in out
+    assert (work / "report" / "index.html").exists() and (work / "report" / "leaderboard.csv").exists()
+    assert "Final submission" in out
     again = run_all("--preset", "tiny", "--work", str(work))
     assert "== folds: done already" in again and "== dylan: done already" in again
     only = run_all("--preset", "tiny", "--work", str(work), "--only", "stats", "--force")

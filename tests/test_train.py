@@ -198,3 +198,13 @@ def test_fit_and_predict_with_device_decode(tiny_work):
     work = WorkDir(tiny_work)
     summary = run_recipe(small_cfg(solution="dylan", name="devdec", epochs=1, decode_on="device", folds=[0]), work)
     assert summary["oof_products"] == int((pd.read_csv(work.folds)["fold"] == 0).sum())
+
+
+def test_validation_sample_is_a_fixed_subset_of_the_fold():
+    from common.recipe import validation_sample
+
+    rows = np.arange(100, 300)
+    assert validation_sample(rows, TrainConfig()) is rows  # 0 = every product
+    a, b = validation_sample(rows, TrainConfig(val_products=50)), validation_sample(rows, TrainConfig(val_products=50))
+    assert len(a) == 50 and np.array_equal(a, b) and np.isin(a, rows).all() and (np.diff(a) > 0).all()
+    assert validation_sample(rows[:10], TrainConfig(val_products=50)).tolist() == rows[:10].tolist()

@@ -24,7 +24,7 @@ from common.errors import DataError
 from common.models import ModelSpec, create_model, normalization
 from common.infer import gather_topk
 from common.predictions import TopK, concat_topk
-from common.recipe import FoldData, begin_fold, finish_fold, parse_train_args, run_folds
+from common.recipe import FoldData, begin_fold, finish_fold, parse_train_args, run_folds, validation_sample
 from common.train import Runtime, autocast, fit, load_checkpoint
 
 from .data import ByCountBatchSampler, collate_same_count, compose, composed_batch, image_count
@@ -52,6 +52,7 @@ def product_set(data: FoldData, reader, rows: np.ndarray, cfg: BestfittingConfig
 def train_stage(cfg: BestfittingConfig, model, data: FoldData, train_rows, val_rows, out, runtime: Runtime, resume: bool):
     """One fit over products composed by K (batches never mix K)."""
     mean, std = normalization(model)
+    val_rows = validation_sample(val_rows, cfg)
     counts = lambda rows: image_count(data.train.index.n_imgs[rows])  # noqa: E731
     train_sampler = ByCountBatchSampler(counts(train_rows), cfg.batch_size, cfg.seed, True, runtime.rank, runtime.world, cfg.max_images_per_epoch)
     val_sampler = ByCountBatchSampler(counts(val_rows), cfg.eval_batch_size, cfg.seed, False, runtime.rank, runtime.world)

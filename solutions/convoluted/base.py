@@ -24,7 +24,7 @@ from common.errors import DataError
 from common.infer import TTA, aggregate, gather_topk
 from common.models import ModelSpec, create_model, normalization, penultimate_features
 from common.predictions import TopK, concat_topk
-from common.recipe import IMAGE_TASK, FoldData, begin_fold, finish_fold
+from common.recipe import IMAGE_TASK, FoldData, begin_fold, finish_fold, validation_sample
 from common.train import Runtime, autocast, fit, load_checkpoint, save_checkpoint
 
 from .feature_store import FeatureWriter
@@ -129,7 +129,7 @@ def run_fold(cfg: BaseConfig, data: FoldData, work, fold: int, runtime: Runtime,
     if len(val_rows) == 0:
         raise DataError(f"fold {fold} has no products in {work.folds}")
     task = IMAGE_TASK
-    result = fit(cfg, model, task.train_set(data, train_rows, cfg, True), task.train_set(data, val_rows, cfg, False), task.collate,
+    result = fit(cfg, model, task.train_set(data, train_rows, cfg, True), task.train_set(data, validation_sample(val_rows, cfg), cfg, False), task.collate,
                  task.to_batch(mean, std, cfg), out, runtime, resume)
     model.load_state_dict(load_checkpoint(result.last)["model"])
     features = work.features(cfg.solution, cfg.name, fold)

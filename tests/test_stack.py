@@ -1,0 +1,239 @@
+"""The XGBoost stacker on designed sources whose errors are complementary.
+
+Source a_model is right on products whose true label is in one level-1 group (X) and wrong
+elsewhere; b_model is right elsewhere and wrong on X; both are equally confident either way, so
+no mean can tell which to trust, but the candidate's level-1 group and which source names it
+can. A noisy md5-like side source covers a few products. A stacker must beat every one of them.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.blend import Labels, power_mean
+from common.paths import WorkDir
+from common.predictions import TopK, save_topk
+from common.prepare import DatasetPaths
+from ensembling.stack import (
+    Products, Source, StackConfig, build_chunk, candidate_recall, candidate_table, feature_matrix, feature_names,
+    FeatureContext, group_topk, load_inputs, prior_tables, run_stack,
+)
+from tests.conftest import make_tiny_work
+
+K = 3
+
+
+def _topk_rows(rng, truth: np.ndarray, right: np.ndarray, wrong_label: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """K labels per product: the truth first where `right`, else `wrong_label` first and the truth
+    absent; the other labels are neither, so a mean of two complementary sources is a coin toss."""
+    labels = np.zeros((len(truth), K), np.int16)
+    probs = np.zeros((len(truth), K), np.float16)
+    for i, t in enumerate(truth):
+        first = t if right[i] else wrong_label[i]
+        rest = [c for c in rng.permutation(n_classes) if c not in (t, wrong_label[i])][: K - 1]
+        p = rng.uniform(0.5, 0.8)
+        labels[i] = [first, *rest]
+        probs[i] = [p, (1 - p) * 0.6, (1 - p) * 0.3]
+    return labels, probs
+
+
+def _wrong_label(rng, truth: np.ndarray, level1_of: np.ndarray, same_group: bool) -> np.ndarray:
+    """A wrong label, in the truth's level-1 group when there is one (else any other label)."""
+    out = np.empty(len(truth), np.int64)
+    for i, t in enumerate(truth):
+        pool = [c for c in range(len(level1_of)) if c != t and (level1_of[c] == level1_of[t]) == same_group]
+        pool = pool or [c for c in range(len(level1_of)) if c != t]
+        out[i] = rng.choice(pool)
+    return out
+
+
+def write_designed_sources(work: Path, seed: int = 0) -> dict:
+    """a_model / b_model (complementary by level-1 group), md5 (side, few products), a
+    'convoluted' sqrt team blend of a and b, an ablation; training logs and a stats figure."""
+    rng = np.random.default_rng(seed)
+    wd = WorkDir(work)
+    paths = DatasetPaths.load(wd)
+    tree = paths.tree()
+    labels = Labels.load(wd)
+    test = pd.read_csv(paths.test_labels).sort_values("_id")
+    splits = {"oof": (labels.ids[1:], labels.labels[1:]),  # the first train product: no source at all
+              "test": (test["_id"].to_numpy(np.int64)[1:], tree.to_index(test["category_id"].to_numpy())[1:])}  # nor the first test product
+    x_group = tree.level1_of[0]
+    preds: dict[str, dict[str, TopK]] = {"a_model": {}, "b_model": {}, "md5": {}, "a_ablation_x": {}}
+    for split, (ids, truth) in splits.items():
+        in_x = tree.level1_of[truth] == x_group
+        wrong = _wrong_label(rng, truth, tree.level1_of, same_group=True)
+        preds["a_model"][split] = TopK(ids, *_topk_rows(rng, truth, in_x, wrong, len(tree)))
+        preds["b_model"][split] = TopK(ids, *_topk_rows(rng, truth, ~in_x, wrong, len(tree)))
+        preds["a_ablation_x"][split] = TopK(ids, *_topk_rows(rng, truth, in_x & (rng.random(len(ids)) < 0.9), wrong, len(tree)))
+        cover = np.sort(rng.choice(len(ids), max(2, len(ids) // 7), replace=False))
+        md5_labels = np.full((len(cover), K), -1, np.int16)
+        md5_labels[:, 0] = np.where(rng.random(len(cover)) < 0.7, truth[cover], rng.integers(0, len(tree), len(cover)))
+        md5_probs = np.zeros((len(cover), K), np.float16)
+        md5_probs[:, 0] = 1.0
+        preds["md5"][split] = TopK(ids[cover], md5_labels, md5_probs)
+    for name, by_split in preds.items():
+        for split, p in by_split.items():
+            save_topk(wd.preds(name) / f"{split}.npz", p)
+        (wd.preds(name) / "summary.json").write_text(json.dumps({"source": name, "val_image_accuracy_per_fold": [0.5, 0.6]}))
+    members = ["a_model", "b_model"]
+    for split in ("oof", "test"):
+        save_topk(wd.preds("convoluted") / f"{split}.npz", power_mean([preds[m][split] for m in members], K, [0.6, 0.4], 0.5))
+    (wd.preds("convoluted") / "summary.json").write_text(json.dumps({"name": "convoluted", "sources": {m: 0.5 for m in members}, "weights": [0.6, 0.4], "power": 0.5}))
+    for fold in (0, 1):
+        log = wd.model_dir("toy", "a", fold) / "summary.csv"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"epoch": [0, 1, 2], "lr": 0.1, "train_loss": [2, 1, 0.5], "train_acc": [0.3, 0.5, 0.7], "val_loss": [2, 1.2, 1], "val_acc": [0.3, 0.45, 0.5 + fold / 10]}).to_csv(log, index=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.bar([1, 2], [3, 4])
+    (wd.stats / "train").mkdir(parents=True, exist_ok=True)
+    fig.savefig(wd.stats / "train" / "fig2_products_per_category.png")
+    plt.close(fig)
+    return {"dropped_train_id": int(labels.ids[0]), "dropped_test_id": int(test["_id"].iloc[0])}
+
+
+FAST = dict(rounds=40, nthread=1, chunk_products=10_000)
+
+
+@pytest.fixture(scope="module")
+def stacked_work(tmp_path_factory):
+    """A tiny work dir with the designed sources, stacked once (shared by the tests below)."""
+    root = tmp_path_factory.mktemp("stack")
+    work = make_tiny_work(root, n_train=360, n_test=40, n_folds=3)
+    info = write_designed_sources(work)
+    summary = run_stack(WorkDir(work), StackConfig(**FAST))
+    return work, info, summary
+
+
+def _source(name: str, kind: str, ids, labels, probs) -> Source:
+    top = TopK(np.asarray(ids, np.int64), np.asarray(labels, np.int16), np.asarray(probs, np.float16))
+    return Source(name, kind, top, top)
+
+
+def test_candidate_features_mark_absent_sources():
+    # products 10, 11, 12; the model has 10 and 11 (K=2), the md5 side source has only 11 (K=2, one label)
+    model = _source("m", "model", [10, 11], [[0, 1], [2, 0]], [[0.7, 0.2], [0.6, 0.3]])
+    md5 = _source("md5", "side source", [11, 12], [[0, -1], [3, -1]], [[1.0, 0.0], [0.5, 0.0]])
+    products = Products(np.array([10, 11, 12]), np.array([1, 2, 4], np.float32), np.array([1, 0, 3]), np.zeros(3, np.int64), np.zeros(3, np.int64))
+    c = candidate_table(products.ids, [model.oof, md5.oof], 0, 5)
+    assert list(zip(c.group.tolist(), c.labels.tolist())) == [(0, 0), (0, 1), (1, 0), (1, 2), (2, 3)]
+    names = feature_names([model, md5])
+    assert names[:8] == ["m:prob", "m:rank", "m:top", "md5:prob", "md5:rank", "md5:top", "md5:share", "md5:labels"]
+    level1_of = np.array([0, 0, 1, 1, 2])
+    X = feature_matrix(c, [model, md5], FeatureContext(products, level1_of, np.log(np.full((1, 5), 0.2, np.float32))))
+    f = {n: X[:, i] for i, n in enumerate(names)}
+    np.testing.assert_allclose(f["m:prob"], [0.7, 0.2, 0.3, 0.6, 0.0], atol=1e-3)
+    assert f["m:rank"].tolist() == [1, 2, 2, 1, 3]  # product 12: the model has no row -> K+1
+    assert f["m:top"].tolist()[4] == 0.0
+    assert f["md5:rank"].tolist() == [3, 3, 1, 3, 1]  # absent -> K+1 (K=2)
+    np.testing.assert_allclose(f["md5:prob"], [0, 0, 1, 0, 0.5], atol=1e-3)
+    np.testing.assert_allclose(f["md5:share"], [0, 0, 1, 0, 1], atol=1e-3)  # share of the source's mass: the vote share
+    assert f["md5:labels"].tolist() == [0, 0, 1, 1, 1]
+    assert f["n_sources"].tolist() == [1, 1, 2, 2, 1]
+    assert f["n_imgs"].tolist() == [1, 1, 2, 2, 4]
+    np.testing.assert_allclose(f["top1_votes"], [1, 0, 0.5, 0.5, 1])  # product 11: m says 2, md5 says 0
+    np.testing.assert_allclose(f["level1_agree"], [1, 1, 0.5, 0.5, 1])
+    np.testing.assert_allclose(f["mean_prob"], [0.7, 0.2, 0.65, 0.3, 0.5], atol=1e-3)
+    assert f["level1"].tolist() == [0, 0, 0, 1, 1]
+
+
+def test_candidate_recall_hand_made():
+    a = TopK(np.array([1, 2, 3, 4]), np.array([[0, 1], [2, 3], [1, 0], [4, -1]], np.int16), np.full((4, 2), 0.4, np.float16))
+    b = TopK(np.array([2, 3]), np.array([[4, 0], [3, 2]], np.int16), np.full((2, 2), 0.4, np.float16))
+    truth = np.array([1, 0, 2, 3, 4])  # product 5 is in no source
+    ids = np.array([1, 2, 3, 4, 5])
+    c = candidate_table(ids, [a, b], 0, 5)
+    assert candidate_recall(c.group, c.labels, truth).tolist() == [True, True, True, False, False]
+    c1 = candidate_table(ids, [a, b], 1, 5)  # top-1 of each source only: {0}, {2,4}, {1,3}, {4}
+    assert candidate_recall(c1.group, c1.labels, truth).tolist() == [False, False, False, False, False]
+    assert sorted(c1.labels[c1.group == 1].tolist()) == [2, 4]
+
+
+def test_chunked_features_equal_one_chunk(stacked_work):
+    work, _, _ = stacked_work
+    inp = load_inputs(WorkDir(work), StackConfig(**FAST))
+    args = (inp.stacked, "oof", inp.tree.level1_of, inp.prior, len(inp.tree))
+    whole = build_chunk(inp.oof, *args)
+    parts = [build_chunk(p, *args, qid_offset=i * 50) for i, p in enumerate(inp.oof.chunks(50))]
+    assert len(parts) > 3
+    np.testing.assert_array_equal(np.concatenate([p.X for p in parts]), whole.X)
+    np.testing.assert_array_equal(np.concatenate([p.labels for p in parts]), whole.labels)
+    np.testing.assert_array_equal(np.concatenate([p.y for p in parts]), whole.y)
+    np.testing.assert_array_equal(np.concatenate([p.qid for p in parts]), whole.group)
+
+
+def test_prior_leaves_the_fold_out():
+    labels = np.array([0, 0, 1, 2, 2, 2])
+    folds = np.array([0, 1, 0, 1, 0, 1])
+    t = np.exp(prior_tables(labels, folds, [0, 1], 3))
+    np.testing.assert_allclose(t[0], (np.array([1, 0, 2]) + 1) / (3 + 3))  # fold 0's table counts fold 1 only
+    np.testing.assert_allclose(t[2], (np.array([2, 1, 3]) + 1) / (6 + 3))
+
+
+def test_group_topk_is_a_sorted_distribution():
+    top = group_topk(np.array([5, 6, 7]), np.array([0, 0, 0, 2]), np.array([3, 1, 2, 4]), np.array([0.0, 2.0, 1.0, -1.0]), 2)
+    assert top.ids.tolist() == [5, 7]  # product 6 has no candidate: no row
+    assert top.labels.tolist() == [[1, 2], [4, -1]]
+    e = np.exp([2.0, 1.0, 0.0])
+    np.testing.assert_allclose(top.probs[0].astype(float), e[:2] / e.sum(), atol=1e-3)
+    assert float(top.probs[1, 0]) == 1.0
+
+
+def test_stacker_beats_every_baseline(stacked_work):
+    _, _, s = stacked_work
+    assert s["sources"] == ["a_model", "b_model", "md5"]  # the blend of a and b and the ablation left out
+    assert set(s["left_out"]) == {"a_ablation_x", "convoluted"}
+    assert s["oof_products"] == 359  # the train product no source predicts is not scored
+    base = s["baselines"]
+    for name in ("a_model", "b_model", "md5", "convoluted", "mean (stacked sources)", "geomean (stacked sources)", "mean (models)",
+                 "convoluted recipe: weighted sqrt blend of 2"):
+        assert name in base
+    assert s["beats_every_baseline"], (s["oof_product_accuracy"], base)
+    assert s["oof_product_accuracy"] > max(v["oof_accuracy"] for v in base.values()) + 0.1
+    assert s["oof_product_accuracy"] > 0.85
+    assert s["candidate_recall"] == pytest.approx(1.0)  # a or b always names the truth
+    assert set(s["cv"]["per_fold"]) == {"0", "1", "2"}
+    assert sum(f["products"] for f in s["cv"]["per_fold"].values()) == 359
+    assert s["test_accuracy"] is not None and s["test_accuracy"] > 0.8
+
+
+def test_submission_has_every_test_product_once(stacked_work):
+    work, info, s = stacked_work
+    paths = DatasetPaths.load(WorkDir(work))
+    with gzip.open(work / "submissions" / "stack.csv.gz", "rt") as f:
+        sub = pd.read_csv(f)
+    test_ids = np.sort(np.asarray(paths.index(WorkDir(work), "test").ids))
+    assert sorted(sub["_id"].tolist()) == test_ids.tolist()
+    assert not sub["_id"].duplicated().any()
+    assert s["test_rows_from_fallback"] == 1
+    labels = Labels.load(WorkDir(work))
+    prior = int(np.bincount(labels.labels).argmax())
+    assert int(sub.set_index("_id").loc[info["dropped_test_id"], "category_id"]) == int(paths.tree().ids[prior])
+    assert (work / "stack" / "model.ubj").exists() and (work / "preds" / "stack" / "oof.npz").exists()
+    names = json.loads((work / "stack" / "features.json").read_text())["features"]
+    assert names == s["features"] and "md5:share" in names and "prior" in names
+
+
+def test_sampled_training_and_a_model_trained_elsewhere(stacked_work, tmp_path):
+    """--max-train-products bounds each model's products; --model predicts with a saved model
+    (what a distributed xgboost.dask run hands back) without CV; exported chunks are loadable."""
+    import shutil
+
+    work, _, _ = stacked_work
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    s = run_stack(WorkDir(copy), StackConfig(**{**FAST, "max_train_products": 100, "export_features": str(tmp_path / "feat")}))
+    assert all(f["train_products"] == 100 for f in s["cv"]["per_fold"].values())
+    with np.load(tmp_path / "feat" / "chunk_00000.npz", allow_pickle=False) as z:
+        assert z["X"].shape[1] == len(s["features"]) and len(z["y"]) == len(z["X"]) == len(z["qid"])
+    again = run_stack(WorkDir(copy), StackConfig(**{**FAST, "model": str(copy / "stack" / "model.ubj")}))
+    assert again["cv"] is None and again["beats_every_baseline"] is None
+    assert not (copy / "preds" / "stack" / "oof.npz").exists()
+    assert again["test_rows_from_fallback"] == 1 and again["test_accuracy"] == pytest.approx(s["test_accuracy"])
