@@ -23,6 +23,15 @@ INDEX_DTYPE = np.dtype(
 )
 
 
+def first_occurrence(ids: np.ndarray) -> np.ndarray:
+    """Mask of the first row of each _id: a repeated _id (reported when indexing) is predicted and
+    submitted once, from its first document."""
+    ids = np.asarray(ids)
+    mask = np.zeros(len(ids), bool)
+    mask[np.unique(ids, return_index=True)[1]] = True
+    return mask
+
+
 class ProductIndex:
     """Per product: _id, offset, length, n_imgs, category_id (-1 for test), in file order."""
 
@@ -43,7 +52,8 @@ class ProductIndex:
 
     @property
     def has_labels(self) -> bool:
-        return bool(len(self.rows)) and bool((self.rows["category_id"] >= 0).all())
+        """Any product labelled: a train file (products without category_id are reported, then excluded by folds)."""
+        return bool((self.rows["category_id"] >= 0).any())
 
     @property
     def n_images(self) -> int:
@@ -106,7 +116,7 @@ def build_index(bson_path: str | os.PathLike, progress: bool = True) -> ProductI
         "mtime_ns": bson_path.stat().st_mtime_ns,
         "products": int(len(rows)),
         "images": int(rows["n_imgs"].sum()),
-        "has_labels": bool(len(rows)) and bool((rows["category_id"] >= 0).all()),
+        "has_labels": bool((rows["category_id"] >= 0).any()),
         "build_seconds": round(time.perf_counter() - start, 3),
         "skipped": skips.to_dict(),
     }

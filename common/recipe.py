@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .atomic import write_json
+from .bson_index import first_occurrence
 from .bson_reader import BsonReader
 from .categories import CategoryTree
 from .config import TrainConfig
@@ -50,7 +51,8 @@ class FoldData:
 
     @property
     def test_rows(self) -> np.ndarray:
-        return np.flatnonzero(self.test.index.n_imgs > 0)
+        """Test products to predict: with images, each _id once (the rest fall back in the submission)."""
+        return np.flatnonzero((self.test.index.n_imgs > 0) & first_occurrence(self.test.index.ids))
 
 
 def load_fold_data(work: WorkDir) -> FoldData:

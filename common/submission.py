@@ -60,6 +60,7 @@ def submission_from_topk(path: str | os.PathLike, preds, test_ids: np.ndarray, t
     (the most frequent training category), so the submission always has every row.
     Returns (path, number of fallback rows)."""
     test_ids = np.asarray(test_ids, np.int64)
+    test_ids = test_ids[np.sort(np.unique(test_ids, return_index=True)[1])]  # a repeated _id gets one row
     labels = np.full(len(test_ids), fallback_label, np.int64)
     rows = np.searchsorted(preds.ids, test_ids)
     rows = np.clip(rows, 0, max(len(preds.ids) - 1, 0))

@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from common.atomic import write_json, write_npy
 from common.blend import Labels
+from common.bson_index import first_occurrence
 from common.bson_reader import BsonReader
 from common.config import add_config_arguments, parse_config
 from common.known_test_labels import known_test_labels
@@ -234,7 +235,8 @@ def vote(d: Dictionary, query_q: np.ndarray, query_h: np.ndarray, ids: np.ndarra
     unique = has & (np.diff(v.indptr) == 1)
     unique_of = np.full(n_query, -1, np.int64)
     unique_of[unique] = v.indices[v.indptr[:-1][unique]]
-    preds = sparse_topk(scaled[np.flatnonzero(has)], ids[has], min(opts.topk, n_classes))
+    once = has & first_occurrence(ids)  # a repeated test _id is voted for from its first document only
+    preds = sparse_topk(scaled[np.flatnonzero(once)], ids[once], min(opts.topk, n_classes))
     return Votes(np.asarray(ids, np.int64), preds, any_match, unique, unique_of)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.blend import find_sources
+from common.bson_index import first_occurrence
 from common.categories import CategoryTree
 from common.errors import DataError, log
 from common.paths import WorkDir
@@ -86,7 +87,8 @@ def select_products(parts_oof: list[TopK], parts_test: list[TopK], media: np.nda
     by_mass = usable & predicted & (np.nan_to_num(train_mass) >= threshold)
     known = train_labels >= 0
     by_label = usable & ~predicted & known & media[np.where(known, train_labels, 0)]
-    return Selection(np.flatnonzero(by_mass | by_label), np.flatnonzero(np.nan_to_num(test_mass) >= threshold),
+    test_rows = np.flatnonzero((np.nan_to_num(test_mass) >= threshold) & first_occurrence(test_ids))
+    return Selection(np.flatnonzero(by_mass | by_label), test_rows,
                      train_mass, test_mass, int(by_label.sum()))
 
 

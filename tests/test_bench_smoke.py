@@ -37,3 +37,50 @@ def test_bench_smoke(tmp_path, capsys):
     bson.write_bytes(bson.read_bytes()[:1000])
     main(["--size-mb", "4", "--work", str(tmp_path), "--reads", "10"])
     assert bson.stat().st_size == expected_size and "writing" in capsys.readouterr().out
+
+
+def test_bench_scale_runs_every_stage_as_a_measured_process(tmp_path):
+    from bench.bench_scale import STAGES
+    from bench.bench_scale import main as scale_main
+
+    summary = scale_main(["--products", "1200", "--steps", "1", "--stack-rounds", "3", "--work", str(tmp_path), "--skip-throughput"])
+    by_stage = {r["stage"]: r for r in summary["results"]}
+    assert set(by_stage) == set(STAGES)
+    assert by_stage["index"]["products"] == 1200 + 300 and by_stage["folds"]["products"] == 1200
+    for stage in STAGES[1:]:  # each a real child process: a Python interpreter alone is over 10 MB
+        assert by_stage[stage]["seconds"] > 0 and by_stage[stage]["peak_mb"] > 10, stage
+    assert (tmp_path / "data" / "preds" / "stack" / "summary.json").exists()  # the stacker really ran to its end
+    assert (tmp_path / "bench_scale.json").exists()
+
+
+def test_synthetic_sources_have_distinct_labels_and_the_truth_mostly_first():
+    import numpy as np
+
+    from bench.bench_scale import synthetic_topk
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 5270, 5000)
+    top = synthetic_topk(np.arange(5000), truth, 5270, rng)
+    assert all(len(set(row)) == top.k for row in top.labels.tolist())
+    assert top.labels.min() >= 0 and top.labels.max() < 5270
+    assert 0.72 < (top.labels[:, 0] == truth).mean() < 0.78
+    assert ((top.labels[:, 1:] == truth[:, None]).sum() == 0)
+    assert (np.diff(top.probs.astype(np.float32), axis=1) <= 0).all()
+
+
+def test_projection_scales_measured_rates_and_never_invents_gpu_figures():
+    import math
+
+    from bench.bench_scale import FULL, STAGES, Measure, fit_memory, projection
+
+    results = [Measure(stage, n, n / 1000.0, 100 + 2 * n / 1e4) for stage in STAGES for n in (10_000, 20_000)]
+    a, b = fit_memory(results, "stack")
+    assert math.isclose(a, 100, abs_tol=1e-6) and math.isclose(b, 200, rel_tol=1e-9)  # MB per million products
+    rates = {"ocr_images_per_s_per_core": 50.0}
+    rows = {r[0]: r for r in projection(results, rates, cores=16, machines=4, gpu_images_per_s=None)}
+    all_products = FULL["train_products"] + FULL["test_products"]
+    assert math.isclose(float(rows["index"][2]), all_products / 1000 / 3600, abs_tol=0.01)
+    assert rows["stack"][4] == f"{(100 + 200 * all_products / 1e6) / 1024:.1f} GB"
+    assert rows["train / infer (GPU)"][2:] == ["not measured"] * 3
+    measured = {r[0]: r for r in projection(results, rates, 16, 4, gpu_images_per_s=1000.0)}
+    assert math.isclose(float(measured["train epoch (GPU)"][2]), FULL["train_images"] / 1000 / 3600, abs_tol=0.1)

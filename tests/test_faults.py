@@ -2,6 +2,7 @@
 or silently corrupts anything — the run resumes to the same result, or the fault is named."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -244,3 +245,140 @@ def test_partial_source_still_gives_every_test_product_a_valid_row(tiny_work, tm
     for preds in (stray, empty):
         path, n_fallback = submission_from_topk(tmp_path / "sub2.csv", preds, test_ids, tree, fallback_label=4)
         assert n_fallback == len(test_ids) and (validate_submission(path, test_ids, tree)["category_id"] == tree.ids[4]).all()
+
+
+# ----------------------------------------------------------------------------- bad input, end to end
+
+GOOD_CATEGORIES = [1000010653, 1000010667, 1000004079]
+
+
+def _bad_data(root: Path) -> tuple[Path, Path, Path]:
+    """train/test BSONs holding every kind of bad input among learnable products (colour = class)."""
+    import bson
+
+    from common.bson_format import encode_product
+    from common.categories import CategoryTree
+    from common.images import encode_jpeg
+    from common.paths import CATEGORY_NAMES_CSV
+
+    rng = np.random.default_rng(0)
+    tree = CategoryTree.from_csv(CATEGORY_NAMES_CSV).subset(GOOD_CATEGORIES)
+    tree.to_csv(root / "category_names.csv")
+    colours = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]
+
+    def jpeg(label: int, shape=(32, 32)) -> bytes:
+        return encode_jpeg(np.clip(np.array(colours[label]) + rng.normal(0, 20, (*shape, 3)), 0, 255).astype(np.uint8))
+
+    good = lambda pid, label, cat=True: encode_product(pid, [jpeg(label)], int(tree.ids[label]) if cat else None)  # noqa: E731
+    garbage, truncated = b"\x07\x00\x00\x00not bson at all", good(99_999, 0)[:40]
+    train = [good(i, i % 3) for i in range(1, 61)] + [
+        encode_product(9001, [], int(tree.ids[0])),                      # empty imgs
+        encode_product(9002, [b"", jpeg(1)], int(tree.ids[1])),         # a zero-byte JPEG beside a good one
+        encode_product(9003, [b"\xff\xd8\xff broken"], int(tree.ids[2])),  # only a corrupt JPEG
+        encode_product(9004, [jpeg(0, (100, 150))], int(tree.ids[0])),  # not 180x180
+        encode_product(9005, [jpeg(1)], 123),                           # unknown category id
+        bson.encode({"_id": 9006, "imgs": [{"picture": jpeg(2)}]}),     # no category_id in train
+        good(5, 2), garbage,                                            # a duplicate _id, then junk between documents
+        good(9007, 1)]
+    test = [good(10_000 + i, i % 3, cat=False) for i in range(20)] + [
+        encode_product(9101, []), encode_product(9102, [b""]), encode_product(9103, [b"\xff\xd8\xff broken"]),
+        encode_product(9104, [jpeg(2, (100, 150))]), good(10_003, 1, cat=False), garbage, good(9105, 0, cat=False)]
+    (root / "train.bson").write_bytes(b"".join(train) + truncated)
+    (root / "test.bson").write_bytes(b"".join(test) + truncated)
+    return root / "train.bson", root / "test.bson", root / "category_names.csv"
+
+
+def test_bad_inputs_through_the_pipeline_every_test_product_gets_a_row(tmp_path):
+    """Index -> folds -> train -> predict -> blend -> stack over files full of bad input: each fault is
+    counted and reported, nothing stops, and every test product gets exactly one valid row."""
+    from common.bson_index import load_index
+    from common.categories import CategoryTree
+
+    train, test, categories = _bad_data(tmp_path)
+    work = tmp_path / "work"
+    py = [sys.executable, "-m"]
+
+    def run(*cmd: str) -> str:
+        done = subprocess.run([*py, *cmd], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        return done.stdout + done.stderr
+
+    out = run("common.prepare", "--train", str(train), "--test", str(test), "--categories", str(categories), "--work", str(work))
+    skipped = {split: load_index(work / "index" / split).meta["skipped"]["counts"] for split in ("train", "test")}
+    for split in ("train", "test"):
+        assert skipped[split].get("no_images") == 1 and skipped[split].get("duplicate_ids") == 1, skipped
+        assert skipped[split].get("truncated_tail", 0) + skipped[split].get("truncated", 0) >= 1 or any("trunc" in k for k in skipped[split]), skipped
+    assert "skipped" in out
+    run("common.folds", "--index", str(work / "index" / "train"), "--categories", str(categories), "--out", str(work / "folds.csv"),
+        "--n-folds", "2", "--seed", "0")
+    excluded = pd.read_csv(work / "folds_excluded.csv").set_index("_id")["reason"]
+    assert {9001, 9005, 9006, 5} <= set(excluded.index) and "duplicate" in excluded[5]
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE.format(epochs=1).replace("folds: [0]", "folds: [0, 1]"))
+    log = run("solutions.dylan.train", "--config", str(recipe), "--work", str(work))
+    assert "could not be decoded" in log  # the corrupt and zero-byte JPEGs are counted, not fatal
+    run("solutions.dylan.submit", "--work", str(work))
+    run("ensembling.stack", "--work", str(work), "--rounds", "5", "--nthread", "1")
+    tree = CategoryTree.from_csv(categories)
+    test_ids = np.unique(np.asarray(load_index(work / "index" / "test").ids))
+    assert {9101, 9102, 9103, 9104, 9105} <= set(test_ids.tolist())
+    for name in ("dylan", "stack"):
+        frame = validate_submission(work / "submissions" / f"{name}.csv.gz", test_ids, tree)
+        assert len(frame) == len(test_ids) and frame["_id"].is_unique, name
+    summary = json.loads((work / "preds" / "stack" / "summary.json").read_text())
+    assert summary["test_rows_from_fallback"] >= 3  # empty, zero-byte-only and corrupt-only products: prior, counted
+
+
+# ----------------------------------------------------------------------------- untrusted files
+
+
+def _calls(tree, dotted: str):
+    import ast
+
+    module, _, name = dotted.rpartition(".")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == name \
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == module:
+            yield node
+
+
+def test_no_code_path_unpickles_untrusted_files():
+    """Every torch.load passes weights_only=True, YAML is read with safe_load, numpy never allows
+    pickles, and nothing imports pickle/joblib/dill: a file crossing stages can carry no code."""
+    import ast
+
+    packages = ["common", "solutions", "ocr", "ensembling", "bench", "scripts"]
+    files = [p for pkg in packages for p in (REPO / pkg).rglob("*.py")]
+    assert len(files) > 30
+    problems = []
+    for path in files:
+        tree = ast.parse(path.read_text(), str(path))
+        where = path.relative_to(REPO)
+        for call in _calls(tree, "torch.load"):
+            kw = {k.arg: k.value for k in call.keywords}
+            if not (isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True):
+                problems.append(f"{where}:{call.lineno} torch.load without weights_only=True")
+        for call in _calls(tree, "yaml.load"):
+            problems.append(f"{where}:{call.lineno} yaml.load (use yaml.safe_load)")
+        for call in [*_calls(tree, "np.load"), *_calls(tree, "numpy.load")]:
+            kw = {k.arg: k.value for k in call.keywords}
+            if isinstance(kw.get("allow_pickle"), ast.Constant) and kw["allow_pickle"].value is True:
+                problems.append(f"{where}:{call.lineno} np.load(allow_pickle=True)")
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            problems += [f"{where}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in {"pickle", "cPickle", "joblib", "dill", "cloudpickle"}]
+    assert problems == []
+
+
+def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
+    """A checkpoint carrying an arbitrary Python object (what a malicious file would) is not loaded."""
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    path = tmp_path / "fold0" / "last.pt"
+    path.parent.mkdir()
+    torch.save({"epoch": 1, "payload": Payload()}, path)
+    with pytest.raises(RuntimeError, match=r"last\.pt"):
+        load_checkpoint(path)

@@ -1,28 +1,46 @@
-"""run_all.sh end to end on the tiny mini preset: every stage that exists, then a rerun that skips."""
+"""run_all.sh end to end on the tiny mini preset: every stage, a rerun that skips, and a run
+SIGKILLed inside several stages and restarted that ends with the same submissions."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
+import time
+from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from common.paths import REPO
 
+STAGES = ("data", "index", "folds", "stats", "dylan", "bestfitting", "convoluted", "ocr", "md5", "stack", "report")
+SUBMISSIONS = ("dylan", "bestfitting", "convoluted", "stack")
+
+
+def _env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1"}
+
 
 def run_all(*args: str) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(["bash", str(REPO / "run_all.sh"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(["bash", str(REPO / "run_all.sh"), *args], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
 
-def test_run_all_tiny_end_to_end_and_rerun(tmp_path):
-    work = tmp_path / "work"
-    out = run_all("--preset", "tiny", "--work", str(work))
-    for stage in ("data", "index", "folds", "stats", "dylan", "bestfitting", "convoluted", "ocr", "md5", "stack", "report"):
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> tuple[Path, str]:
+    """One uninterrupted tiny run, shared by the tests of this module."""
+    work = tmp_path_factory.mktemp("straight") / "work"
+    return work, run_all("--preset", "tiny", "--work", str(work))
+
+
+def test_run_all_tiny_end_to_end_and_rerun(straight_run):
+    work, out = straight_run
+    for stage in STAGES:
         assert f"== {stage}:" in out
     test_labels = pd.read_csv(work / "mini" / "test_labels.csv")
-    for solution in ("dylan", "bestfitting", "convoluted", "stack"):
+    for solution in SUBMISSIONS:
         submission = pd.read_csv(work / "submissions" / f"{solution}.csv.gz")
         assert sorted(submission["_id"]) == sorted(test_labels["_id"]), solution
     assert (work / "preds" / "dylan_mini_lite0" / "oof.npz").exists()
@@ -35,6 +53,40 @@ def test_run_all_tiny_end_to_end_and_rerun(tmp_path):
     assert "== folds: done already" in again and "== dylan: done already" in again
     only = run_all("--preset", "tiny", "--work", str(work), "--only", "stats", "--force")
     assert "== dylan: not selected" in only and "== stats:" in only
+
+
+def _run_until_killed(work: Path, stage: str, delay: float) -> str:
+    """Start run_all.sh, SIGKILL its whole process group `delay` s after `stage` starts."""
+    proc = subprocess.Popen(["bash", str(REPO / "run_all.sh"), "--preset", "tiny", "--work", str(work)], cwd=REPO, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.strip() == f"== {stage}":
+            time.sleep(delay)
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    proc.stdout.close()
+    return "".join(seen)
+
+
+def test_run_all_killed_inside_stages_and_restarted_gives_the_same_submissions(straight_run, tmp_path):
+    """Killed mid-training (dylan, convoluted), mid-OCR and mid-stacking, each time restarted:
+    the last run finishes and every submission equals the uninterrupted run's, row for row."""
+    straight, _ = straight_run
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(straight / "mini", work / "mini")  # the same generated data (the data stage reuses it)
+    for stage, delay in (("dylan", 12.0), ("convoluted", 20.0), ("ocr", 2.0), ("stack", 2.0)):
+        seen = _run_until_killed(work, stage, delay)
+        assert f"== {stage}\n" in seen, f"run_all never reached {stage}:\n{seen[-2000:]}"
+    out = run_all("--preset", "tiny", "--work", str(work))
+    assert "== dylan: done already" in out and "Final submission" in out
+    for solution in SUBMISSIONS:
+        a = pd.read_csv(straight / "submissions" / f"{solution}.csv.gz")
+        b = pd.read_csv(work / "submissions" / f"{solution}.csv.gz")
+        pd.testing.assert_frame_equal(a, b, obj=solution)
 
 
 def test_run_all_rejects_unknown_arguments(tmp_path):
