@@ -2,6 +2,7 @@
 sizes, then projected to the full dataset.
 
     python bench/bench_scale.py [--products 200000] [--steps 3] [--work work/bench_scale] [--stack-rounds 50]
+                                [--stack-max-train-products 0] [--report work/bench_scale/bench_scale.json]
 
 Data: train products cycle the real JPEGs of train_example.bson (so their image counts and sizes
 are the sample's) with fresh _ids and category ids drawn from the real per-category image counts
@@ -14,7 +15,8 @@ run_all.sh runs it, and its wall time and peak RSS (os.wait4) are recorded:
   stats      python -m common.stats on train.bson (md5 of every image, counts, figures)
   folds      python -m common.folds
   select     the OCR stage's product selection (ocr.run.select) over 3 synthetic CNN sources
-  stack      python -m ensembling.stack over those sources (--stack-rounds rounds, CV + final model)
+  stack      python -m ensembling.stack over those sources (--stack-rounds rounds, CV + final model;
+             --stack-max-train-products caps the products each booster trains on, as at full scale)
 
 The synthetic sources are top-20 lists whose first label is right with probability 0.75, so the
 stacker works on realistic candidate counts. Peak memory is fitted as a + b x products (least
@@ -168,18 +170,19 @@ def select_main(work: str) -> None:
     print(f"selected {len(sel.train_rows)} train, {len(sel.test_rows)} test products")
 
 
-def stage_commands(work: Path, paths: tuple[Path, Path], rounds: int) -> dict[str, list[str]]:
+def stage_commands(work: Path, paths: tuple[Path, Path], rounds: int, max_train: int = 0) -> dict[str, list[str]]:
     py = sys.executable
     return {
         "index": [py, "-m", "common.prepare", "--train", str(paths[0]), "--test", str(paths[1]), "--work", str(work)],
         "stats": [py, "-m", "common.stats", "--bson", str(paths[0]), "--out", str(work / "stats"), "--no-progress"],
         "folds": [py, "-m", "common.folds", "--index", str(work / "index" / "train"), "--out", str(work / "folds.csv"), "--n-folds", "3"],
         "select": [py, "-c", f"from bench.bench_scale import select_main; select_main({str(work)!r})"],
-        "stack": [py, "-m", "ensembling.stack", "--work", str(work), "--rounds", str(rounds), "--sources", *SOURCES],
+        "stack": [py, "-m", "ensembling.stack", "--work", str(work), "--rounds", str(rounds), "--sources", *SOURCES,
+                  "--max-train-products", str(max_train)],
     }
 
 
-def measure_size(work: Path, n_train: int, tree: CategoryTree, rounds: int) -> list[Measure]:
+def measure_size(work: Path, n_train: int, tree: CategoryTree, rounds: int, max_train: int = 0) -> list[Measure]:
     """Every stage at one size, on fresh files and a fresh work dir."""
     import shutil
 
@@ -187,7 +190,7 @@ def measure_size(work: Path, n_train: int, tree: CategoryTree, rounds: int) -> l
     work.mkdir(parents=True)
     paths = write_bsons(work, n_train, tree)
     n_all = n_train + n_train // 4
-    cmds = stage_commands(work, paths, rounds)
+    cmds = stage_commands(work, paths, rounds, max_train)
     sequential_read(paths)  # warm the page cache: every figure is from memory, as in bench_bson
     results = [Measure("read", n_all, *sequential_read(paths))]
     for stage in ("index", "stats", "folds"):
@@ -200,15 +203,25 @@ def measure_size(work: Path, n_train: int, tree: CategoryTree, rounds: int) -> l
     return results
 
 
-def fit_memory(results: list[Measure], stage: str) -> tuple[float, float]:
-    """(intercept MB, MB per million products) of peak RSS against products."""
+def fit_line(results: list[Measure], stage: str, field: str) -> tuple[float, float]:
+    """(intercept, slope per million products) of a measured field against products, least squares."""
     rows = [m for m in results if m.stage == stage]
     x = np.array([m.products for m in rows], float) / 1e6
-    y = np.array([m.peak_mb for m in rows])
+    y = np.array([getattr(m, field) for m in rows])
     if len(rows) < 2:
-        return float(y[0]), float("nan")
+        return (float(y[0]), float("nan")) if field == "peak_mb" else (0.0, float(y[0] / x[0]))
     slope, intercept = np.polyfit(x, y, 1)
     return float(intercept), float(slope)
+
+
+def fit_memory(results: list[Measure], stage: str) -> tuple[float, float]:
+    """(intercept MB, MB per million products) of peak RSS."""
+    return fit_line(results, stage, "peak_mb")
+
+
+def fit_time(results: list[Measure], stage: str) -> tuple[float, float]:
+    """(start-up seconds, seconds per million products): the slope leaves process start-up out."""
+    return fit_line(results, stage, "seconds")
 
 
 # ------------------------------------------------------------------------ throughput, once
@@ -283,14 +296,14 @@ def media_image_share() -> float:
 
 def projection(results: list[Measure], rates: dict[str, float], cores: int, machines: int, gpu_images_per_s: float | None) -> list[list[str]]:
     """Rows: stage, what it scales with, hours on one machine, on N machines, peak memory, disk."""
-    last = {m.stage: m for m in results if m.products == max(r.products for r in results if r.stage == m.stage)}
     all_products = FULL["train_products"] + FULL["test_products"]
     all_images = FULL["train_images"] + FULL["test_images"]
     per_stage_products = {"read": all_products, "index": all_products, "stats": all_products, "folds": FULL["train_products"],
                           "select": all_products, "stack": all_products}
     rows = []
     for stage in STAGES:
-        hours = per_stage_products[stage] / last[stage].products_per_s / 3600
+        t0, per_million = fit_time(results, stage)
+        hours = (t0 + per_million * per_stage_products[stage] / 1e6) / 3600
         a, b = fit_memory(results, stage)
         memory = "-" if stage == "read" else f"{(a + b * per_stage_products[stage] / 1e6) / 1024:.1f} GB"
         rows.append([stage, f"{per_stage_products[stage]:,} products", f"{hours:.2f}", f"{hours:.2f} (one process)", memory])
@@ -306,18 +319,27 @@ def projection(results: list[Measure], rates: dict[str, float], cores: int, mach
     return rows
 
 
-def disk_rows(work: Path, results: list[Measure]) -> list[list[str]]:
-    """Bytes per product of our own outputs at the largest size, scaled to the full dataset."""
-    n_train = max(m.products for m in results if m.stage == "folds")
-    n_all = n_train + n_train // 4
+def index_bytes_per_product(data: Path) -> float:
+    n = sum(len(np.load(p, mmap_mode="r")) for p in (data / "index").glob("*.npy"))
+    return sum(p.stat().st_size for p in (data / "index").iterdir() if p.is_file()) / n
+
+
+def preds_bytes_per_product(data: Path) -> float:
+    """One source's OOF + test files over the products they hold."""
+    from common.predictions import load_topk
+
+    files = [data / "preds" / SOURCES[0] / f for f in ("oof.npz", "test.npz")]
+    return sum(f.stat().st_size for f in files) / sum(len(load_topk(f).ids) for f in files)
+
+
+def disk_rows(index_bytes: float, preds_bytes: float) -> list[list[str]]:
+    """Our own outputs' bytes per product at the largest size, scaled to the full dataset."""
     all_products = FULL["train_products"] + FULL["test_products"]
-    index = sum(p.stat().st_size for p in (work / "index").rglob("*") if p.is_file()) / n_all
-    preds = sum((work / "preds" / s / f).stat().st_size for s in SOURCES[:1] for f in ("oof.npz", "test.npz")) / n_all
     features = (FULL["train_images"] + FULL["test_images"]) * 2 * 2048  # uint8, with the flip copy, 2048-d (SE-ResNeXt101)
     gb = 1e9
     return [["train.bson + test.bson", f"{(FULL['train_bytes'] + FULL['test_bytes']) / gb:.1f} GB"],
-            ["offset index (train + test)", f"{index * all_products / gb:.2f} GB ({index:.0f} B/product)"],
-            ["one source's top-20 predictions (OOF + test)", f"{preds * all_products / gb:.2f} GB ({preds:.0f} B/product)"],
+            ["offset index (train + test)", f"{index_bytes * all_products / gb:.2f} GB ({index_bytes:.0f} B/product)"],
+            ["one source's top-20 predictions (OOF + test)", f"{preds_bytes * all_products / gb:.2f} GB ({preds_bytes:.0f} B/product)"],
             ["convoluted feature store, one 2048-d base net", f"{features / gb:.0f} GB"]]
 
 
@@ -332,38 +354,62 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=3, help="sizes: --products / 2**k for k < steps")
     p.add_argument("--work", default=None, help="default: <work>/bench_scale")
     p.add_argument("--stack-rounds", type=int, default=50)
+    p.add_argument("--stack-max-train-products", type=int, default=0, help="the stacker's --max-train-products (0: every product)")
     p.add_argument("--cores", type=int, default=16, help="cores of the projected machine (for OCR)")
     p.add_argument("--machines", type=int, default=4, help="N for the N-machine column")
     p.add_argument("--gpu-images-per-s", type=float, default=None, help="a measured training rate (bench_train.py --device cuda)")
     p.add_argument("--skip-throughput", action="store_true", help="only the per-size stages")
+    p.add_argument("--report", default=None, help="re-print the projection from a saved bench_scale.json (no measuring)")
     args = p.parse_args(argv)
+    if args.report:
+        return report(Path(args.report), args)
     work = Path(args.work) if args.work else default_work_dir() / "bench_scale"
     tree = CategoryTree.from_csv(CATEGORY_NAMES_CSV)
     results: list[Measure] = []
     for k in reversed(range(args.steps)):
         n = args.products >> k
         print(f"size {n:,} train + {n // 4:,} test products")
-        results += measure_size(work / "data", n, tree, args.stack_rounds)
+        results += measure_size(work / "data", n, tree, args.stack_rounds, args.stack_max_train_products)
     rates: dict[str, float] = {}
     if not args.skip_throughput:
         rates = {**loader_rates(work), "mini_inference_products_per_s": inference_rate(work / "data"), "ocr_images_per_s_per_core": ocr_rate()}
         for key, value in rates.items():
             print(f"{key:40s} {value:10.1f}")
-    memory = {s: dict(zip(("intercept_mb", "mb_per_million_products"), fit_memory(results, s))) for s in STAGES if s != "read"}
-    print("\npeak memory = a + b x products:")
-    for stage, fit in memory.items():
-        print(f"  {stage:7s} a {fit['intercept_mb']:7.0f} MB   b {fit['mb_per_million_products']:8.0f} MB per million products")
-    summary = {"results": [vars(m) | {"products_per_s": m.products_per_s} for m in results], "memory": memory, "rates": rates}
+    summary = {"results": [vars(m) | {"products_per_s": m.products_per_s} for m in results], "rates": rates,
+               "index_bytes_per_product": index_bytes_per_product(work / "data"), "preds_bytes_per_product": preds_bytes_per_product(work / "data")}
+    summary |= print_projection(results, rates, summary, args)
+    (work / "bench_scale.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def print_projection(results: list[Measure], rates: dict[str, float], sizes: dict, args) -> dict:
+    """The fitted lines, then (with the throughput rates) the full-dataset tables."""
+    fits = {s: {"intercept_mb": fit_memory(results, s)[0], "mb_per_million_products": fit_memory(results, s)[1],
+                "startup_s": fit_time(results, s)[0], "s_per_million_products": fit_time(results, s)[1]} for s in STAGES}
+    print("\nfitted over the sizes: peak memory = a + b x products, wall time = t0 + c x products")
+    for stage, fit in fits.items():
+        print(f"  {stage:7s} a {fit['intercept_mb']:6.0f} MB  b {fit['mb_per_million_products']:7.0f} MB/M products   "
+              f"t0 {fit['startup_s']:6.1f} s  c {fit['s_per_million_products']:8.1f} s/M products")
+    out: dict = {"fits": fits}
     if rates:
         proj = projection(results, rates, args.cores, args.machines, args.gpu_images_per_s)
-        disk = disk_rows(work / "data", results)
+        disk = disk_rows(sizes["index_bytes_per_product"], sizes["preds_bytes_per_product"])
         print("\nFull dataset (7,069,896 train + 1,768,182 test products), projected from the figures above:\n")
         print(markdown(["stage", "scales with", "hours, one machine", f"hours, {args.machines} machines", "peak memory"], proj))
         print()
         print(markdown(["disk", "size"], disk))
-        summary |= {"projection": proj, "disk": disk}
-    (work / "bench_scale.json").write_text(json.dumps(summary, indent=1))
-    return summary
+        out |= {"projection": proj, "disk": disk}
+    return out
+
+
+def report(path: Path, args) -> dict:
+    saved = json.loads(path.read_text())
+    keep = {"stage", "products", "seconds", "peak_mb"}
+    results = [Measure(**{k: v for k, v in r.items() if k in keep}) for r in saved["results"]]
+    data = path.parent / "data"  # the largest size's files, left by the run that saved this
+    sizes = {"index_bytes_per_product": saved.get("index_bytes_per_product") or index_bytes_per_product(data),
+             "preds_bytes_per_product": saved.get("preds_bytes_per_product") or preds_bytes_per_product(data)}
+    return print_projection(results, saved["rates"], sizes, args)
 
 
 if __name__ == "__main__":
