@@ -202,11 +202,11 @@ def test_nan_source_is_refused_by_name_in_stack_and_blend(tiny_work):
 
     _good_source(tiny_work, "dylan_good")
     bad = _nan_source(tiny_work, "dylan_bad")
-    with pytest.raises(DataError, match=rf"dylan_bad[/\\]oof\.npz: 1 products have NaN"):
+    with pytest.raises(DataError, match=r"dylan_bad[/\\]oof\.npz: 1 products have NaN"):
         load_inputs(WorkDir(tiny_work), StackConfig(sources=["dylan_good", "dylan_bad"]))
-    with pytest.raises(DataError, match=rf"dylan_bad[/\\]oof\.npz: 1 products have NaN"):
+    with pytest.raises(DataError, match=r"dylan_bad[/\\]oof\.npz: 1 products have NaN"):
         load_inputs(WorkDir(tiny_work), StackConfig())  # discovered, not named: still refused, never silently used
-    with pytest.raises(DataError, match=rf"dylan_bad[/\\]oof\.npz"):
+    with pytest.raises(DataError, match=r"dylan_bad[/\\]oof\.npz"):
         blend(WorkDir(tiny_work), ["dylan_good", "dylan_bad"], "dylan")
     assert not (WorkDir(tiny_work).preds("dylan") / "oof.npz").exists()  # nothing half-blended was written
     assert bad.exists()  # the evidence is kept, not deleted
