@@ -384,8 +384,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 def print_projection(results: list[Measure], rates: dict[str, float], sizes: dict, args) -> dict:
     """The fitted lines, then (with the throughput rates) the full-dataset tables."""
-    fits = {s: {"intercept_mb": fit_memory(results, s)[0], "mb_per_million_products": fit_memory(results, s)[1],
-                "startup_s": fit_time(results, s)[0], "s_per_million_products": fit_time(results, s)[1]} for s in STAGES}
+    fits = {s: dict(zip(("intercept_mb", "mb_per_million_products", "startup_s", "s_per_million_products"),
+                        (*fit_memory(results, s), *fit_time(results, s)))) for s in STAGES}
     print("\nfitted over the sizes: peak memory = a + b x products, wall time = t0 + c x products")
     for stage, fit in fits.items():
         print(f"  {stage:7s} a {fit['intercept_mb']:6.0f} MB  b {fit['mb_per_million_products']:7.0f} MB/M products   "

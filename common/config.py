@@ -126,6 +126,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfi
         _argument(group, f, hints[f.name])
 
 
+def parse_stage_args(argv: list[str] | None, description: str | None, cls: type) -> tuple[str | None, typing.Any, bool]:
+    """(work dir, options, progress) of a stage whose options are a dataclass: --work, --config
+    YAML, --no-progress, then one flag per field overriding the YAML."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default=None, help="work dir (default: $CDISCOUNT_WORK or ./work)")
+    p.add_argument("--config", default=None, help=f"YAML of {cls.__name__} fields (command-line options override it)")
+    p.add_argument("--no-progress", action="store_true")
+    add_config_arguments(p, cls)
+    args = p.parse_args(argv)
+    return args.work, parse_config(args, args.config, cls), not args.no_progress
+
+
 def parse_config(args: argparse.Namespace, yaml_path: str | os.PathLike | None, cls: type = TrainConfig) -> TrainConfig:
     """Config = dataclass defaults <- YAML <- command-line flags that were given."""
     values = load_yaml(yaml_path, cls) if yaml_path else {}

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from .atomic import write_json
 from .bson_index import first_occurrence
@@ -119,12 +120,18 @@ def finish_fold(out: Path, oof: TopK, test: TopK, runtime: Runtime) -> None:
         save_topk(out / "test.npz", test)
 
 
-def run_fold(cfg: TrainConfig, data: FoldData, work: WorkDir, fold: int, runtime: Runtime, resume: bool, task: Task = None) -> None:
-    """One fold of a single-model recipe: train on the other folds, predict this one and test."""
-    task = task or IMAGE_TASK
-    out = begin_fold(cfg, work, fold, runtime)
-    if out is None:
-        return
+@dataclass
+class TrainedFold:
+    model: nn.Module  # with its last checkpoint's weights
+    mean: tuple
+    std: tuple
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+
+
+def train_fold_model(cfg: TrainConfig, data: FoldData, work: WorkDir, fold: int, out: Path, runtime: Runtime, resume: bool,
+                     task: Task) -> TrainedFold:
+    """Build the recipe's network and fit it on the other folds (validating on a sample of this one)."""
     model = create_model(ModelSpec(cfg.model, len(data.tree), cfg.pretrained, cfg.drop_rate))
     mean, std = normalization(model)
     train_rows, val_rows = data.rows(fold)
@@ -133,6 +140,17 @@ def run_fold(cfg: TrainConfig, data: FoldData, work: WorkDir, fold: int, runtime
     train_set, val_set = task.train_set(data, train_rows, cfg, True), task.train_set(data, validation_sample(val_rows, cfg), cfg, False)
     result = fit(cfg, model, train_set, val_set, task.collate, task.to_batch(mean, std, cfg), out, runtime, resume)
     model.load_state_dict(load_checkpoint(result.last)["model"])
+    return TrainedFold(model, mean, std, train_rows, val_rows)
+
+
+def run_fold(cfg: TrainConfig, data: FoldData, work: WorkDir, fold: int, runtime: Runtime, resume: bool, task: Task = None) -> None:
+    """One fold of a single-model recipe: train on the other folds, predict this one and test."""
+    task = task or IMAGE_TASK
+    out = begin_fold(cfg, work, fold, runtime)
+    if out is None:
+        return
+    t = train_fold_model(cfg, data, work, fold, out, runtime, resume, task)
+    model, mean, std, val_rows = t.model, t.mean, t.std, t.val_rows
     oof = task.predict(model, data.train, val_rows, cfg, runtime, mean, std)
     test = task.predict(model, data.test, data.test_rows, cfg, runtime, mean, std)
     finish_fold(out, oof, test, runtime)

@@ -27,7 +27,6 @@ Writes work/preds/md5/{oof,test}.npz + summary.json.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -45,7 +44,7 @@ from common.atomic import write_json, write_npy
 from common.blend import Labels
 from common.bson_index import first_occurrence
 from common.bson_reader import BsonReader
-from common.config import add_config_arguments, parse_config
+from common.config import parse_stage_args
 from common.known_test_labels import known_test_labels
 from common.metrics import accuracy
 from common.paths import WorkDir
@@ -447,14 +446,9 @@ def print_summary(s: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", default=None, help="work dir (default: $CDISCOUNT_WORK or ./work)")
-    p.add_argument("--config", default=None, help="YAML of Md5Options fields (command-line options override it)")
-    p.add_argument("--no-progress", action="store_true")
-    add_config_arguments(p, Md5Options)
-    args = p.parse_args(argv)
+    work, opts, progress = parse_stage_args(argv, __doc__, Md5Options)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    summary = run_md5(WorkDir(args.work), parse_config(args, args.config, Md5Options), progress=not args.no_progress)
+    summary = run_md5(WorkDir(work), opts, progress=progress)
     print_summary(summary)
     return summary
 

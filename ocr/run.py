@@ -17,7 +17,6 @@ Within a machine, `--workers` tesseract processes (default: every core) share th
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import time
@@ -28,7 +27,7 @@ import numpy as np
 
 from common.atomic import write_json
 from common.bson_reader import BsonReader
-from common.config import add_config_arguments, parse_config
+from common.config import parse_stage_args
 from common.errors import DataError
 from common.infer import average_topk
 from common.known_test_labels import known_test_labels
@@ -262,15 +261,9 @@ def print_summary(s: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", default=None, help="work dir (default: $CDISCOUNT_WORK or ./work)")
-    p.add_argument("--config", default=None, help="YAML of OcrOptions fields (command-line options override it)")
-    p.add_argument("--no-progress", action="store_true")
-    add_config_arguments(p, OcrOptions)
-    args = p.parse_args(argv)
+    work, opts, progress = parse_stage_args(argv, __doc__, OcrOptions)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    opts = parse_config(args, args.config, OcrOptions)
-    summary = run_ocr(WorkDir(args.work), opts, progress=not args.no_progress)
+    summary = run_ocr(WorkDir(work), opts, progress=progress)
     print_summary(summary)
     return summary
 

@@ -20,12 +20,11 @@ from tqdm import tqdm
 
 from common.config import TrainConfig
 from common.data import ImageDataset, ProductBatchSampler, batch_pixels, collate_images, image_table, normalize_on_device
-from common.errors import DataError
 from common.infer import TTA, aggregate, gather_topk
-from common.models import ModelSpec, create_model, normalization, penultimate_features
+from common.models import normalization, penultimate_features
 from common.predictions import TopK, concat_topk
-from common.recipe import IMAGE_TASK, FoldData, begin_fold, finish_fold, validation_sample
-from common.train import Runtime, autocast, fit, load_checkpoint, save_checkpoint
+from common.recipe import IMAGE_TASK, FoldData, begin_fold, finish_fold, train_fold_model
+from common.train import Runtime, autocast, save_checkpoint
 
 from .feature_store import FeatureWriter
 
@@ -123,15 +122,8 @@ def run_fold(cfg: BaseConfig, data: FoldData, work, fold: int, runtime: Runtime,
     out = begin_fold(cfg, work, fold, runtime)
     if out is None:
         return
-    model = create_model(ModelSpec(cfg.model, len(data.tree), cfg.pretrained, cfg.drop_rate))
-    mean, std = normalization(model)
-    train_rows, val_rows = data.rows(fold)
-    if len(val_rows) == 0:
-        raise DataError(f"fold {fold} has no products in {work.folds}")
-    task = IMAGE_TASK
-    result = fit(cfg, model, task.train_set(data, train_rows, cfg, True), task.train_set(data, validation_sample(val_rows, cfg), cfg, False), task.collate,
-                 task.to_batch(mean, std, cfg), out, runtime, resume)
-    model.load_state_dict(load_checkpoint(result.last)["model"])
+    trained = train_fold_model(cfg, data, work, fold, out, runtime, resume, IMAGE_TASK)
+    model, train_rows, val_rows = trained.model, trained.train_rows, trained.val_rows
     features = work.features(cfg.solution, cfg.name, fold)
     if runtime.is_main:  # the rank/count heads start from the base net's classifier
         clf = classifier_as_linear(model)
