@@ -5,13 +5,18 @@
 #   ./run_all.sh --work DIR            # where every stage writes (default: work/)
 #   ./run_all.sh --preset tiny         # the seconds-long mini preset (tests use it)
 #   ./run_all.sh --profile full        # the winners' full recipes (GPUs; used by the training stages)
+#   ./run_all.sh --nproc N             # training/predicting stages under torchrun with N processes (default: one per GPU; gloo on CPU)
 #   ./run_all.sh --from STAGE | --only STAGE | --force
 # A stage whose outputs exist is skipped, so an interrupted run continues where it stopped.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-DATA="" WORK="$ROOT/work" PRESET="default" PROFILE="mini" FROM="" ONLY="" FORCE=0 SEED=0 N_FOLDS=""
-usage() { sed -n '2,9p' "$0"; exit "${1:-0}"; }
+DATA="" WORK="$ROOT/work" PRESET="default" PROFILE="mini" FROM="" ONLY="" FORCE=0 SEED=0 N_FOLDS="" NPROC=""
+usage() { sed -n '2,10p' "$0"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
+  case "$1" in
+    --data|--work|--preset|--profile|--from|--only|--seed|--n-folds|--nproc)
+      [ $# -ge 2 ] && [ -n "$2" ] || { echo "run_all.sh: $1 needs a value" >&2; exit 2; } ;;
+  esac
   case "$1" in
     --data) [ -d "${2:-}" ] || { echo "run_all.sh: --data ${2:-}: no such folder (it must hold train.bson and test.bson)" >&2; exit 2; }
             DATA="$(cd "$2" && pwd)"; shift 2 ;;
@@ -23,11 +28,15 @@ while [ $# -gt 0 ]; do
     --force) FORCE=1; shift ;;
     --seed) SEED="$2"; shift 2 ;;
     --n-folds) N_FOLDS="$2"; shift 2 ;;
+    --nproc) NPROC="$2"; shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "run_all.sh: unknown argument $1" >&2; usage 2 ;;
   esac
 done
 case "$PROFILE" in mini|full) ;; *) echo "run_all.sh: --profile must be mini or full" >&2; exit 2 ;; esac
+for v in "$SEED" "$N_FOLDS" "$NPROC"; do
+  [[ -z "$v" || "$v" =~ ^[0-9]+$ ]] || { echo "run_all.sh: --seed, --n-folds and --nproc take a whole number, not '$v'" >&2; exit 2; }
+done
 # 3 folds keep the mini run within its CPU budget; 5 on the full profile (override with --n-folds)
 [ -n "$N_FOLDS" ] || { [ "$PROFILE" = mini ] && N_FOLDS=3 || N_FOLDS=5; }
 source "$ROOT/scripts/setup_env.sh"
@@ -50,24 +59,11 @@ fi
 TEST_LABELS=()
 [ -z "$DATA" ] && TEST_LABELS=(--test-labels "$MINI/test_labels.csv")
 
-# one process per GPU under torchrun when several are visible, else plain python
-NGPU="$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
-if [ "$NGPU" -gt 1 ]; then LAUNCH=(torchrun --standalone --nproc_per_node="$NGPU"); else LAUNCH=(python); fi
-recipes() {  # recipes SOLUTION: the recipe YAMLs of the profile (mini_*.yaml, or the others; never ablation_*)
-  local f
-  for f in "$ROOT/solutions/$1/configs/"*.yaml; do
-    case "$(basename "$f")" in
-      ablation_*) ;;
-      mini_*) [ "$PROFILE" = mini ] && echo "$f" ;;
-      *) [ "$PROFILE" = full ] && echo "$f" ;;
-    esac
-  done
-}
-train_solution() {  # train_solution SOLUTION: every recipe of the profile in name order (all folds), then the solution's blend
-  local recipe
-  for recipe in $(recipes "$1"); do
-    "${LAUNCH[@]}" -m "solutions.$1.train" --config "$recipe" --work "$WORK"
-  done
+# training and predicting stages: --nproc N processes under torchrun, else one per GPU when several are visible
+[ -n "$NPROC" ] || NPROC="$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
+if [ "$NPROC" -gt 1 ]; then LAUNCH=(torchrun --standalone --nproc_per_node="$NPROC"); else LAUNCH=(python); fi
+train_solution() {  # train_solution SOLUTION: every recipe of the profile (each after those it requires), then the solution's blend
+  "${LAUNCH[@]}" -m "solutions.$1.train" --profile "$PROFILE" --work "$WORK"
   python -m "solutions.$1.submit" --work "$WORK"
 }
 
@@ -94,19 +90,17 @@ run_stage() {  # run_stage NAME DONE_FILE CMD...: skip when DONE_FILE exists (un
 force_flag() { [ "$FORCE" = 1 ] && echo --force || true; }
 
 if [ -z "$DATA" ]; then
-  run_stage data "" python -m common.mini --out "$MINI" --preset "$PRESET" --seed "$SEED" $(force_flag)
+  run_stage data "" python -m mini --work "$WORK" --out "$MINI" --preset "$PRESET" --seed "$SEED" $(force_flag)
 fi
-run_stage index "" python -m common.prepare --train "$TRAIN" --test "$TEST" --categories "$CATEGORIES" "${TEST_LABELS[@]}" --work "$WORK"
-run_stage folds "$WORK/folds.csv" python -m common.folds --index "$WORK/index/train" --categories "$CATEGORIES" \
-  --out "$WORK/folds.csv" --n-folds "$N_FOLDS" --seed "$SEED"
-run_stage stats "$WORK/stats/train/stats.json" bash -c "python -m common.stats --bson '$TRAIN' --categories '$CATEGORIES' --out '$WORK/stats/train' && \
-                                                     python -m common.stats --bson '$TEST' --categories '$CATEGORIES' --out '$WORK/stats/test'"
+run_stage index "" python -m common.prepare --work "$WORK" --train "$TRAIN" --test "$TEST" --categories "$CATEGORIES" "${TEST_LABELS[@]}"
+run_stage folds "$WORK/folds.csv" python -m common.folds --work "$WORK" --n-folds "$N_FOLDS" --seed "$SEED"
+run_stage stats "$WORK/stats/test/stats.json" python -m common.stats --work "$WORK"
 
 run_stage dylan "$WORK/preds/dylan/summary.json" train_solution dylan
 run_stage bestfitting "$WORK/preds/bestfitting/summary.json" train_solution bestfitting
 run_stage convoluted "$WORK/preds/convoluted/summary.json" train_solution convoluted
 run_stage ocr "$WORK/preds/ocr/summary.json" python -m ocr.run --work "$WORK"
-run_stage md5 "$WORK/preds/md5/summary.json" python -m ensembling.md5 --work "$WORK"
+run_stage md5 "$WORK/preds/md5/summary.json" python -m md5.run --work "$WORK"
 run_stage stack "$WORK/preds/stack/summary.json" python -m ensembling.stack --work "$WORK"
 run_stage report "$WORK/report/index.html" python -m ensembling.report --work "$WORK"
 

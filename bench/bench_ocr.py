@@ -6,7 +6,7 @@ Takes --products train products (after the first --skip) whose label is a media 
 the seller's order), reads them with tesseract (fra+eng, one thread, one process) under each
 preprocessing variant, and prints per variant:
   keyword read rate  share of products where some image yields a word of the category's title
-                     vocabulary (common.mini's cover keywords, lowercase, accents as printed)
+                     vocabulary (the mini generator's cover keywords, lowercase, accents as printed)
   any-word rate      share of images where tesseract returns at least one 2+ letter token
   images/s           images read per second on one core (decode + preprocess + tesseract, --batch
                      images per tesseract process as in the stage; --batch 1 shows the per-call cost)
@@ -25,9 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench/bench_ocr.py` from anywhere
 
-from common.mini import MEDIA_GROUPS, category_looks  # noqa: E402
+from mini import MEDIA_GROUPS  # noqa: E402
+from mini.generate import category_looks  # noqa: E402
 from common.paths import WorkDir  # noqa: E402
-from common.recipe import load_fold_data  # noqa: E402
+from common.workdata import load_fold_data  # noqa: E402
 from ocr.reader import ReadSettings, check_steps, read_jpegs  # noqa: E402
 from ocr.text_model import has_words  # noqa: E402
 

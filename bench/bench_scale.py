@@ -76,7 +76,7 @@ class Measure:
 
 def category_weights(tree: CategoryTree) -> np.ndarray:
     """Share of each class in the real train images (level-3 counts shipped in common/resources)."""
-    from common.mini import real_category_sizes
+    from mini import real_category_sizes
 
     sizes = np.nan_to_num(real_category_sizes(tree))
     return sizes / sizes.sum()
@@ -99,8 +99,9 @@ def write_bsons(work: Path, n_train: int, tree: CategoryTree, seed: int = 0) -> 
 
 def write_sources(work: WorkDir, seed: int = 0) -> None:
     """Three CNN-like top-K sources over every train (OOF) and test product."""
-    from common.blend import Labels
     from common.prepare import DatasetPaths
+    from common.sources import write_summary
+    from common.workdata import Labels
 
     labels = Labels.load(work)
     paths = DatasetPaths.load(work)
@@ -110,7 +111,7 @@ def write_sources(work: WorkDir, seed: int = 0) -> None:
     for name in SOURCES:
         for split, ids, truth in (("oof", labels.ids, labels.labels), ("test", test_ids, rng.integers(0, n_classes, len(test_ids)))):
             save_topk(work.preds(name) / f"{split}.npz", synthetic_topk(np.asarray(ids, np.int64), truth, n_classes, rng))
-        (work.preds(name) / "summary.json").write_text(json.dumps({"name": name}))
+        write_summary(work, name, "model", solution="bench")
 
 
 def synthetic_topk(ids: np.ndarray, truth: np.ndarray, n_classes: int, rng: np.random.Generator, k: int = DEFAULT_K) -> TopK:
@@ -162,7 +163,7 @@ def sequential_read(paths: tuple[Path, ...]) -> tuple[float, float]:
 
 def select_main(work: str) -> None:
     """The OCR stage's selection step alone (run as a child so its memory is its own)."""
-    from common.recipe import load_fold_data
+    from common.workdata import load_fold_data
     from ocr.run import OcrOptions, select
 
     data = load_fold_data(WorkDir(work))
@@ -173,9 +174,9 @@ def select_main(work: str) -> None:
 def stage_commands(work: Path, paths: tuple[Path, Path], rounds: int, max_train: int = 0) -> dict[str, list[str]]:
     py = sys.executable
     return {
-        "index": [py, "-m", "common.prepare", "--train", str(paths[0]), "--test", str(paths[1]), "--work", str(work)],
+        "index": [py, "-m", "common.prepare", "--train", str(paths[0]), "--test", str(paths[1]), "--work", str(work), "--no-progress"],
         "stats": [py, "-m", "common.stats", "--bson", str(paths[0]), "--out", str(work / "stats"), "--no-progress"],
-        "folds": [py, "-m", "common.folds", "--index", str(work / "index" / "train"), "--out", str(work / "folds.csv"), "--n-folds", "3"],
+        "folds": [py, "-m", "common.folds", "--work", str(work), "--n-folds", "3"],
         "select": [py, "-c", f"from bench.bench_scale import select_main; select_main({str(work)!r})"],
         "stack": [py, "-m", "ensembling.stack", "--work", str(work), "--rounds", str(rounds), "--sources", *SOURCES,
                   "--max-train-products", str(max_train)],
@@ -249,7 +250,7 @@ def inference_rate(work: Path, n_products: int = 2000) -> float:
     from common.bson_index import load_index
     from common.bson_reader import BsonReader
     from common.config import TrainConfig
-    from common.infer import predict_products
+    from common.infer import predict_images
     from common.models import ModelSpec, create_model, normalization
     from common.train import Runtime
 
@@ -262,7 +263,7 @@ def inference_rate(work: Path, n_products: int = 2000) -> float:
     rows = np.arange(min(n_products, len(index)))
     start = time.perf_counter()
     with torch.inference_mode():
-        predict_products(model, reader, rows, cfg, Runtime(torch.device("cpu")), *normalization(model))
+        predict_images(model, reader, rows, cfg, Runtime(torch.device("cpu")), *normalization(model))
     return len(rows) / (time.perf_counter() - start)
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,7 +33,7 @@ from common.data import ImageDataset, collate_images, image_table  # noqa: E402
 from common.images import decode_jpeg, resize  # noqa: E402
 from common.models import ModelSpec, create_model, normalization  # noqa: E402
 from common.paths import TRAIN_EXAMPLE_BSON  # noqa: E402
-from common.train import Runtime, fit, image_batch  # noqa: E402
+from common.train import Runtime, fit, image_batch, train_loader  # noqa: E402
 
 N_CLASSES = 36  # the sample's categories
 
@@ -62,15 +63,17 @@ def bench_ours(args, bson_path: Path, device: torch.device) -> float:
     reader = BsonReader(bson_path, index)
     rows = np.arange(len(index))
     cfg = TrainConfig(solution="bench", name="ours", model=args.model, input_size=args.size, epochs=1, batch_size=args.batch, num_workers=args.workers,
-                      optimizer="nadam", lr=1e-3, schedule="constant", label_smoothing=0.1, amp=args.amp, channels_last=device.type == "cuda")
+                      optimizer="nadam", lr=1e-3, schedule="constant", label_smoothing=0.1, amp=args.amp, channels_last=device.type == "cuda",
+                      resume=False)
     torch.manual_seed(0)
     model = create_model(ModelSpec(args.model, N_CLASSES))
     mean, std = normalization(model)
     labels = index.category_ids.astype(np.int64)
     dataset = ImageDataset(reader, image_table(index.n_imgs, rows), labels, args.size, hflip=True)
+    runtime = Runtime(device)
     with tempfile.TemporaryDirectory() as tmp:
-        result = fit(cfg, model, dataset, None, collate_images, image_batch(mean, std, cfg.channels_last), Path(tmp), Runtime(device), resume=False)
-    return result.history[-1]["samples_per_s"]
+        fit(cfg, model, train_loader(dataset, cfg, runtime, collate_images), None, image_batch(mean, std, cfg.channels_last), Path(tmp), runtime)
+        return float(pd.read_csv(Path(tmp) / "summary.csv")["samples_per_s"].iloc[-1])
 
 
 def bench_timm(args, folder: Path, device: torch.device) -> float:

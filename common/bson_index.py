@@ -1,35 +1,23 @@
 """Offset index of a BSON file: one sequential scan, saved as .npy, reloaded instantly (mmap).
-
-    python -m common.bson_index --bson data/train.bson --out work/index/train
-"""
+`python -m common.prepare` builds both splits' indexes into a work dir."""
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import os
 import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from .atomic import write_json, write_npy
 from .bson_format import DocumentBatch, iter_document_batches, parse_header, parse_headers_fast
 from .errors import BsonDocumentError, DataError, SkipLog, log
+from .ids import lookup
+from .progress import bar
 
 INDEX_DTYPE = np.dtype(
     [("id", "<i8"), ("offset", "<i8"), ("length", "<i4"), ("n_imgs", "<i1"), ("category_id", "<i8")]
 )
-
-
-def first_occurrence(ids: np.ndarray) -> np.ndarray:
-    """Mask of the first row of each _id: a repeated _id (reported when indexing) is predicted and
-    submitted once, from its first document."""
-    ids = np.asarray(ids)
-    mask = np.zeros(len(ids), bool)
-    mask[np.unique(ids, return_index=True)[1]] = True
-    return mask
 
 
 class ProductIndex:
@@ -62,10 +50,7 @@ class ProductIndex:
     def positions_of(self, product_ids: np.ndarray) -> np.ndarray:
         """Row positions of the given _ids (-1 where absent), vectorised."""
         order = np.argsort(self.ids, kind="stable")
-        sorted_ids = self.ids[order]
-        pos = np.searchsorted(sorted_ids, product_ids)
-        pos = np.clip(pos, 0, max(len(sorted_ids) - 1, 0))
-        found = len(sorted_ids) > 0 and sorted_ids[pos] == product_ids
+        pos, found = lookup(self.ids[order], product_ids)
         return np.where(found, order[pos], -1)
 
 
@@ -102,11 +87,11 @@ def build_index(bson_path: str | os.PathLike, progress: bool = True) -> ProductI
         raise DataError(f"{bson_path} is empty (0 bytes)")
     skips = SkipLog(str(bson_path))
     start, parts, done = time.perf_counter(), [], 0
-    with tqdm(total=size, unit="B", unit_scale=True, desc=f"index {bson_path.name}", disable=not progress) as bar:
+    with bar(size, f"index {bson_path.name}", "B", enabled=progress, unit_scale=True) as progress_bar:
         for batch in iter_document_batches(bson_path, skips):
             parts.append(_batch_rows(batch, bson_path, skips))
             end = batch.base + int(batch.starts[-1] + batch.lengths[-1])
-            bar.update(end - done)
+            progress_bar.update(end - done)
             done = end
     rows = np.concatenate(parts) if parts else np.empty(0, INDEX_DTYPE)
     _report_ids_and_labels(rows, bson_path, skips)
@@ -169,27 +154,3 @@ def get_index(bson_path: str | os.PathLike, prefix: str | os.PathLike, progress:
     if not index_is_current(prefix, bson_path):
         save_index(build_index(bson_path, progress=progress), prefix)
     return load_index(prefix)
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bson", required=True, help="train.bson or test.bson")
-    p.add_argument("--out", required=True, help="index prefix: writes OUT.npy and OUT.json")
-    p.add_argument("--force", action="store_true", help="rebuild even if a current index exists")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if not args.force and index_is_current(args.out, args.bson):
-        index = load_index(args.out)
-        print(f"index {args.out} is current: {len(index)} products (use --force to rebuild)")
-        return
-    index = build_index(args.bson)
-    save_index(index, args.out)
-    m = index.meta
-    mb_s = m["size"] / 1e6 / max(m["build_seconds"], 1e-9)
-    print(f"indexed {m['products']} products, {m['images']} images from {args.bson} in {m['build_seconds']:.1f}s ({mb_s:.0f} MB/s)")
-    if m["skipped"]["counts"]:
-        print(f"skipped: {m['skipped']['counts']}")
-
-
-if __name__ == "__main__":
-    main()

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, UnknownCategoryError
+from .ids import lookup
 
 COLUMNS = ["category_id", "category_level1", "category_level2", "category_level3"]
 UNKNOWN = -1
@@ -65,9 +66,7 @@ class CategoryTree:
     def to_index(self, category_ids: np.ndarray | list[int], strict: bool = True) -> np.ndarray:
         """Label indices of category ids; unknown ids raise (strict) or map to UNKNOWN (-1)."""
         ids = np.asarray(category_ids, dtype=np.int64)
-        pos = np.searchsorted(self.ids[self._sorted], ids)
-        pos = np.clip(pos, 0, len(self.ids) - 1)
-        found = self.ids[self._sorted][pos] == ids
+        pos, found = lookup(self.ids[self._sorted], ids)
         labels = np.where(found, self._sorted[pos], UNKNOWN)
         if strict and not found.all():
             bad = np.unique(ids[~found])

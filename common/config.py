@@ -1,25 +1,18 @@
-"""Recipe configuration: one YAML per model recipe, overridable from the command line.
-
-Two passes, as in timm's train.py: `--config recipe.yaml` is parsed first and its values become
-the defaults of the full parser, so `--lr 3e-4` on the command line wins over the YAML. The
-resolved config is saved beside the checkpoints (config.yaml).
-"""
+"""Recipe configuration: one YAML per model recipe (the fields of TrainConfig or of a solution's
+subclass), overridable from the command line (common/cli.py). The resolved config is saved beside
+the checkpoints (config.yaml) and inside the source's summary.json."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 
 from .atomic import write_text
 from .augment import AUGMENTS
+from .cli import load_yaml as _load_yaml
 from .errors import DataError
-
 
 CHOICES = {
     "optimizer": {"sgd", "nadam", "adam", "adamw"},
@@ -28,16 +21,20 @@ CHOICES = {
     "aggregate": {"mean", "geomean"},
     "decode_on": {"workers", "device"},
 }
+TTA_VIEWS = ("orig", "hflip")
 
 
 @dataclass
 class TrainConfig:
     # what and where
     solution: str = "dylan"
-    name: str = "model"  # the recipe name: work/models/<solution>/<name>/fold<k>/
-    model: str = "tf_efficientnet_lite0"  # a timm model name
+    stage: str = "image"  # the kind of recipe (the solution's train.py registers what each stage trains)
+    name: str = "model"  # the recipe name: work/models/<solution>/<name>/fold<k>/, source <solution>_<name>
+    model: str = "tf_efficientnet_lite0"  # a timm model name (or a solution's head name)
     pretrained: str | None = None  # a registered weight source or a local file
     drop_rate: float = 0.0
+    ablation: bool = False  # trained only to measure a choice: reported, never blended or stacked, not in a profile
+    recorded: dict = field(default_factory=dict)  # what the original team recorded for this recipe: value, what, on
     # data
     input_size: int = 180  # side of one image tile fed to the network
     hflip: bool = True  # random horizontal flip in training
@@ -62,24 +59,35 @@ class TrainConfig:
     channels_last: bool = True  # CUDA only
     seed: int = 0
     # inference
-    tta: list[str] = field(default_factory=lambda: ["orig", "hflip"])
+    tta: list[str] = field(default_factory=lambda: list(TTA_VIEWS))
     aggregate: str = "mean"  # mean | geomean: a product's probability from its images'
     topk: int = 20
     eval_batch_size: int = 256
     folds: list[int] = field(default_factory=list)  # empty = every fold in folds.csv
     val_products: int = 0  # per-epoch validation on a seeded sample of the fold's products (0 = all); OOF predictions always cover the fold
+    # run control
+    resume: bool = True  # continue an unfinished fold from its last.pt (--no-resume: from scratch)
 
     def __post_init__(self) -> None:
         """Reject a misspelt choice when the recipe is read, not hours into a run."""
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise DataError(f"recipe option {name}={getattr(self, name)!r}: choose from {sorted(allowed)}")
-        unknown = set(self.tta) - {"orig", "hflip"}
-        if unknown:
-            raise DataError(f"recipe option tta: unknown views {sorted(unknown)}")
+        unknown = set(self.tta) - set(TTA_VIEWS)
+        if unknown or not self.tta:
+            raise DataError(f"recipe option tta: unknown views {sorted(unknown)} (choose from {list(TTA_VIEWS)}, at least one)")
         unknown = set(self.augment) - set(AUGMENTS)
         if unknown:
             raise DataError(f"recipe option augment: unknown augmentations {sorted(unknown)}; choose from {sorted(AUGMENTS)}")
+
+    @property
+    def source(self) -> str:
+        """The prediction source this recipe writes: work/preds/<solution>_<name>/."""
+        return f"{self.solution}_{self.name}"
+
+    def requires(self) -> list[str]:
+        """Recipes of the same solution that must be trained first (a head needs its base nets)."""
+        return []
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
@@ -89,59 +97,5 @@ class TrainConfig:
 
 
 def load_yaml(path: str | os.PathLike, cls: type = TrainConfig) -> dict:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise DataError(f"{path}: invalid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a mapping of option: value")
-    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-        raise DataError(f"{path}: unknown options {sorted(unknown)}")
-    return data
-
-
-def _argument(parser: argparse.ArgumentParser, f: dataclasses.Field, hint: object) -> None:
-    """A flag absent from the command line stays absent (SUPPRESS), so the YAML value holds."""
-    flag, kw = "--" + f.name.replace("_", "-"), {"dest": f.name, "default": argparse.SUPPRESS}
-    origin = typing.get_origin(hint)
-    if hint is bool:
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-    elif origin is list:
-        (item,) = typing.get_args(hint)
-        parser.add_argument(flag, nargs="*", type=item, **kw)
-    elif origin in (typing.Union, types.UnionType):
-        parser.add_argument(flag, type=lambda s: None if s.lower() in ("none", "null", "") else s, **kw)
-    else:
-        parser.add_argument(flag, type=hint, **kw)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
-    """One flag per config field (defaults left to the YAML / the dataclass). A solution may pass
-    its own TrainConfig subclass to add the options only it has."""
-    hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group("recipe (overrides the YAML)")
-    for f in dataclasses.fields(cls):
-        _argument(group, f, hints[f.name])
-
-
-def parse_stage_args(argv: list[str] | None, description: str | None, cls: type) -> tuple[str | None, typing.Any, bool]:
-    """(work dir, options, progress) of a stage whose options are a dataclass: --work, --config
-    YAML, --no-progress, then one flag per field overriding the YAML."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", default=None, help="work dir (default: $CDISCOUNT_WORK or ./work)")
-    p.add_argument("--config", default=None, help=f"YAML of {cls.__name__} fields (command-line options override it)")
-    p.add_argument("--no-progress", action="store_true")
-    add_config_arguments(p, cls)
-    args = p.parse_args(argv)
-    return args.work, parse_config(args, args.config, cls), not args.no_progress
-
-
-def parse_config(args: argparse.Namespace, yaml_path: str | os.PathLike | None, cls: type = TrainConfig) -> TrainConfig:
-    """Config = dataclass defaults <- YAML <- command-line flags that were given."""
-    values = load_yaml(yaml_path, cls) if yaml_path else {}
-    for f in dataclasses.fields(cls):
-        if hasattr(args, f.name):
-            values[f.name] = getattr(args, f.name)
-    return cls(**values)
+    """A recipe YAML's values, every key a field of `cls` (DataError naming the file otherwise)."""
+    return _load_yaml(path, cls)

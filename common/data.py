@@ -196,30 +196,6 @@ class EpochSampler(Sampler):
         return self.num_samples // self.world
 
 
-class ProductBatchSampler(Sampler):
-    """Batches of whole products for inference: a product's images never straddle two batches,
-    so each batch aggregates to complete product predictions and nothing dense is kept."""
-
-    def __init__(self, table: ImageTable, batch_images: int, rank: int = 0, world: int = 1):
-        bounds = np.flatnonzero(np.r_[True, table.product_pos[1:] != table.product_pos[:-1], True])
-        self.batches: list[list[int]] = []
-        current: list[int] = []
-        for start, end in zip(bounds[:-1], bounds[1:]):
-            if current and len(current) + (end - start) > batch_images:
-                self.batches.append(current)
-                current = []
-            current.extend(range(start, end))
-        if current:
-            self.batches.append(current)
-        self.batches = self.batches[rank::world]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
 def normalize_on_device(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float], channels_last: bool = False) -> torch.Tensor:
     """uint8 NCHW on the device -> normalised float32 (the uint8 transfer is 4x cheaper)."""
     m = torch.tensor(mean, device=pixels.device).view(1, -1, 1, 1) * 255

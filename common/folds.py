@@ -1,7 +1,7 @@
 """Product-level folds, stratified by category, saved as folds.csv (_id, fold).
 
-    python -m common.folds --index work/index/train --out work/folds.csv --n-folds 5 --seed 42
-    python -m common.folds --index work/index/train --out work/folds.csv --valid-ids common/resources/heng_valid_id_v0_50000.txt
+    python -m common.folds --work W --n-folds 5 --seed 42          # W/folds.csv from W's train index
+    python -m common.folds --work W --valid-ids common/resources/heng_valid_id_v0_50000.txt
 
 Fold k's model trains on every product whose fold != k and predicts fold k (its OOF rows). A
 product with fold -1 is always in training and never predicted out-of-fold: that is how a single
@@ -9,20 +9,24 @@ given validation list (the 2nd-place team's 50,000 ids) or a 95/5 split is expre
 """
 from __future__ import annotations
 
-import argparse
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
-from .bson_index import ProductIndex, load_index
+from .bson_index import ProductIndex
 from .categories import UNKNOWN, CategoryTree
+from .cli import parse_stage, run
 from .errors import DataError, log
-from .paths import CATEGORY_NAMES_CSV
+from .ids import lookup
+from .paths import WorkDir
+from .prepare import DatasetPaths
 
-ALWAYS_TRAIN = -1
+ALWAYS_TRAIN = -1  # in folds.csv: trains every fold's model, never predicted out of fold
+EXCLUDED = -2  # not in folds.csv (listed in folds_excluded.csv): never trains, never scored
 
 
 def stratified_folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
@@ -92,36 +96,55 @@ def read_folds(path: str | os.PathLike) -> pd.DataFrame:
     return frame
 
 
-def main(argv: list[str] | None = None) -> None:
-    import logging
+def fold_of(ids: np.ndarray, folds: pd.DataFrame) -> np.ndarray:
+    """The fold of each _id (EXCLUDED for ids absent from folds.csv)."""
+    order = np.argsort(folds["_id"].to_numpy(np.int64), kind="stable")
+    rows, found = lookup(folds["_id"].to_numpy(np.int64)[order], np.asarray(ids, np.int64))
+    return np.where(found, folds["fold"].to_numpy(np.int64)[order][rows], EXCLUDED).astype(np.int64)
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--index", required=True, help="train index prefix (from common.bson_index)")
-    p.add_argument("--categories", default=str(CATEGORY_NAMES_CSV))
-    p.add_argument("--out", required=True, help="folds.csv to write")
-    p.add_argument("--n-folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--valid-ids", help="file of validation _ids (one per line): fold 0 = these, the rest always train")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    index, tree = load_index(args.index), CategoryTree.from_csv(args.categories)
+
+def fold_numbers(fold: np.ndarray) -> list[int]:
+    """The folds that predict out of fold (ALWAYS_TRAIN and EXCLUDED are not folds)."""
+    return sorted(int(k) for k in np.unique(fold) if k >= 0)
+
+
+@dataclass
+class FoldsOptions:
+    n_folds: int = 5
+    seed: int = 42
+    valid_ids: str = ""  # a file of validation _ids (one per line): fold 0 = these, every other product always trains (-1)
+
+
+def make_folds(work: WorkDir, opts: FoldsOptions) -> tuple[np.ndarray, np.ndarray]:
+    """(_ids, fold per _id) of the usable train products; the excluded ones go to folds_excluded.csv."""
+    paths = DatasetPaths.load(work)
+    index, tree = paths.index(work, "train"), paths.tree()
     if not index.has_labels:
-        raise DataError(f"{args.index}: folds need a labelled (train) index")
+        raise DataError(f"{work.index('train')}: folds need a labelled (train) index")
     keep, excluded = usable_products(index, tree)
     ids = np.asarray(index.ids[keep])
-    if args.valid_ids:
-        folds = folds_from_valid_ids(ids, read_id_list(args.valid_ids), args.valid_ids)
+    if opts.valid_ids:
+        folds = folds_from_valid_ids(ids, read_id_list(opts.valid_ids), opts.valid_ids)
     else:
-        folds = stratified_folds(tree.to_index(index.category_ids[keep]), args.n_folds, args.seed)
-    write_folds(args.out, ids, folds)
+        folds = stratified_folds(tree.to_index(index.category_ids[keep]), opts.n_folds, opts.seed)
+    excluded_path = work.folds.with_name("folds_excluded.csv")
     if len(excluded):
-        excluded_path = Path(args.out).with_name("folds_excluded.csv")
         with atomic_path(excluded_path) as tmp:
             excluded.to_csv(tmp, index=False)
         log.warning("%d products excluded from folds (listed in %s): %s", len(excluded), excluded_path, excluded["reason"].value_counts().to_dict())
+    else:
+        excluded_path.unlink(missing_ok=True)
+    return ids, folds
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    args = parse_stage(argv, __doc__, FoldsOptions)
+    ids, folds = make_folds(args.work, args.options)
+    write_folds(args.work.folds, ids, folds)
     sizes = pd.Series(folds).value_counts().sort_index().to_dict()
-    print(f"wrote {args.out}: {len(ids)} products, fold sizes {sizes}")
+    print(f"wrote {args.work.folds}: {len(ids)} products, fold sizes {sizes}")
+    return read_folds(args.work.folds)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,7 +1,6 @@
-"""JPEG decode/encode (OpenCV), resize, and the side-by-side layout of a product's images."""
+"""JPEG decode/encode (OpenCV) and resize: the one image path of every stage (a product's layouts live in solutions/bestfitting/layout.py)."""
 from __future__ import annotations
 
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -38,27 +37,3 @@ def resize(rgb: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
         return rgb
     shrink = h < rgb.shape[0] or w < rgb.shape[1]
     return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-def to_tile(rgb: np.ndarray, tile: int = TILE) -> np.ndarray:
-    """Any image to a tile x tile one: the real data is all 180x180, but bad input may not be."""
-    return resize(rgb, tile)
-
-
-def concat_side_by_side(images: Sequence[np.ndarray], tile: int = TILE) -> np.ndarray:
-    """K images -> one tile x (tile*K) strip, in the product's image order (1st-place layout)."""
-    if not images:
-        raise ValueError("cannot concatenate zero images")
-    return np.concatenate([to_tile(img, tile) for img in images], axis=1)
-
-
-def concat_grid(images: Sequence[np.ndarray], tile: int = TILE, cols: int = 2) -> np.ndarray:
-    """K images -> a grid with `cols` columns, empty cells black (a 2x2 layout for K=3/4)."""
-    if not images:
-        raise ValueError("cannot lay out zero images")
-    rows = -(-len(images) // cols)
-    grid = np.zeros((rows * tile, cols * tile, 3), np.uint8)
-    for k, img in enumerate(images):
-        r, c = divmod(k, cols)
-        grid[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = to_tile(img, tile)
-    return grid

@@ -35,6 +35,12 @@ def product_report(pred: np.ndarray, true: np.ndarray, n_imgs: np.ndarray, tree:
     }
 
 
+def most_frequent_label(labels: np.ndarray) -> int:
+    """The label a product no source predicts gets (the most frequent known training label)."""
+    known = np.asarray(labels)[np.asarray(labels) >= 0]
+    return int(np.bincount(known).argmax()) if len(known) else 0
+
+
 def class_prior_accuracy(train_labels: np.ndarray, true: np.ndarray) -> float:
     """The baseline every model must beat: always predict the most frequent training label."""
-    return accuracy(np.full(len(true), np.bincount(train_labels).argmax()), true)
+    return accuracy(np.full(len(true), most_frequent_label(train_labels)), true)

@@ -1,4 +1,6 @@
-"""The top-K prediction format every source writes (CNNs, OCR, MD5): work/preds/<source>/{oof,test}.npz.
+"""The top-K prediction format every source writes (CNNs, OCR, MD5): work/preds/<source>/{oof,test}.npz,
+and its operations (look-up by id, join, weighted / power mean). numpy only: the CPU stages
+(OCR, MD5, stack, report) use it without loading torch.
 
 Dense 5270-way probabilities do not fit at full scale (7.07M x 5270 x 2 bytes = 74 GB per model),
 so a source keeps, per product sorted by _id, its K best labels and their probabilities:
@@ -16,6 +18,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import DataError
+from .ids import lookup
 
 DEFAULT_K = 20
 PAD_LABEL = -1
@@ -38,8 +41,22 @@ class TopK:
     def top1(self) -> np.ndarray:
         return self.labels[:, 0].astype(np.int64)
 
+    @classmethod
+    def empty(cls, k: int) -> "TopK":
+        return cls(np.zeros(0, np.int64), np.full((0, k), PAD_LABEL, np.int16), np.zeros((0, k), np.float16))
+
     def take(self, rows: np.ndarray) -> "TopK":
         return TopK(self.ids[rows], self.labels[rows], self.probs[rows])
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row of each id, whether this source has it)."""
+        return lookup(self.ids, ids)
+
+    def top1_of(self, ids: np.ndarray, missing: int = PAD_LABEL) -> np.ndarray:
+        """Top-1 label per id; `missing` where this source has no row (scored wrong unless a
+        fallback label is given)."""
+        rows, have = self.lookup(ids)
+        return np.where(have, self.top1[rows] if len(self) else missing, missing).astype(np.int64)
 
     def dense(self, num_classes: int) -> np.ndarray:
         """float32[N, C] with the kept probabilities (small N only: tests, the mini data)."""
@@ -99,11 +116,59 @@ def validate_topk(preds: TopK, where: str) -> None:
         raise DataError(f"{where}: {int((~np.isfinite(preds.probs.astype(np.float32))).any(axis=1).sum())} products have NaN/inf probabilities")
 
 
-def concat_topk(parts: list[TopK]) -> TopK:
-    """Join disjoint pieces (the OOF rows of each fold) into one sorted file."""
+def concat_topk(parts: list[TopK], k: int | None = None) -> TopK:
+    """Join disjoint pieces (the OOF rows of each fold, the ranks' shards) into one sorted file;
+    no piece at all gives an empty file of width k."""
+    parts = [p for p in parts if len(p)] or parts[:1]
+    if not parts:
+        if k is None:
+            raise ValueError("concat_topk of no parts needs k")
+        return TopK.empty(k)
     ids = np.concatenate([p.ids for p in parts])
     order = np.argsort(ids, kind="stable")
     merged = TopK(ids[order], np.concatenate([p.labels for p in parts])[order], np.concatenate([p.probs for p in parts])[order])
     if len(merged.ids) > 1 and not (np.diff(merged.ids) > 0).all():
         raise DataError("the pieces overlap: a product is predicted twice")
     return merged
+
+
+def average_topk(parts: list[TopK], k: int, weights: list[float] | None = None) -> TopK:
+    """Weighted mean of sparse top-K predictions (labels absent from a part count as 0).
+
+    Averages fold models on the test set and models within a solution. Products present in only
+    some parts are averaged over the parts that have them. Dense work stays in chunks of 4096
+    products (4096 x 5270 float32 = 86 MB), so full-scale files never go dense.
+    """
+    weights = weights or [1.0] * len(parts)
+    ids = np.unique(np.concatenate([p.ids for p in parts]))
+    n_classes = 1 + max((int(p.labels.max()) for p in parts if p.labels.size), default=0)
+    labels_out = np.full((len(ids), k), PAD_LABEL, np.int16)
+    probs_out = np.zeros((len(ids), k), np.float16)
+    for start in range(0, len(ids), 4096):
+        chunk = ids[start : start + 4096]
+        acc = np.zeros((len(chunk), n_classes), np.float32)
+        wsum = np.zeros(len(chunk), np.float32)
+        for part, w in zip(parts, weights):
+            rows, present = part.lookup(chunk)
+            lab, pr = part.labels[rows[present]], part.probs[rows[present]]
+            r, c = np.nonzero(lab >= 0)
+            np.add.at(acc, (np.flatnonzero(present)[r], lab[r, c]), w * pr[r, c].astype(np.float32))
+            wsum += w * present
+        acc /= wsum[:, None].clip(1e-12)
+        kk = min(k, n_classes)
+        top = np.argpartition(-acc, kk - 1, axis=1)[:, :kk]
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(acc, top, axis=1), axis=1, kind="stable"), axis=1)
+        labels_out[start : start + len(chunk), :kk] = top
+        probs_out[start : start + len(chunk), :kk] = np.take_along_axis(acc, top, axis=1)
+    return TopK(ids, labels_out, probs_out)
+
+
+def power_mean(parts: list[TopK], k: int, weights: list[float] | None = None, power: float = 1.0) -> TopK:
+    """Weighted mean of p**power, raised back to 1/power (power 0.5 = the 2nd place's sqrt blend:
+    it lets a confident member weigh less than in a plain mean). Argmax is what matters; the
+    1/power keeps the scores on a probability-like scale for later stages."""
+    if power == 1.0:
+        return average_topk(parts, k, weights)
+    raised = [TopK(p.ids, p.labels, (p.probs.astype(np.float32) ** power).astype(np.float16)) for p in parts]
+    out = average_topk(raised, k, weights)
+    return TopK(out.ids, out.labels, (out.probs.astype(np.float32) ** (1.0 / power)).astype(np.float16))

@@ -6,15 +6,14 @@ Later stages take only `--work`: they read the data paths from work/dataset.json
 """
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .atomic import write_json
 from .bson_index import ProductIndex, get_index, load_index
 from .categories import CategoryTree
+from .cli import parse_stage, run
 from .errors import DataError
 from .paths import CATEGORY_NAMES_CSV, WorkDir
 
@@ -40,27 +39,30 @@ class DatasetPaths:
         return load_index(work.index(split))
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train", required=True)
-    p.add_argument("--test", required=True)
-    p.add_argument("--categories", default=str(CATEGORY_NAMES_CSV))
-    p.add_argument("--test-labels", default=None, help="_id,category_id of the test products (mini data only)")
-    p.add_argument("--work", required=True)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    work = WorkDir(args.work)
-    for path in (args.train, args.test, args.categories):
-        if not Path(path).is_file():
-            raise DataError(f"{path}: no such file")
-    CategoryTree.from_csv(args.categories)  # fail early on a bad CSV
-    for split, bson_path in (("train", args.train), ("test", args.test)):
-        index = get_index(bson_path, work.index(split))
+@dataclass
+class PrepareOptions:
+    train: str = ""  # DATA/train.bson
+    test: str = ""  # DATA/test.bson
+    categories: str = str(CATEGORY_NAMES_CSV)  # category_names.csv (default: the official one)
+    test_labels: str | None = None  # _id,category_id of the test products (mini data only: local scoring)
+
+
+def main(argv: list[str] | None = None) -> DatasetPaths:
+    args = parse_stage(argv, __doc__, PrepareOptions)
+    opts, work = args.options, args.work
+    for name in ("train", "test", "categories"):
+        path = getattr(opts, name)
+        if not path or not Path(path).is_file():
+            raise DataError(f"--{name} {path!r}: no such file")
+    CategoryTree.from_csv(opts.categories)  # fail early on a bad CSV
+    for split in ("train", "test"):
+        index = get_index(getattr(opts, split), work.index(split), progress=args.progress)
         print(f"{split}: {len(index)} products, {index.n_images} images, skipped {index.meta['skipped']['counts'] or 'nothing'}")
-    paths = DatasetPaths(*(str(Path(x).resolve()) for x in (args.train, args.test, args.categories)),
-                         test_labels=str(Path(args.test_labels).resolve()) if args.test_labels else None)
+    paths = DatasetPaths(*(str(Path(x).resolve()) for x in (opts.train, opts.test, opts.categories)),
+                         test_labels=str(Path(opts.test_labels).resolve()) if opts.test_labels else None)
     write_json(work.root / "dataset.json", asdict(paths))
+    return paths
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,14 +1,21 @@
 """Train every fold of one recipe, predict its OOF and test products, merge them into a source.
 
-    work/models/<solution>/<name>/fold<k>/   last.pt best.pt summary.csv config.yaml oof.npz test.npz
+    work/models/<solution>/<name>/fold<k>/   last.pt summary.csv config.yaml oof.npz test.npz [extra.json]
     work/preds/<solution>_<name>/            oof.npz (each fold's own products) test.npz (mean of folds) summary.json
 
-A fold whose oof.npz and test.npz exist is skipped; an unfinished fold resumes from last.pt.
-A solution differs from another by its Task (datasets, batches, prediction), not by this loop.
+The one extension point: a solution registers, per `stage` of its recipes, a RecipeKind (its
+config class and a fold function `FoldJob -> FoldOutput`); `train_main` parses the recipe, picks
+its kind and runs `run_recipe`, which owns everything around the fold: skipping finished folds,
+saving the config, seeding, writing the fold's files, merging the folds into the source with its
+summary.json. A fold whose oof.npz and test.npz exist is skipped; an unfinished one resumes from
+last.pt.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import csv
+import dataclasses
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -17,80 +24,59 @@ import torch
 from torch import nn
 
 from .atomic import write_json
-from .bson_index import first_occurrence
-from .bson_reader import BsonReader
-from .categories import CategoryTree
+from .cli import parse_stage, read_yaml
 from .config import TrainConfig
 from .data import ImageDataset, collate_images, image_table
 from .errors import DataError, log
-from .folds import read_folds
-from .infer import average_topk, predict_products
+from .infer import predict_images
 from .metrics import product_report
 from .models import ModelSpec, create_model, normalization
-from .predictions import TopK, concat_topk, load_topk, save_topk
-from .prepare import DatasetPaths
-from .paths import WorkDir
-from .train import Runtime, fit, image_batch, load_checkpoint, setup_runtime
-
-EXCLUDED = -2  # a train product absent from folds.csv (see folds_excluded.csv)
+from .paths import REPO, WorkDir
+from .predictions import TopK, average_topk, concat_topk, load_topk, save_topk
+from .sources import write_summary
+from .train import Runtime, eval_loader, fit, image_batch, setup_runtime, train_loader
+from .workdata import FoldData, load_fold_data
 
 
 @dataclass
-class FoldData:
-    """Everything a fold needs, loaded once per recipe."""
+class FoldJob:
+    """One fold of one recipe: what a fold function trains on, predicts, and where it writes."""
 
-    tree: CategoryTree
-    train: BsonReader
-    test: BsonReader
-    labels: np.ndarray  # label index per train index row (-1 unknown)
-    fold: np.ndarray  # fold per train index row (EXCLUDED when not in folds.csv)
-
-    def rows(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
-        """(training rows, validation rows) of fold k: fold -1 products always train."""
-        usable = self.fold != EXCLUDED
-        return np.flatnonzero(usable & (self.fold != fold)), np.flatnonzero(self.fold == fold)
+    cfg: TrainConfig
+    data: FoldData
+    work: WorkDir
+    fold: int
+    out: Path  # the fold's directory (checkpoints, logs)
+    runtime: Runtime
 
     @property
-    def test_rows(self) -> np.ndarray:
-        """Test products to predict: with images, each _id once (the rest fall back in the submission)."""
-        return np.flatnonzero((self.test.index.n_imgs > 0) & first_occurrence(self.test.index.ids))
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(training rows, validation rows): the other folds (and fold -1), this fold."""
+        return self.data.rows(self.fold)
 
-
-def load_fold_data(work: WorkDir) -> FoldData:
-    paths = DatasetPaths.load(work)
-    tree = paths.tree()
-    train_index, test_index = paths.index(work, "train"), paths.index(work, "test")
-    folds = read_folds(work.folds)
-    fold = np.full(len(train_index), EXCLUDED, np.int64)
-    pos = train_index.positions_of(folds["_id"].to_numpy())
-    if (pos < 0).any():
-        raise DataError(f"{work.folds}: {(pos < 0).sum()} _ids are not in the train index; rebuild the folds")
-    fold[pos] = folds["fold"].to_numpy()
-    labels = tree.to_index(train_index.category_ids, strict=False)
-    return FoldData(tree, BsonReader(paths.train, train_index), BsonReader(paths.test, test_index), labels, fold)
+    @property
+    def num_classes(self) -> int:
+        return len(self.data.tree)
 
 
 @dataclass
-class Task:
-    """How a solution turns products into samples, samples into batches, a model into predictions."""
-
-    train_set: Callable[[FoldData, np.ndarray, TrainConfig, bool], torch.utils.data.Dataset]
-    collate: Callable
-    to_batch: Callable[[tuple, tuple, TrainConfig], Callable]
-    predict: Callable[..., TopK]
+class FoldOutput:
+    oof: TopK  # this fold's products
+    test: TopK  # every test product with a usable image
+    extra: dict = field(default_factory=dict)  # figures of the fold the kind merges into the summary
 
 
-def _image_set(data: FoldData, rows: np.ndarray, cfg: TrainConfig, train: bool) -> ImageDataset:
-    table = image_table(data.train.index.n_imgs, rows)
-    return ImageDataset(data.train, table, data.labels[rows], cfg.input_size, hflip=cfg.hflip and train, device_decode=cfg.decode_on == "device")
+@dataclass(frozen=True)
+class RecipeKind:
+    """What a `stage` of recipe trains: its config class, its fold function, and how its folds'
+    extra figures merge into the source's summary."""
+
+    config: type
+    run_fold: Callable[[FoldJob], FoldOutput]
+    merge_extra: Callable[[list[dict]], dict] | None = None
 
 
-IMAGE_TASK = Task(
-    train_set=_image_set,
-    collate=collate_images,
-    to_batch=lambda mean, std, cfg: image_batch(mean, std, cfg.channels_last, cfg.input_size),
-    predict=predict_products,
-)
+# ----------------------------------------------------------------------------- the shared image fold
 
 
 def validation_sample(rows: np.ndarray, cfg: TrainConfig) -> np.ndarray:
@@ -101,90 +87,99 @@ def validation_sample(rows: np.ndarray, cfg: TrainConfig) -> np.ndarray:
     return rows
 
 
-def begin_fold(cfg: TrainConfig, work: WorkDir, fold: int, runtime: Runtime) -> Path | None:
-    """The fold's directory with its config saved, or None when its predictions exist (skip)."""
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    return create_model(ModelSpec(cfg.model, num_classes, cfg.pretrained, cfg.drop_rate))
+
+
+def image_set(data: FoldData, rows: np.ndarray, cfg: TrainConfig, train: bool) -> ImageDataset:
+    table = image_table(data.train.index.n_imgs, rows)
+    return ImageDataset(data.train, table, data.labels[rows], cfg.input_size, hflip=cfg.hflip and train, device_decode=cfg.decode_on == "device")
+
+
+def train_image_model(job: FoldJob) -> nn.Module:
+    """The recipe's network fit on single images of the other folds (validating on a sample of this one)."""
+    cfg, data, runtime = job.cfg, job.data, job.runtime
+    model = build_model(cfg, job.num_classes)
+    mean, std = normalization(model)
+    train_rows, val_rows = job.rows
+    train = train_loader(image_set(data, train_rows, cfg, True), cfg, runtime, collate_images)
+    val = eval_loader(image_set(data, validation_sample(val_rows, cfg), cfg, False), cfg, runtime, collate_images)
+    return fit(cfg, model, train, val, image_batch(mean, std, cfg.channels_last, cfg.input_size), job.out, runtime)
+
+
+def image_fold(job: FoldJob) -> FoldOutput:
+    """A single-image classifier (dylan): train, then predict this fold's and the test products."""
+    model = train_image_model(job)
+    mean, std = normalization(model)
+    _, val_rows = job.rows
+    oof = predict_images(model, job.data.train, val_rows, job.cfg, job.runtime, mean, std, desc="oof")
+    test = predict_images(model, job.data.test, job.data.test_rows, job.cfg, job.runtime, mean, std, desc="test")
+    return FoldOutput(oof, test)
+
+
+IMAGE = RecipeKind(TrainConfig, image_fold)
+
+
+# ----------------------------------------------------------------------------- folds -> source
+
+
+def run_recipe(cfg: TrainConfig, work: WorkDir, kind: RecipeKind) -> dict | None:
+    """Every fold of cfg (or cfg.folds) through the kind's fold function, then merged into
+    preds/<solution>_<name>/; returns the summary on the main process."""
+    runtime = setup_runtime()
+    data = load_fold_data(work)
+    folds = cfg.folds or data.folds
+    if not folds:
+        raise DataError(f"{work.folds}: no fold to predict (every product is fold -1 or excluded)")
+    for k in folds:
+        run_one_fold(cfg, data, work, k, runtime, kind)
+    if not runtime.is_main:
+        return None
+    summary = merge_folds(cfg, data, work, folds, kind)
+    by_count = ", ".join(f"{k}: {v['accuracy']:.3f}" for k, v in summary["oof_by_image_count"].items())
+    print(f"{summary['source']}: OOF product accuracy {summary['oof_product_accuracy']:.4f} on {summary['oof_products']} products (by image count: {by_count})")
+    return summary
+
+
+def run_one_fold(cfg: TrainConfig, data: FoldData, work: WorkDir, fold: int, runtime: Runtime, kind: RecipeKind) -> None:
     out = work.model_dir(cfg.solution, cfg.name, fold)
     if (out / "oof.npz").exists() and (out / "test.npz").exists():
         log.info("%s fold %d: predictions exist, skipped", cfg.name, fold)
-        return None
+        return
+    if not len(data.rows(fold)[1]):
+        raise DataError(f"fold {fold} has no products in {work.folds}")
     out.mkdir(parents=True, exist_ok=True)
     if runtime.is_main:
         cfg.save(out / "config.yaml")
     torch.manual_seed(cfg.seed * 1000 + fold)
-    return out
-
-
-def finish_fold(out: Path, oof: TopK, test: TopK, runtime: Runtime) -> None:
+    result = kind.run_fold(FoldJob(cfg, data, work, fold, out, runtime))
     if runtime.is_main:
-        save_topk(out / "oof.npz", oof)
-        save_topk(out / "test.npz", test)
+        if result.extra:
+            write_json(out / "extra.json", result.extra)
+        save_topk(out / "test.npz", result.test)
+        save_topk(out / "oof.npz", result.oof)  # last: with test.npz it marks the fold done
 
 
-@dataclass
-class TrainedFold:
-    model: nn.Module  # with its last checkpoint's weights
-    mean: tuple
-    std: tuple
-    train_rows: np.ndarray
-    val_rows: np.ndarray
-
-
-def train_fold_model(cfg: TrainConfig, data: FoldData, work: WorkDir, fold: int, out: Path, runtime: Runtime, resume: bool,
-                     task: Task) -> TrainedFold:
-    """Build the recipe's network and fit it on the other folds (validating on a sample of this one)."""
-    model = create_model(ModelSpec(cfg.model, len(data.tree), cfg.pretrained, cfg.drop_rate))
-    mean, std = normalization(model)
-    train_rows, val_rows = data.rows(fold)
-    if len(val_rows) == 0:
-        raise DataError(f"fold {fold} has no products in {work.folds}")
-    train_set, val_set = task.train_set(data, train_rows, cfg, True), task.train_set(data, validation_sample(val_rows, cfg), cfg, False)
-    result = fit(cfg, model, train_set, val_set, task.collate, task.to_batch(mean, std, cfg), out, runtime, resume)
-    model.load_state_dict(load_checkpoint(result.last)["model"])
-    return TrainedFold(model, mean, std, train_rows, val_rows)
-
-
-def run_fold(cfg: TrainConfig, data: FoldData, work: WorkDir, fold: int, runtime: Runtime, resume: bool, task: Task = None) -> None:
-    """One fold of a single-model recipe: train on the other folds, predict this one and test."""
-    task = task or IMAGE_TASK
-    out = begin_fold(cfg, work, fold, runtime)
-    if out is None:
-        return
-    t = train_fold_model(cfg, data, work, fold, out, runtime, resume, task)
-    model, mean, std, val_rows = t.model, t.mean, t.std, t.val_rows
-    oof = task.predict(model, data.train, val_rows, cfg, runtime, mean, std)
-    test = task.predict(model, data.test, data.test_rows, cfg, runtime, mean, std)
-    finish_fold(out, oof, test, runtime)
-
-
-def merge_folds(cfg: TrainConfig, data: FoldData, work: WorkDir, folds: list[int]) -> dict:
+def merge_folds(cfg: TrainConfig, data: FoldData, work: WorkDir, folds: list[int], kind: RecipeKind) -> dict:
     """OOF = each fold's own products; test = mean over the fold models; summary.json beside."""
     dirs = [work.model_dir(cfg.solution, cfg.name, k) for k in folds]
     oof = concat_topk([load_topk(d / "oof.npz") for d in dirs])
     test = average_topk([load_topk(d / "test.npz") for d in dirs], cfg.topk)
-    out = work.preds(f"{cfg.solution}_{cfg.name}")
-    save_topk(out / "oof.npz", oof)
-    save_topk(out / "test.npz", test)
+    save_topk(work.preds(cfg.source) / "oof.npz", oof)
+    save_topk(work.preds(cfg.source) / "test.npz", test)
     rows = data.train.index.positions_of(oof.ids)
     report = product_report(oof.top1, data.labels[rows], data.train.index.n_imgs[rows], data.tree)
-    summary = {
-        "source": f"{cfg.solution}_{cfg.name}",
-        "model": cfg.model,
-        "folds": folds,
-        "oof_products": int(len(oof)),
-        "oof_product_accuracy": report["accuracy"],
-        "oof_level1_accuracy": report["level1_accuracy"],
-        "oof_by_image_count": report["by_image_count"],
-        "oof_by_level1": report["by_level1"],
-        "val_image_accuracy_per_fold": [_last_val_acc(d) for d in dirs],
-        "test_products": int(len(test)),
-    }
-    write_json(out / "summary.json", summary)
-    return summary
+    extras = [json.loads((d / "extra.json").read_text()) for d in dirs if (d / "extra.json").exists()]
+    return write_summary(
+        work, cfg.source, "ablation" if cfg.ablation else "model", solution=cfg.solution, model=cfg.model, folds=folds,
+        recorded=cfg.recorded, recipe=dataclasses.asdict(cfg), oof_products=int(len(oof)), oof_product_accuracy=report["accuracy"],
+        oof_level1_accuracy=report["level1_accuracy"], oof_by_image_count=report["by_image_count"], oof_by_level1=report["by_level1"],
+        val_image_accuracy_per_fold=[_last_val_acc(d) for d in dirs], test_products=int(len(test)),
+        **(kind.merge_extra(extras) if kind.merge_extra and extras else {}))
 
 
-def _last_val_acc(fold_dir) -> float | None:
-    import csv
-
+def _last_val_acc(fold_dir: Path) -> float | None:
+    """The fold's last per-epoch validation accuracy (image level for single-image recipes)."""
     path = fold_dir / "summary.csv"
     if not path.exists():
         return None
@@ -193,46 +188,66 @@ def _last_val_acc(fold_dir) -> float | None:
     return float(rows[-1]["val_acc"]) if rows else None
 
 
-FoldFn = Callable[[TrainConfig, FoldData, WorkDir, int, Runtime, bool], None]
+# ----------------------------------------------------------------------------- command line
 
 
-def run_folds(cfg: TrainConfig, work: WorkDir, fold_fn: FoldFn, resume: bool = True) -> dict | None:
-    """Every fold of cfg (or cfg.folds) through fold_fn, then merged into preds/<solution>_<name>/."""
-    runtime = setup_runtime()
-    data = load_fold_data(work)
-    folds = cfg.folds or sorted(int(k) for k in np.unique(data.fold) if k >= 0)
-    for k in folds:
-        fold_fn(cfg, data, work, k, runtime, resume)
-    if not runtime.is_main:
-        return None
-    summary = merge_folds(cfg, data, work, folds)
-    by_count = ", ".join(f"{k}: {v['accuracy']:.3f}" for k, v in summary["oof_by_image_count"].items())
-    print(f"{summary['source']}: OOF product accuracy {summary['oof_product_accuracy']:.4f} on {summary['oof_products']} products (by image count: {by_count})")
-    return summary
+def kind_of(kinds: dict[str, RecipeKind], default: str) -> Callable[[dict], type]:
+    """The config class of a recipe, chosen by its YAML's `stage` (read before the full parse)."""
+
+    def choose(values: dict) -> type:
+        stage = values.get("stage", default)
+        if stage not in kinds:
+            raise DataError(f"recipe stage {stage!r}; choose from {sorted(kinds)}")
+        return kinds[stage].config
+
+    return choose
 
 
-def run_recipe(cfg: TrainConfig, work: WorkDir, task: Task = IMAGE_TASK, resume: bool = True) -> dict | None:
-    return run_folds(cfg, work, lambda *args: run_fold(*args, task=task), resume)
+def profile_recipes(solution: str, profile: str, kinds: dict[str, RecipeKind], default: str) -> list[Path]:
+    """The recipe files of a profile (mini: mini_*.yaml; full: the others; never an ablation), each
+    after the recipes it requires (a fusion head after its base nets)."""
+    paths = sorted((REPO / "solutions" / solution / "configs").glob("*.yaml"))
+    chosen = {}
+    for path in paths:
+        values = read_yaml(path)
+        if values.get("ablation") or path.stem.startswith("mini_") != (profile == "mini"):
+            continue
+        chosen[path.stem] = kind_of(kinds, default)(values)(**values)
+    order: list[str] = []
+
+    def visit(name: str, chain: tuple[str, ...] = ()) -> None:
+        if name in order:
+            return
+        if name not in chosen or name in chain:
+            raise DataError(f"solutions/{solution}/configs: recipe {chain[-1] if chain else name} requires {name!r}, "
+                            + ("a cycle" if name in chain else f"which is not a {profile} recipe"))
+        for dep in chosen[name].requires():
+            visit(dep, (*chain, name))
+        order.append(name)
+
+    for name in chosen:
+        visit(name)
+    return [REPO / "solutions" / solution / "configs" / f"{n}.yaml" for n in order]
 
 
-def parse_train_args(argv: list[str] | None, description: str, cls: type = TrainConfig):
-    """`--config recipe.yaml [--work DIR] [--no-resume] [--any-recipe-option value]` -> (cfg, work, resume)."""
+def train_main(solution: str, kinds: dict[str, RecipeKind], default: str, argv: list[str] | None = None, description: str = "") -> dict | None:
+    """`--config recipe.yaml [--work W] [--any-recipe-option V]`: every fold of one recipe; or
+    `--profile mini|full [--work W] ...`: every recipe of the profile in the order they require."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return _train(solution, kinds, default, argv, description)
+
+
+def _train(solution: str, kinds: dict[str, RecipeKind], default: str, argv: list[str], description: str) -> dict | None:
     import argparse
-    import logging
 
-    from .config import add_config_arguments, parse_config
-
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="recipe YAML (command-line options override it)")
-    p.add_argument("--work", default=None, help="work dir (default: $CDISCOUNT_WORK or ./work)")
-    p.add_argument("--no-resume", action="store_true", help="ignore last.pt and train the unfinished folds from scratch")
-    add_config_arguments(p, cls)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    return parse_config(args, args.config, cls), WorkDir(args.work), not args.no_resume
-
-
-def train_main(task: Task, argv: list[str] | None = None, description: str = "") -> dict | None:
-    """Train all folds of a recipe with a Task, then merge them into a prediction source."""
-    cfg, work, resume = parse_train_args(argv, description)
-    return run_recipe(cfg, work, task, resume=resume)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--profile", choices=["mini", "full"])
+    known, rest = pre.parse_known_args(argv)
+    if known.profile:
+        recipes = profile_recipes(solution, known.profile, kinds, default)
+        summaries = [_train(solution, kinds, default, ["--config", str(p), *rest], description) for p in recipes]
+        return summaries[-1] if summaries else None
+    args = parse_stage(argv, description, kind_of(kinds, default), config_required=True)
+    return run_recipe(args.options, args.work, kinds[args.options.stage])

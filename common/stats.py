@@ -1,6 +1,7 @@
 """The dataset paper's tables and figures from one streaming pass over a BSON file.
 
-    python -m common.stats --bson data/train.bson --out work/stats/train
+    python -m common.stats --work W                  # both splits of a prepared work dir -> W/stats/{train,test}
+    python -m common.stats --bson FILE --out DIR     # any file in the official layout
 
 Writes OUT/stats.json, OUT/stats.md and the figures: Table 2 (categories per level), Table 3
 (products with 1/2/3/4 images), Figure 2 (products per category, log-width bins, three levels),
@@ -18,9 +19,7 @@ plenty: the chance of any collision among 12.4M images is n^2 / 2^65 ~ 4e-6.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
-import logging
 import math
 import time
 from array import array
@@ -30,14 +29,16 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg via savefig
-from tqdm import tqdm
 
 from .atomic import atomic_path, write_json, write_text
 from .bson_format import decode_document, iter_raw_documents
 from .bson_reader import Product, product_from_document
 from .categories import CategoryTree
 from .errors import BsonDocumentError, DataError, SkipLog, log
-from .paths import CATEGORY_NAMES_CSV
+from .cli import parse_stage, run
+from .paths import CATEGORY_NAMES_CSV, WorkDir
+from .prepare import DatasetPaths
+from .progress import bar
 
 LEVELS = ("level1", "level2", "level3")
 # the paper's figures on the full train set, shown beside ours in stats.md
@@ -84,14 +85,14 @@ def collect(path: str | Path, progress: bool = True) -> Scan:
     if size == 0:
         raise DataError(f"{path} is empty (0 bytes)")
     scan = Scan(path, SkipLog(str(path)))
-    with tqdm(total=size, unit="B", unit_scale=True, desc=f"stats {path.name}", disable=not progress) as bar:
+    with bar(size, f"stats {path.name}", "B", enabled=progress, unit_scale=True) as progress_bar:
         for offset, raw in iter_raw_documents(path, scan.skips):
-            bar.update(offset + len(raw) - bar.n)
+            progress_bar.update(offset + len(raw) - progress_bar.n)
             try:
                 scan.add(product_from_document(decode_document(raw, path, offset), path, offset))
             except BsonDocumentError as e:
                 scan.skips.add("malformed_document", str(e))
-        bar.update(size - bar.n)
+        progress_bar.update(size - progress_bar.n)
     return scan
 
 
@@ -358,21 +359,33 @@ def compute_stats(bson: str | Path, tree: CategoryTree | None, out: str | Path, 
     return stats
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bson", required=True, help="train.bson, test.bson or any file in that layout")
-    p.add_argument("--categories", default=str(CATEGORY_NAMES_CSV), help="category_names.csv (default: the official one)")
-    p.add_argument("--no-categories", action="store_true", help="ignore the tree: level 3 = distinct category_id")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    tree = None if args.no_categories else CategoryTree.from_csv(args.categories)
-    stats = compute_stats(args.bson, tree, args.out, progress=not args.no_progress)
-    print(to_markdown(stats))
-    print(f"wrote {Path(args.out) / 'stats.json'}, stats.md and {len(stats['figures'])} figures in {stats['seconds']:.1f}s")
-    return stats
+@dataclass
+class StatsOptions:
+    bson: str = ""  # any file in the official layout; empty: both splits of the prepared work dir -> <work>/stats/{train,test}
+    out: str = ""  # output directory for --bson (default: <work>/stats/<file stem>)
+    categories: str = ""  # category_names.csv (default: the work dir's, else the official one)
+    tree: bool = True  # --no-tree: ignore the category tree (level 3 = distinct category_id)
+
+
+def stats_jobs(work: WorkDir, opts: StatsOptions) -> list[tuple[str, Path, str]]:
+    """(BSON file, output dir, categories CSV) per file to describe."""
+    if opts.bson:
+        return [(opts.bson, Path(opts.out) if opts.out else work.stats / Path(opts.bson).stem, opts.categories or str(CATEGORY_NAMES_CSV))]
+    paths = DatasetPaths.load(work)
+    return [(getattr(paths, split), work.stats / split, opts.categories or paths.categories) for split in ("train", "test")]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_stage(argv, __doc__, StatsOptions)
+    out = []
+    for bson, directory, categories in stats_jobs(args.work, args.options):
+        tree = CategoryTree.from_csv(categories) if args.options.tree else None
+        stats = compute_stats(bson, tree, directory, progress=args.progress)
+        print(to_markdown(stats))
+        print(f"wrote {directory / 'stats.json'}, stats.md and {len(stats['figures'])} figures in {stats['seconds']:.1f}s")
+        out.append(stats)
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

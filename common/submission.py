@@ -61,11 +61,8 @@ def submission_from_topk(path: str | os.PathLike, preds, test_ids: np.ndarray, t
     Returns (path, number of fallback rows)."""
     test_ids = np.asarray(test_ids, np.int64)
     test_ids = test_ids[np.sort(np.unique(test_ids, return_index=True)[1])]  # a repeated _id gets one row
-    labels = np.full(len(test_ids), fallback_label, np.int64)
-    rows = np.searchsorted(preds.ids, test_ids)
-    rows = np.clip(rows, 0, max(len(preds.ids) - 1, 0))
-    have = (preds.ids[rows] == test_ids) if len(preds.ids) else np.zeros(len(test_ids), bool)
-    labels[have] = preds.top1[rows[have]]
+    labels = preds.top1_of(test_ids, missing=fallback_label)
+    have = preds.lookup(test_ids)[1]
     write_submission(path, test_ids, tree.to_id(labels))
     validate_submission(path, test_ids, tree)
     return Path(path), int((~have).sum())

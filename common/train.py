@@ -4,12 +4,14 @@ Single process by default; under torchrun (WORLD_SIZE > 1) it runs DistributedDa
     torchrun --standalone --nproc_per_node=8 -m solutions.dylan.train --config ...          (one node)
     torchrun --nnodes=2 --node_rank=R --nproc_per_node=8 --rdzv_backend=c10d \\
              --rdzv_endpoint=HOST:29500 -m solutions.dylan.train --config ...               (two nodes)
-A checkpoint is written atomically after every epoch (last.pt; best.pt on the best validation
-accuracy) with the optimiser, scheduler position, history and RNG state, so `--resume` continues
-exactly where an interrupted run stopped.
+A checkpoint is written atomically after every epoch (last.pt) with the optimiser, scheduler
+position, history and RNG state, so a rerun continues exactly where an interrupted run stopped;
+`fit` hands back the model in memory (no reload). Solutions build their datasets and loaders
+(`train_loader`, `eval_loader`) and give `fit` a batch function (raw batch -> Batch).
 """
 from __future__ import annotations
 
+import atexit
 import csv
 import math
 import os
@@ -21,14 +23,14 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .atomic import atomic_path
 from .augment import build_augment
 from .config import TrainConfig
 from .data import EpochSampler, batch_pixels, normalize_on_device
 from .errors import log
+from .progress import bar
 
 # ----------------------------------------------------------------------------- registries
 
@@ -82,6 +84,13 @@ class Runtime:
         return self.device.type == "cuda"
 
 
+def _leave_process_group() -> None:
+    """A gloo process exiting with its process group alive aborts ("terminate called without an
+    active exception"); every collective is over by then, so no barrier is needed."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def setup_runtime() -> Runtime:
     """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: then one GPU per process, NCCL (gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -89,8 +98,9 @@ def setup_runtime() -> Runtime:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if torch.cuda.is_available():
             torch.cuda.set_device(local)
-        if not dist.is_initialized():
+        if not dist.is_initialized():  # one process group for the process (several recipes may run in it)
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            atexit.register(_leave_process_group)
         device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
         return Runtime(device, dist.get_rank(), world)
     return Runtime(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -141,108 +151,114 @@ def write_summary(path: Path, history: list[dict]) -> None:
             writer.writerows(history)
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- batches and loaders
 
 
 @dataclass
 class Batch:
-    """What a task hands the loop: normalised inputs, integer targets, a mask of usable samples."""
+    """What a task hands the loop and the inference driver: inputs on the device (a tensor, or a
+    tuple of the model's arguments), integer targets (-1 unknown), and `ok`: the sample's input is
+    usable (a corrupt image, a product with no decodable view is not)."""
 
-    inputs: torch.Tensor
+    inputs: torch.Tensor | tuple
     target: torch.Tensor
-    valid: torch.Tensor
+    ok: torch.Tensor
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """Samples the loss and the metrics count: usable input and a known label."""
+        return self.ok & (self.target >= 0)
 
 
 BatchFn = Callable[[dict, Runtime], Batch]
 
 
 def image_batch(mean, std, channels_last: bool, size: int = 0) -> BatchFn:
-    """The default task: one image per sample (uint8 pixels, or JPEG bytes decoded on the
-    device, -> normalised on the device)."""
+    """One image per sample (uint8 pixels, or JPEG bytes decoded on the device) -> normalised on the device."""
 
     def to_batch(raw: dict, runtime: Runtime) -> Batch:
         pixels, ok = batch_pixels(raw, size, runtime.device)
         x = normalize_on_device(pixels, mean, std, channels_last and runtime.cuda)
-        target = raw["label"].to(runtime.device, non_blocking=True)
-        return Batch(x, target, ok & (target >= 0))
+        return Batch(x, raw["label"].to(runtime.device, non_blocking=True), ok)
 
     return to_batch
 
 
-@dataclass
-class FitResult:
-    last: Path
-    best: Path
-    history: list[dict]
+def train_loader(dataset: Dataset, cfg: TrainConfig, runtime: Runtime, collate: Callable, batch_sampler: Sampler | None = None) -> DataLoader:
+    """Shuffled from (seed, epoch), equal shards per rank; a solution may bring its own batches
+    (products grouped by image count). The ragged last batch is dropped (a batch of one breaks
+    BatchNorm) unless it is the only one."""
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=cfg.num_workers, pin_memory=runtime.cuda)
+    sampler = EpochSampler(len(dataset), cfg.seed, cfg.max_images_per_epoch, runtime.rank, runtime.world)
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
+                      pin_memory=runtime.cuda, drop_last=len(sampler) > cfg.batch_size)
 
 
-def fit(
-    cfg: TrainConfig,
-    model: nn.Module,
-    train_set: Dataset,
-    val_set: Dataset | None,
-    collate: Callable,
-    to_batch: BatchFn,
-    out_dir: Path,
-    runtime: Runtime,
-    resume: bool = True,
-    val_batch_sampler=None,
-    train_batch_sampler=None,
-    train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> FitResult:
-    """Train for cfg.epochs; checkpoint, validate and log each epoch; resume from last.pt.
+def eval_loader(dataset: Dataset, cfg: TrainConfig, runtime: Runtime, collate: Callable, batch_sampler: Sampler | None = None) -> DataLoader:
+    """The per-epoch validation metric's batches, sharded over ranks, in order."""
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=cfg.num_workers)
+    sampler = EpochSampler(len(dataset), cfg.seed, 0, runtime.rank, runtime.world, shuffle=False)
+    return DataLoader(dataset, batch_size=cfg.eval_batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers)
 
-    `train_transform` (default: the recipe's `augment` list) acts on training inputs only."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    last, best = out_dir / "last.pt", out_dir / "best.pt"
-    torch.manual_seed(cfg.seed)
+
+def _set_epoch(loader: DataLoader, epoch: int) -> None:
+    for s in (loader.batch_sampler, loader.sampler):
+        if hasattr(s, "set_epoch"):
+            s.set_epoch(epoch)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def prepare_model(cfg: TrainConfig, model: nn.Module, runtime: Runtime) -> nn.Module:
     model.to(runtime.device)
     if cfg.channels_last and runtime.cuda:
         model.to(memory_format=torch.channels_last)
+    return model
+
+
+def fit(cfg: TrainConfig, model: nn.Module, train: DataLoader, val: DataLoader | None, to_batch: BatchFn, out_dir: Path, runtime: Runtime,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> nn.Module:
+    """Train for cfg.epochs; checkpoint, validate and log each epoch; resume from last.pt (unless
+    cfg.resume is off). Returns the trained model. `transform` (default: the recipe's `augment`)
+    acts on training inputs only."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last = out_dir / "last.pt"
+    torch.manual_seed(cfg.seed)
+    prepare_model(cfg, model, runtime)
     optimizer = build_optimizer(cfg, model)
     scaler = torch.amp.GradScaler(enabled=runtime.cuda and cfg.amp == "fp16")
-    start_epoch, history, best_acc = 0, [], -1.0
-    if resume and last.exists():
+    start_epoch, history = 0, []
+    if cfg.resume and last.exists():
         state = load_checkpoint(last)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
-        start_epoch, history, best_acc = state["epoch"] + 1, state["history"], state["best_acc"]
+        start_epoch, history = state["epoch"] + 1, state["history"]
         if runtime.is_main:
             log.info("resumed %s at epoch %d", last, start_epoch)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.cuda else None) if runtime.distributed else model
-    if train_batch_sampler is not None:  # a solution's own batching (e.g. products grouped by image count)
-        sampler = train_batch_sampler
-        loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers, pin_memory=runtime.cuda)
-    else:
-        sampler = EpochSampler(len(train_set), cfg.seed, cfg.max_images_per_epoch, runtime.rank, runtime.world)
-        # drop the ragged last batch (a batch of one breaks BatchNorm) unless it is the only one
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
-                            pin_memory=runtime.cuda, drop_last=len(sampler) > cfg.batch_size)
-    transform = train_transform or build_augment(cfg.augment)
+    transform = transform or build_augment(cfg.augment)
     for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
+        _set_epoch(train, epoch)
         t0 = time.perf_counter()
-        train_loss, train_acc, seen = train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch, runtime, epoch, transform)
+        train_loss, train_acc, seen = train_one_epoch(cfg, net, train, optimizer, scaler, to_batch, runtime, epoch, transform)
         seconds = time.perf_counter() - t0
-        val_loss, val_acc = evaluate(cfg, model, val_set, collate, to_batch, runtime, val_batch_sampler) if val_set is not None else (float("nan"), float("nan"))
-        row = {"epoch": epoch, "lr": cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9), "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
-               "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "samples": seen, "samples_per_s": round(seen / seconds, 1), "seconds": round(seconds, 1)}
-        history.append(row)
-        is_best = val_acc > best_acc or val_set is None
-        best_acc = max(best_acc, val_acc) if val_set is not None else best_acc
+        val_loss, val_acc = evaluate(cfg, model, val, to_batch, runtime) if val is not None else (float("nan"), float("nan"))
+        history.append({"epoch": epoch, "lr": cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9), "train_loss": round(train_loss, 5),
+                        "train_acc": round(train_acc, 5), "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "samples": seen,
+                        "samples_per_s": round(seen / seconds, 1), "seconds": round(seconds, 1)})
         if runtime.is_main:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-                     "epoch": epoch, "history": history, "best_acc": best_acc, "config": asdict(cfg)}
-            save_checkpoint(last, state)
-            if is_best:
-                save_checkpoint(best, {"model": model.state_dict(), "epoch": epoch, "val_acc": val_acc, "config": asdict(cfg)})
+            save_checkpoint(last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                                   "rng": rng_state(), "epoch": epoch, "history": history, "config": asdict(cfg)})
             write_summary(out_dir / "summary.csv", history)
-            log.info("epoch %d: %s", epoch, row)
+            log.info("%s epoch %d: %s", out_dir, epoch, history[-1])
         if runtime.distributed:
             dist.barrier()
-    return FitResult(last, best, history)
+    return model
 
 
 def forward(net: nn.Module, inputs: torch.Tensor | tuple) -> torch.Tensor:
@@ -255,9 +271,9 @@ def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runt
     net.train()
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.accum_steps))
     loss_sum, correct, seen = 0.0, 0, 0
-    bar = tqdm(loader, desc=f"{cfg.name} epoch {epoch}", leave=False, disable=not runtime.is_main)
+    progress = bar(len(loader), f"{cfg.name} epoch {epoch}", "batch", enabled=runtime.is_main, every=None)  # the epoch line is the log
     optimizer.zero_grad(set_to_none=True)
-    for i, raw in enumerate(bar):
+    for i, raw in enumerate(loader):
         step = i // cfg.accum_steps
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, epoch + step / steps_per_epoch)
@@ -265,17 +281,20 @@ def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runt
         inputs = transform(batch.inputs) if transform is not None else batch.inputs
         with autocast(cfg, runtime):
             logits = forward(net, inputs)
-        loss = masked_cross_entropy(logits.float(), batch.target, batch.valid, cfg.label_smoothing)
+        valid = batch.valid
+        loss = masked_cross_entropy(logits.float(), batch.target, valid, cfg.label_smoothing)
         scaler.scale(loss / cfg.accum_steps).backward()
         if (i + 1) % cfg.accum_steps == 0 or i + 1 == len(loader):
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-        n = int(batch.valid.sum())
+        n = int(valid.sum())
         loss_sum += float(loss.detach()) * n
-        correct += int(((logits.argmax(1) == batch.target) & batch.valid).sum())
+        correct += int(((logits.argmax(1) == batch.target) & valid).sum())
         seen += n
-        bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}")
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}")
+    progress.close()
     return _reduce(runtime, loss_sum / max(seen, 1), correct / max(seen, 1), seen)
 
 
@@ -286,22 +305,18 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, valid: torc
 
 
 @torch.no_grad()
-def evaluate(cfg, model, dataset, collate, to_batch: BatchFn, runtime: Runtime, batch_sampler=None) -> tuple[float, float]:
-    """Sample-level loss and accuracy on a validation set (no TTA), sharded over ranks."""
+def evaluate(cfg, model, loader: DataLoader, to_batch: BatchFn, runtime: Runtime) -> tuple[float, float]:
+    """Sample-level loss and accuracy on a validation loader (no TTA), reduced over ranks."""
     model.eval()
-    if batch_sampler is None:
-        sampler = EpochSampler(len(dataset), cfg.seed, 0, runtime.rank, runtime.world, shuffle=False)
-        loader = DataLoader(dataset, batch_size=cfg.eval_batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers)
-    else:
-        loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=cfg.num_workers)
     loss_sum, correct, seen = 0.0, 0, 0
     for raw in loader:
         batch = to_batch(raw, runtime)
         with autocast(cfg, runtime):
             logits = forward(model, batch.inputs).float()
-        n = int(batch.valid.sum())
-        loss_sum += float(masked_cross_entropy(logits, batch.target, batch.valid, 0.0)) * n
-        correct += int(((logits.argmax(1) == batch.target) & batch.valid).sum())
+        valid = batch.valid
+        n = int(valid.sum())
+        loss_sum += float(masked_cross_entropy(logits, batch.target, valid, 0.0)) * n
+        correct += int(((logits.argmax(1) == batch.target) & valid).sum())
         seen += n
     loss, acc, _ = _reduce(runtime, loss_sum / max(seen, 1), correct / max(seen, 1), seen)
     return loss, acc

@@ -1,1 +1,2 @@
-"""Sources and tools that combine what the image models predict: the MD5 duplicate dictionary (md5.py)."""
+"""What combines the sources: the solution / team blends (blend.py), the XGBoost stacker (stack/)
+and the leaderboard report (report.py, plots.py)."""

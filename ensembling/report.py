@@ -14,74 +14,28 @@ a few dozen classes) is NOT comparable with the Kaggle leaderboard (real images,
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import html
-import io
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from common.atomic import write_text
+from common.categories import CategoryTree
+from common.cli import parse_stage, run
+from common.metrics import accuracy, product_report
+from common.paths import WorkDir
+from common.predictions import TopK, load_topk
+from common.prepare import DatasetPaths
+from common.sources import KINDS, SourceInfo, list_sources
+from common.submission import score_submission
+from common.workdata import Labels, known_test_labels
 
-from common.atomic import write_text  # noqa: E402
-from common.blend import Labels  # noqa: E402
-from common.categories import CategoryTree  # noqa: E402
-from common.metrics import accuracy, product_report  # noqa: E402
-from common.paths import WorkDir  # noqa: E402
-from common.predictions import TopK, load_topk  # noqa: E402
-from common.prepare import DatasetPaths  # noqa: E402
-from common.submission import score_submission  # noqa: E402
-from ensembling.stack import ABLATION_TAG, STACK, read_summary, source_kind  # noqa: E402
+from .plots import full_coverage, plot_accuracy, plot_by_image_count, plot_by_level1, plot_gain, plot_training_curves, training_curves
 
 COMPETITION = "cdiscount-image-classification-challenge"
-# Private leaderboard of each team's final submission (the solution this repository reproduces).
-LEADERBOARD = {"bestfitting": (1, 0.79567), "convoluted": (2, 0.79352), "dylan": (3, 0.79046)}
-KAGGLE_DATA = "Kaggle (real images, 5270 classes)"
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """A number a winning team recorded for the recipe a source reproduces, and what it measured."""
-
-    value: float | None
-    what: str
-    measured_on: str
-
-
-# First match wins: source-name pattern -> what the original team recorded for the same recipe.
-RECORDED: list[tuple[str, Recorded]] = [
-    (r"^dylan$", Recorded(0.78998, "3rd place, 14-model mean (1 model 0.76713, 4 models 0.78693); +MD5 0.79046", "Kaggle private LB")),
-    (r"^dylan_", Recorded(0.7438, "single CNN, best DPN-107 (range 0.660-0.744); one model on the LB 0.76713", "Kaggle 5% product val, image-level")),
-    (r"^bestfitting$", Recorded(0.79567, "1st place ensemble (DenseNet-161/169, DPN-92, ResNet-50, InceptionResNetV2 + OCR)", "Kaggle private LB")),
-    (r"^bestfitting_.*(grid|single)", Recorded(0.759, "InceptionResNetV2 without concatenation (ResNet50 0.757)", "Kaggle LB")),
-    (r"^bestfitting_", Recorded(0.772, "InceptionResNetV2 with the K images concatenated (ResNet50 0.769)", "Kaggle LB")),
-    (r"^convoluted$", Recorded(0.79352, "2nd place, weighted sqrt blend of 3 members (53/23/23%)", "Kaggle private LB")),
-    (r"^convoluted_.*fuse_gated", Recorded(0.7823, "fuse net FcNet3 (DPN92 + SE-ResNeXt101 features); 0.7817 public LB", "Kaggle 50k product val")),
-    (r"^convoluted_.*fuse_max", Recorded(0.7795, "fuse net with max-pool over views", "Kaggle 50k product val")),
-    (r"^convoluted_.*base", Recorded(0.7512, "base net DPN92 (SE-ResNeXt101 0.7228)", "Kaggle 50k val, image-level")),
-    (r"^convoluted_.*rank", Recorded(None, "member C's rank/count specialists: no separate number published", "")),
-    (r"^md5$", Recorded(None, "MD5 dictionary: +0.003..0.005 on dylan's ensemble (0.78998 -> 0.79046)", "Kaggle private LB")),
-    (r"^ocr$", Recorded(None, "dylan: tesseract OCR not accurate enough alone; bestfitting fed OCR features (no number)", "")),
-    (r"^stack$", Recorded(None, "no team stacked all three solutions: this repository's addition", "")),
-]
-
-
-def recorded_for(name: str) -> Recorded:
-    for pattern, rec in RECORDED:
-        if re.search(pattern, name):
-            return rec
-    return Recorded(None, "", "")
-
-
-def report_kind(name: str, summary: dict) -> str:
-    kind = source_kind(name, summary)
-    return f"{kind} (ablation)" if ABLATION_TAG in name else kind
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,27 +48,24 @@ class Context:
     tree: CategoryTree
     labels: Labels
     test_ids: np.ndarray
+    test_truth: np.ndarray | None  # label per test_ids (-1 unknown); None on the real data
     test_labels_csv: str | None
     data_label: str
-    fallback: int
 
 
 def load_context(work: WorkDir) -> Context:
     paths = DatasetPaths.load(work)
     tree = paths.tree()
-    labels = Labels.load(work)
     test_ids = np.sort(np.asarray(paths.index(work, "test").ids, np.int64))
     mini = bool(paths.test_labels) or len(tree) < 5270
     data_label = f"mini (synthetic, {len(tree)} classes)" if mini else "Kaggle train OOF"
-    fallback = int(np.bincount(labels.labels[labels.labels >= 0]).argmax())
-    return Context(work, tree, labels, test_ids, paths.test_labels, data_label, fallback)
+    return Context(work, tree, Labels.load(work), test_ids, known_test_labels(paths, tree, test_ids), paths.test_labels, data_label)
 
 
-def report_sources(work: WorkDir) -> list[str]:
-    """Every source with an OOF file (the stack last)."""
-    root = work.root / "preds"
-    names = sorted(p.name for p in root.iterdir() if (p / "oof.npz").exists()) if root.exists() else []
-    return [n for n in names if n != STACK] + ([STACK] if STACK in names else [])
+def report_sources(work: WorkDir) -> list[SourceInfo]:
+    """Every finished source of every kind, ablations included (the stack last)."""
+    infos = list_sources(work, KINDS)
+    return [s for s in infos if s.kind != "stack"] + [s for s in infos if s.kind == "stack"]
 
 
 def mean_image_accuracy(summary: dict) -> float | None:
@@ -123,24 +74,15 @@ def mean_image_accuracy(summary: dict) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def test_accuracy(ctx: Context, name: str, test: TopK | None) -> float | None:
+def test_accuracy(ctx: Context, name: str, test: TopK) -> float | None:
     """The submission's accuracy on the mini test labels: the written file when there is one,
-    else built in memory from test.npz (absent products get the most frequent train label)."""
-    if not ctx.test_labels_csv:
+    else built from test.npz (absent products get the most frequent train label)."""
+    if ctx.test_truth is None:
         return None
     sub = ctx.work.submissions / f"{name}.csv.gz"
     if sub.exists():
         return score_submission(sub, ctx.test_labels_csv)
-    if test is None:
-        return None
-    truth = pd.read_csv(ctx.test_labels_csv)
-    pred = np.full(len(ctx.test_ids), ctx.fallback, np.int64)
-    rows = np.clip(np.searchsorted(test.ids, ctx.test_ids), 0, max(len(test.ids) - 1, 0))
-    have = test.ids[rows] == ctx.test_ids if len(test.ids) else np.zeros(len(ctx.test_ids), bool)
-    pred[have] = test.top1[rows[have]]
-    frame = pd.DataFrame({"_id": ctx.test_ids, "pred": ctx.tree.to_id(pred)})
-    merged = truth.merge(frame, on="_id", how="left")
-    return float((merged["category_id"] == merged["pred"]).mean())
+    return accuracy(test.top1_of(ctx.test_ids, ctx.labels.fallback), ctx.test_truth)
 
 
 @dataclass
@@ -153,16 +95,17 @@ class SourceResult:
     image_accuracy: float | None
     test_accuracy: float | None
 
+    @property
+    def recorded(self) -> dict:
+        """What the original team recorded for the same recipe (from the source's summary)."""
+        return self.summary.get("recorded") or {}
 
-def evaluate_source(ctx: Context, name: str) -> SourceResult:
-    summary = read_summary(ctx.work, name)
-    oof = load_topk(ctx.work.preds(name) / "oof.npz")
-    test_path = ctx.work.preds(name) / "test.npz"
-    test = load_topk(test_path) if test_path.exists() else None
-    rows = ctx.labels.rows(oof.ids)
-    known = ctx.labels.ids[rows] == oof.ids
-    rep = product_report(oof.top1[known], ctx.labels.labels[rows[known]], ctx.labels.n_imgs[rows[known]], ctx.tree)
-    return SourceResult(name, report_kind(name, summary), summary, oof, rep, mean_image_accuracy(summary), test_accuracy(ctx, name, test))
+
+def evaluate_source(ctx: Context, info: SourceInfo) -> SourceResult:
+    oof, test = load_topk(ctx.work.preds(info.name) / "oof.npz"), load_topk(ctx.work.preds(info.name) / "test.npz")
+    known = np.isin(oof.ids, ctx.labels.ids)
+    rep = product_report(oof.top1[known], ctx.labels.of(oof.ids[known]), ctx.labels.n_imgs[ctx.labels.rows(oof.ids[known])], ctx.tree)
+    return SourceResult(info.name, info.kind, info.summary, oof, rep, mean_image_accuracy(info.summary), test_accuracy(ctx, info.name, test))
 
 
 def read_scores(path: Path | None) -> pd.DataFrame:
@@ -180,8 +123,7 @@ def leaderboard_table(ctx: Context, results: list[SourceResult], scores: pd.Data
     scores = scores.set_index("source") if len(scores) else scores
     rows = []
     for r in results:
-        rec = recorded_for(r.name)
-        place, lb = LEADERBOARD.get(r.name, (None, None))
+        rec, board = r.recorded, r.summary.get("leaderboard") or {}
         rows.append({
             "source": r.name,
             "kind": r.kind,
@@ -190,11 +132,11 @@ def leaderboard_table(ctx: Context, results: list[SourceResult], scores: pd.Data
             "oof_image_accuracy": r.image_accuracy,
             "oof_product_accuracy": r.report["accuracy"],
             "mini_test_accuracy": r.test_accuracy,
-            "team_recorded": rec.value,
-            "team_recorded_what": rec.what,
-            "team_recorded_on": rec.measured_on,
-            "team_place": place,
-            "team_private_lb": lb,
+            "team_recorded": rec.get("value"),
+            "team_recorded_what": rec.get("what", ""),
+            "team_recorded_on": rec.get("measured_on", ""),
+            "team_place": board.get("place"),
+            "team_private_lb": board.get("private"),
             "kaggle_public": float(scores.loc[r.name, "public"]) if r.name in getattr(scores, "index", []) else None,
             "kaggle_private": float(scores.loc[r.name, "private"]) if r.name in getattr(scores, "index", []) else None,
         })
@@ -203,148 +145,26 @@ def leaderboard_table(ctx: Context, results: list[SourceResult], scores: pd.Data
     return table
 
 
-# ---------------------------------------------------------------------------------------------
-# plots (each returns a PNG as bytes)
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def plot_accuracy(table: pd.DataFrame) -> bytes:
-    t = table.sort_values("oof_product_accuracy")
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(t) + 1.5))
-    y = np.arange(len(t))
-    ax.barh(y - 0.2, t["oof_product_accuracy"], 0.4, label="OOF product accuracy (own products)")
-    if t["mini_test_accuracy"].notna().any():
-        ax.barh(y + 0.2, t["mini_test_accuracy"].fillna(0), 0.4, label="mini test accuracy of its submission")
-    ax.set_yticks(y, t["source"])
-    ax.set_xlabel("accuracy")
-    ax.set_xlim(0, 1)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("Accuracy per source")
-    return _png(fig)
-
-
-def full_coverage(results: list[SourceResult]) -> list[SourceResult]:
-    """Sources predicting (nearly) every product: side sources cover a few, their curves mislead."""
-    most = max(r.report["products"] for r in results)
-    return [r for r in results if r.report["products"] >= 0.9 * most]
-
-
-def plot_by_image_count(results: list[SourceResult]) -> bytes:
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for r in full_coverage(results):
-        by = r.report["by_image_count"]
-        xs = sorted(by, key=int)
-        ax.plot([int(x) for x in xs], [by[x]["accuracy"] for x in xs], marker="o", lw=2.5 if r.name == STACK else 1, label=r.name)
-    ax.set_xlabel("images per product")
-    ax.set_ylabel("OOF product accuracy")
-    ax.set_xticks([1, 2, 3, 4])
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title("Accuracy by image count")
-    return _png(fig)
-
-
-def plot_by_level1(results: list[SourceResult]) -> bytes:
-    rs = full_coverage(results)
-    groups = sorted({g for r in rs for g in r.report["by_level1"]})
-    grid = np.array([[r.report["by_level1"].get(g, {}).get("accuracy", np.nan) for g in groups] for r in rs])
-    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(groups) + 3), 0.45 * len(rs) + 2.5))
-    im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=np.nanmin(grid), vmax=np.nanmax(grid))
-    ax.set_xticks(range(len(groups)), [g[:22] for g in groups], rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(rs)), [r.name for r in rs], fontsize=8)
-    if grid.size <= 400:
-        for (i, j), v in np.ndenumerate(grid):
-            if np.isfinite(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < np.nanmean(grid) else "k")
-    fig.colorbar(im, ax=ax, label="OOF product accuracy")
-    ax.set_title("Accuracy by level-1 group (true label's group)")
-    return _png(fig)
-
-
 def stack_gain_by_level1(ctx: Context, results: list[SourceResult]) -> pd.DataFrame | None:
     """Per level-1 group, on the stack's OOF products: stack accuracy minus the best single
     non-stack source's accuracy in that group (products in the group, all sources scored alike)."""
-    by = {r.name: r for r in results}
-    if STACK not in by:
+    stack = next((r for r in results if r.kind == "stack"), None)
+    singles = [r for r in full_coverage(results) if r.kind != "stack"]
+    if stack is None or not singles:
         return None
-    ids = by[STACK].oof.ids
-    rows = ctx.labels.rows(ids)
-    truth = ctx.labels.labels[rows]
+    ids = stack.oof.ids
+    truth = ctx.labels.of(ids)
     group = ctx.tree.level1_of[np.maximum(truth, 0)]
-    singles = [r for r in full_coverage(results) if r.name != STACK]
-    if not singles:
-        return None
-
-    def top1_on(r: SourceResult) -> np.ndarray:
-        pos = np.clip(np.searchsorted(r.oof.ids, ids), 0, len(r.oof.ids) - 1)
-        return np.where(r.oof.ids[pos] == ids, r.oof.top1[pos], ctx.fallback)
-
-    preds = {r.name: top1_on(r) for r in [by[STACK], *singles]}
+    preds = {r.name: r.oof.top1_of(ids, ctx.labels.fallback) for r in [stack, *singles]}
     out = []
     for g in np.unique(group):
         sel = group == g
         accs = {n: accuracy(p[sel], truth[sel]) for n, p in preds.items()}
-        best = max((n for n in accs if n != STACK), key=lambda n: accs[n])
-        out.append({"level1": ctx.tree.level1_groups[g], "products": int(sel.sum()), "stack": accs[STACK], "best_source": best,
-                    "best_source_accuracy": accs[best], "gain": accs[STACK] - accs[best]})
+        best = max((n for n in accs if n != stack.name), key=lambda n: accs[n])
+        out.append({"level1": ctx.tree.level1_groups[g], "products": int(sel.sum()), "stack": accs[stack.name], "best_source": best,
+                    "best_source_accuracy": accs[best], "gain": accs[stack.name] - accs[best]})
     return pd.DataFrame(out).sort_values("gain")
 
-
-def plot_gain(gain: pd.DataFrame) -> bytes:
-    fig, ax = plt.subplots(figsize=(8, 0.3 * len(gain) + 1.5))
-    colors = ["tab:green" if g >= 0 else "tab:red" for g in gain["gain"]]
-    ax.barh(range(len(gain)), gain["gain"], color=colors)
-    ax.set_yticks(range(len(gain)), [f"{l[:28]} ({n}, vs {b})" for l, n, b in zip(gain["level1"], gain["products"], gain["best_source"])], fontsize=7)
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel("stack accuracy - best single source's accuracy in the group")
-    ax.set_title("Stacker gain over the best single source, per level-1 group")
-    return _png(fig)
-
-
-def training_curves(work: WorkDir) -> dict[str, list[tuple[str, pd.DataFrame]]]:
-    """{solution/model: [(fold[/part], summary.csv frame)]} for every training log with val_acc.
-    A part trained after a fold's `shared` run (bestfitting's per-K fine-tuning) continues its
-    epochs, so its points are drawn after the shared run's last epoch."""
-    out: dict[str, list] = {}
-    root = work.root / "models"
-    for path in sorted(root.glob("*/*/fold*/**/summary.csv")) if root.exists() else []:
-        rel = path.relative_to(root).parts
-        frame = pd.read_csv(path)
-        if not ({"epoch", "val_acc"} <= set(frame.columns) and len(frame)):
-            continue
-        shared = path.parent.parent / "shared" / "summary.csv"
-        if path.parent.name != "shared" and shared.exists():
-            frame = frame.assign(epoch=frame["epoch"] + len(pd.read_csv(shared)))
-        out.setdefault(f"{rel[0]}/{rel[1]}", []).append(("/".join(rel[2:-1]), frame))
-    return out
-
-
-def plot_training_curves(curves: dict[str, list[tuple[str, pd.DataFrame]]]) -> bytes | None:
-    if not curves:
-        return None
-    from matplotlib.ticker import MaxNLocator
-
-    n = len(curves)
-    cols = min(3, n)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, (model, runs) in zip(axes.flat, curves.items()):
-        for label, frame in runs:
-            ax.plot(frame["epoch"] + 1, frame["val_acc"], marker="o", ms=3, label=label)
-        ax.set_title(model, fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("val accuracy")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=5, ncol=2 if len(runs) > 6 else 1)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.tight_layout()
-    return _png(fig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,7 +193,8 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def stack_section(work: WorkDir) -> str:
-    s = read_summary(work, STACK)
+    stacks = list_sources(work, ["stack"], finished=False)
+    s = stacks[0].summary if stacks else None
     if not s:
         return "<p>No stack yet: run <code>python -m ensembling.stack --work WORK</code>.</p>"
     if s.get("cv") is None:
@@ -445,10 +266,10 @@ def stats_figures(work: WorkDir) -> list[tuple[str, bytes]]:
 
 def build_report(work: WorkDir, scores: Path | None = None) -> dict:
     ctx = load_context(work)
-    names = report_sources(work)
-    if not names:
+    infos = report_sources(work)
+    if not infos:
         raise FileNotFoundError(f"no prediction source under {work.root / 'preds'}: nothing to report")
-    results = [evaluate_source(ctx, n) for n in names]
+    results = [evaluate_source(ctx, info) for info in infos]
     table = leaderboard_table(ctx, results, read_scores(scores))
     gain = stack_gain_by_level1(ctx, results)
     figures = [("Accuracy per source", plot_accuracy(table)), ("Accuracy by image count", plot_by_image_count(results)),
@@ -465,14 +286,16 @@ def build_report(work: WorkDir, scores: Path | None = None) -> dict:
     return {"html": str(out / "index.html"), "csv": str(out / "leaderboard.csv"), "rows": len(table), "figures": len(figures)}
 
 
+@dataclass
+class ReportOptions:
+    scores: str = ""  # source,public,private from Kaggle (default: WORK/scores.csv when it exists)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", default=None)
-    p.add_argument("--scores", default=None, help="source,public,private from Kaggle (default: WORK/scores.csv when it exists)")
-    args = p.parse_args(argv)
-    work = WorkDir(args.work)
-    scores = Path(args.scores) if args.scores else work.root / "scores.csv"
-    if args.scores and not scores.exists():
+    args = parse_stage(argv, __doc__, ReportOptions)
+    work = args.work
+    scores = Path(args.options.scores) if args.options.scores else work.root / "scores.csv"
+    if args.options.scores and not scores.exists():
         raise FileNotFoundError(f"--scores {scores}: no such file")
     out = build_report(work, scores)
     table = pd.read_csv(out["csv"])
@@ -485,4 +308,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -11,18 +11,10 @@ from typing import Callable
 
 import numpy as np
 
-from common.infer import average_topk
 from common.metrics import accuracy
-from common.predictions import TopK, topk_from_dense
+from common.predictions import TopK, average_topk, topk_from_dense
 
 EPS = 0.01
-
-
-def _present(part: TopK, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows of `part` for ids, bool mask of ids that `part` has)."""
-    rows = np.clip(np.searchsorted(part.ids, ids), 0, max(len(part.ids) - 1, 0))
-    have = part.ids[rows] == ids if len(part.ids) else np.zeros(len(ids), bool)
-    return rows, have
 
 
 def _dense(part: TopK, rows: np.ndarray, num_classes: int) -> np.ndarray:
@@ -32,7 +24,7 @@ def _dense(part: TopK, rows: np.ndarray, num_classes: int) -> np.ndarray:
 def product_rule(cnn: TopK, ocr: TopK, k: int, chunk: int = 4096) -> TopK:
     """(cnn + eps) * (ocr + eps) on the products both predict; cnn alone elsewhere."""
     num_classes = 1 + max(int(cnn.labels.max(initial=0)), int(ocr.labels.max(initial=0)))
-    rows_o, have = _present(ocr, cnn.ids)
+    rows_o, have = ocr.lookup(cnn.ids)
     pieces = [cnn.take(np.flatnonzero(~have))]
     both = np.flatnonzero(have)
     for start in range(0, len(both), chunk):
@@ -56,27 +48,21 @@ RULES: dict[str, Callable[[TopK, TopK, int], TopK]] = {
 }
 
 
-def top1_of(preds: TopK, ids: np.ndarray) -> np.ndarray:
-    """Top-1 label per id (-1 where the source has no row: counted wrong)."""
-    rows, have = _present(preds, ids)
-    return np.where(have, preds.top1[rows], -1)
-
-
 def media_accuracy(cnn: dict[str, TopK], ocr: TopK, ids: np.ndarray, labels: np.ndarray, k: int, best: str | None = None) -> dict:
     """On the given (true media) products: each CNN source alone, OCR alone where it has a row, and
     the best CNN source (given, e.g. chosen on OOF, or the best here) combined with OCR by each
     rule; also on the subset OCR predicts."""
     if len(ids) == 0 or not cnn:
         return {"products": int(len(ids))}
-    alone = {name: accuracy(top1_of(p, ids), labels) for name, p in cnn.items()}
+    alone = {name: accuracy(p.top1_of(ids), labels) for name, p in cnn.items()}
     best = best if best in alone else max(alone, key=alone.get)
-    _, with_ocr = _present(ocr, ids)
+    _, with_ocr = ocr.lookup(ids)
     out = {"products": int(len(ids)), "products_with_ocr": int(with_ocr.sum()), "cnn_alone": alone, "best_cnn": best,
-           "ocr_alone_on_products_with_ocr": accuracy(top1_of(ocr, ids[with_ocr]), labels[with_ocr]) if with_ocr.any() else None,
-           "best_cnn_on_products_with_ocr": accuracy(top1_of(cnn[best], ids[with_ocr]), labels[with_ocr]) if with_ocr.any() else None}
+           "ocr_alone_on_products_with_ocr": accuracy(ocr.top1_of(ids[with_ocr]), labels[with_ocr]) if with_ocr.any() else None,
+           "best_cnn_on_products_with_ocr": accuracy(cnn[best].top1_of(ids[with_ocr]), labels[with_ocr]) if with_ocr.any() else None}
     for rule, combine in RULES.items():
         combined = combine(cnn[best], ocr, k)
-        out[f"best_cnn_plus_ocr_{rule}"] = accuracy(top1_of(combined, ids), labels)
+        out[f"best_cnn_plus_ocr_{rule}"] = accuracy(combined.top1_of(ids), labels)
         if with_ocr.any():
-            out[f"best_cnn_plus_ocr_{rule}_on_products_with_ocr"] = accuracy(top1_of(combined, ids[with_ocr]), labels[with_ocr])
+            out[f"best_cnn_plus_ocr_{rule}_on_products_with_ocr"] = accuracy(combined.top1_of(ids[with_ocr]), labels[with_ocr])
     return out

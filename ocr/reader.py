@@ -29,10 +29,10 @@ from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from common.errors import CorruptImageError, DataError, log
 from common.images import decode_jpeg
+from common.progress import bar
 
 # ---------------------------------------------------------------------------------------------
 # preprocessing: each step maps an RGB or grey uint8 array to another; a variant is a list of names
@@ -309,7 +309,7 @@ class ImageTexts:
         self.texts: dict[bytes, str] = {}
         self.buffer: dict[bytes, bytes] = {}
         self.stats = ReadStats(workers=readers.workers)
-        self.bar = tqdm(desc="OCR", unit="img", mininterval=2, disable=not progress)
+        self.bar = bar(None, "OCR", "img", enabled=progress)
 
     def add(self, jpeg: bytes) -> bytes:
         """Queue one image; returns its MD5 (the key of its text once `flush` has run)."""

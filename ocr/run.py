@@ -17,7 +17,6 @@ Within a machine, `--workers` tesseract processes (default: every core) share th
 """
 from __future__ import annotations
 
-import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,30 +24,44 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import write_json
 from common.bson_reader import BsonReader
-from common.config import parse_stage_args
+from common.cli import parse_stage, run
 from common.errors import DataError
-from common.infer import average_topk
-from common.known_test_labels import known_test_labels
 from common.metrics import accuracy
 from common.paths import WorkDir
-from common.predictions import TopK, concat_topk, save_topk
-from common.recipe import FoldData, load_fold_data
+from common.predictions import TopK, average_topk, concat_topk, save_topk
+from common.sources import write_summary
+from common.workdata import FoldData, load_fold_data
 
 from .evaluate import media_accuracy
-from .reader import ImageTexts, Readers, ReadSettings, TextCache, check_steps, check_tesseract, merge_caches
-from .select import Selection, default_sources, load_sources, media_labels, select_products, selection_report
-from .text_model import FoldTexts, TextModelOptions, cross_fit, empty_topk, has_words
+from .reader import (
+    ImageTexts,
+    Readers,
+    ReadSettings,
+    TextCache,
+    check_steps,
+    check_tesseract,
+    merge_caches,
+)
+from .select import (
+    Selection,
+    default_sources,
+    load_sources,
+    media_labels,
+    select_products,
+    selection_report,
+)
+from .text_model import FoldTexts, TextModelOptions, cross_fit, has_words
 
 SOURCE = "ocr"
 REAL_MEDIA_GROUPS = ["LIBRAIRIE", "MUSIQUE", "DVD - BLU-RAY", "JEUX VIDEO"]
+RECORDED = {"value": None, "what": "dylan: tesseract OCR not accurate enough alone; bestfitting fed OCR features (no number)", "measured_on": ""}
 
 
 @dataclass
 class OcrOptions:
     # which products
-    sources: list[str] = field(default_factory=list)  # CNN sources choosing the products (default: the solution blends)
+    sources: list[str] = field(default_factory=list)  # CNN sources choosing the products (default: the solution / team blends)
     media_groups: list[str] = field(default_factory=lambda: list(REAL_MEDIA_GROUPS))
     threshold: float = 0.3  # minimum mean media probability mass to read a product
     max_images: int = 4  # images read per product (in the seller's order; 4 = all)
@@ -174,8 +187,8 @@ def classify(data: FoldData, sel: Selection, train_texts: list[str], test_texts:
     k = min(opts.topk, len(data.tree))
     oof_parts, test_parts, folds = cross_fit(_sorted(train), _sorted(test), len(data.tree), opts.text_model, k)
     oof_parts, test_parts = [p for p in oof_parts if len(p)], [p for p in test_parts if len(p)]
-    oof = concat_topk(oof_parts) if oof_parts else empty_topk(k)
-    test_preds = average_topk(test_parts, k) if test_parts else empty_topk(k)
+    oof = concat_topk(oof_parts, k)
+    test_preds = average_topk(test_parts, k) if test_parts else TopK.empty(k)
     counts = {"train_products_with_text": int(read_tr.sum()), "test_products_with_text": int(read_te.sum()), "folds_trained": folds}
     return oof, test_preds, counts
 
@@ -207,20 +220,17 @@ def run_ocr(work: WorkDir, opts: OcrOptions, progress: bool = True) -> dict:
     save_topk(out / "oof.npz", oof)
     save_topk(out / "test.npz", test)
     summary = make_summary(work, data, sel, media, sources, oofs, tests, oof, test, reading, counts, opts)
-    summary["merged_cache_rows"] = merged
-    summary["seconds"] = round(time.perf_counter() - t0, 1)
-    write_json(out / "summary.json", summary)
-    return summary
+    return write_summary(work, SOURCE, "side source", **summary, merged_cache_rows=merged, seconds=round(time.perf_counter() - t0, 1))
 
 
 def make_summary(work, data, sel, media, sources, oofs, tests, oof, test, reading, counts, opts) -> dict:
-    test_true = known_test_labels(work, data)
+    test_true = data.test_truth()
     oof_true = data.labels[data.train.index.positions_of(oof.ids)]
     train_ids = np.asarray(data.train.index.ids)
     true_media_rows = np.flatnonzero((data.fold >= 0) & (data.labels >= 0) & media[np.clip(data.labels, 0, None)])
     k = min(opts.topk, len(data.tree))
     summary = {
-        "source": SOURCE, "options": asdict(opts), "selection_sources": sources, "media_groups_present": sorted(set(data.tree.level1_names[media])),
+        "recorded": RECORDED, "options": asdict(opts), "selection_sources": sources, "media_groups_present": sorted(set(data.tree.level1_names[media])),
         "selection": selection_summary(data, sel, media, test_true),
         "reading": reading, **counts,
         "oof_products": int(len(oof)), "test_products": int(len(test)),
@@ -261,12 +271,11 @@ def print_summary(s: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    work, opts, progress = parse_stage_args(argv, __doc__, OcrOptions)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    summary = run_ocr(WorkDir(work), opts, progress=progress)
+    args = parse_stage(argv, __doc__, OcrOptions)
+    summary = run_ocr(args.work, args.options, progress=args.progress)
     print_summary(summary)
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

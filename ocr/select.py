@@ -5,9 +5,9 @@ carries a title (books, music, films, games: ~14% of the real products). The CNN
 know the level-1 group well (level-1 OOF accuracy ~0.91 on the mini data), so their level-1
 probability mass picks the products worth reading.
 
-Default sources: the solution blends that exist (preds/dylan, preds/bestfitting,
-preds/convoluted), else any finished source; a product's media mass is the mean, over the
-sources that predict it, of the summed top-K probabilities whose label lies in a media group.
+Default sources: the solution and team blends that exist (in the source registry, common/sources.py),
+else every finished image model; a product's media mass is the mean, over the sources that
+predict it, of the summed top-K probabilities whose label lies in a media group.
 Averaging (not max) keeps one over-confident model from pulling in many non-media products.
 """
 from __future__ import annotations
@@ -16,16 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.blend import find_sources
-from common.bson_index import first_occurrence
 from common.categories import CategoryTree
 from common.errors import DataError, log
+from common.folds import EXCLUDED
+from common.ids import first_occurrence
 from common.paths import WorkDir
 from common.predictions import TopK, load_topk
-from common.recipe import EXCLUDED
-
-SOLUTION_BLENDS = ("dylan", "bestfitting", "convoluted")
-NOT_CNN = ("ocr", "md5")  # sources that must not choose what OCR reads (circular, or not image models)
+from common.sources import BLENDS, list_sources
 
 
 def media_labels(tree: CategoryTree, groups: list[str]) -> np.ndarray:
@@ -38,11 +35,9 @@ def media_labels(tree: CategoryTree, groups: list[str]) -> np.ndarray:
 
 
 def default_sources(work: WorkDir) -> list[str]:
-    """The solution blends present, else every finished source that is an image model."""
-    blends = [s for s in SOLUTION_BLENDS if (work.preds(s) / "oof.npz").exists() and (work.preds(s) / "test.npz").exists()]
-    if blends:
-        return blends
-    return [s for s in find_sources(work, "") if s not in NOT_CNN]
+    """The solution / team blends present, else every finished image model (never a side source:
+    OCR choosing by its own predictions would be circular)."""
+    return [s.name for s in list_sources(work, BLENDS)] or [s.name for s in list_sources(work, ["model"])]
 
 
 def media_mass(preds: TopK, media: np.ndarray) -> np.ndarray:
@@ -56,8 +51,7 @@ def mean_mass(parts: list[TopK], media: np.ndarray, ids: np.ndarray) -> np.ndarr
     """Mean media mass over the sources that predict each of `ids` (NaN where none does)."""
     total, count = np.zeros(len(ids), np.float64), np.zeros(len(ids), np.int64)
     for part in parts:
-        rows = np.clip(np.searchsorted(part.ids, ids), 0, max(len(part.ids) - 1, 0))
-        have = part.ids[rows] == ids if len(part.ids) else np.zeros(len(ids), bool)
+        rows, have = part.lookup(ids)
         total[have] += media_mass(part, media)[rows[have]]
         count += have
     with np.errstate(invalid="ignore"):

@@ -116,11 +116,7 @@ class FoldTexts:
 def _predict_rows(model: TextClassifier, ids: np.ndarray, texts: list[str], k: int) -> TopK:
     keep = model.known(texts)
     probs = model.predict([t for t, ok in zip(texts, keep) if ok])
-    return topk_from_dense(ids[keep], probs, k) if keep.any() else empty_topk(k)
-
-
-def empty_topk(k: int) -> TopK:
-    return TopK(np.zeros(0, np.int64), np.full((0, k), -1, np.int16), np.zeros((0, k), np.float16))
+    return topk_from_dense(ids[keep], probs, k) if keep.any() else TopK.empty(k)
 
 
 def cross_fit(train: FoldTexts, test: FoldTexts, num_classes: int, opts: TextModelOptions, k: int) -> tuple[list[TopK], list[TopK], list[int]]:

@@ -1,0 +1,1 @@
+"""The three winning solutions, one folder each (train.py, submit.py, configs/*.yaml, README.md)."""

@@ -90,8 +90,7 @@ def make_tiny_work(root: Path, n_train: int = 48, n_test: int = 16, seed: int = 
     work = root / "work"
     prepare_main(["--train", str(data / "train.bson"), "--test", str(data / "test.bson"), "--categories", str(data / "category_names.csv"),
                   "--test-labels", str(data / "test_labels.csv"), "--work", str(work)])
-    folds_main(["--index", str(work / "index" / "train"), "--categories", str(data / "category_names.csv"), "--out", str(work / "folds.csv"),
-                "--n-folds", str(n_folds), "--seed", "0"])
+    folds_main(["--work", str(work), "--n-folds", str(n_folds), "--seed", "0"])
     return work
 
 

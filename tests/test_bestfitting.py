@@ -11,11 +11,13 @@ from common.data import ProductDataset
 from common.models import ModelSpec, create_model
 from common.paths import REPO, WorkDir
 from common.predictions import load_topk
-from common.train import masked_cross_entropy
-from solutions.bestfitting.data import ByCountBatchSampler, collate_same_count, compose, image_count
-from solutions.bestfitting.layout import LAYOUTS, flip_tiles, input_shape
+from common.train import Runtime, masked_cross_entropy
+from common.infer import VIEWS
+from solutions.bestfitting.data import ByCountBatchSampler, collate_same_count, image_count, tiles_batch
+from solutions.bestfitting.layout import LAYOUTS, ByCountNet, ComposedNet, input_shape
 from solutions.bestfitting.train import BestfittingConfig, main
 
+CPU = Runtime(torch.device("cpu"))
 FULL = sorted(p for p in (REPO / "solutions/bestfitting/configs").glob("*.yaml") if not p.stem.startswith("mini"))
 
 
@@ -45,7 +47,7 @@ def test_grid_geometry_and_order(k):
 def test_flip_keeps_tile_order():
     tiles = numbered_tiles(1, 3)
     tiles[0, :, :, :, 0] = -1  # mark each tile's left column
-    flipped = LAYOUTS["strip"](flip_tiles(tiles))
+    flipped = LAYOUTS["strip"](VIEWS["hflip"](tiles))  # the driver's TTA view on tiles [B, K, C, S, S]
     assert [int(flipped[0, 0, 4, 8 * j + 4]) for j in range(3)] == [0, 1, 2]  # same order of views
     assert all(int(flipped[0, 0, 4, 8 * j + 7]) == -1 for j in range(3))  # each tile mirrored in place
 
@@ -78,7 +80,8 @@ def test_products_compose_through_the_dataset(write_bson):
     reader = BsonReader(path, build_index(path, progress=False))
     batch = collate_same_count([ProductDataset(reader, np.arange(2), None, 16)[i] for i in range(2)])
     assert batch["pixels"].shape == (2, 3, 3, 16, 16) and batch["mask"].all()
-    x = compose(batch["pixels"], (0, 0, 0), (1 / 255, 1 / 255, 1 / 255), "strip", False)  # identity normalisation
+    tiles = tiles_batch((0, 0, 0), (1 / 255, 1 / 255, 1 / 255))(batch, CPU).inputs  # identity normalisation
+    x = LAYOUTS["strip"](tiles)
     assert x.shape == (2, 3, 16, 48)
     assert [round(float(x[0, 0, 8, 16 * j + 8])) for j in range(3)] == pytest.approx([10, 200, 90], abs=3)
 
@@ -88,12 +91,13 @@ def test_full_recipe_builds_at_composed_sizes_and_steps(recipe):
     from common.train import build_optimizer
 
     cfg = BestfittingConfig(**{**load_yaml(recipe, BestfittingConfig), "pretrained": None})
-    model = create_model(ModelSpec(cfg.model, 5270))
+    model = ComposedNet(create_model(ModelSpec(cfg.model, 5270)), cfg.layout)
     optimizer = build_optimizer(cfg, model)
     tile = 80  # tiny tiles (InceptionResNetV2 needs >= 75 px); the composed shapes are the recipe's
     for k in (1, 4):
-        x = compose(torch.randint(0, 255, (2, k, 3, tile, tile), dtype=torch.uint8), (0.5,) * 3, (0.5,) * 3, cfg.layout, False)
-        assert tuple(x.shape[2:]) == input_shape(cfg.layout, k, tile)
+        raw = {"pixels": torch.randint(0, 255, (2, k, 3, tile, tile), dtype=torch.uint8), "label": torch.tensor([0, 1]), "mask": torch.ones(2, k, dtype=torch.bool)}
+        x = tiles_batch((0.5,) * 3, (0.5,) * 3)(raw, CPU).inputs
+        assert tuple(LAYOUTS[cfg.layout](x).shape[2:]) == input_shape(cfg.layout, k, tile)
         logits = model(x)
         loss = masked_cross_entropy(logits, torch.tensor([0, 5269]), torch.ones(2, dtype=torch.bool), cfg.label_smoothing)
         loss.backward()
@@ -114,3 +118,17 @@ def test_fold_run_routes_every_product_to_its_k_model(tiny_work, tmp_path):
     present = {p.name for p in fold0.iterdir()}
     assert {"shared", "oof.npz", "test.npz"} <= present and any(name.startswith("k") for name in present)
     assert set(summary["oof_by_image_count"]) <= {"1", "2", "3"} and summary["oof_product_accuracy"] > 0.4
+
+
+def test_by_count_net_routes_each_batch_to_its_k_model():
+    class Says(torch.nn.Module):  # a "model" that always answers its own K
+        def __init__(self, k):
+            super().__init__()
+            self.k, self.num_classes, self.pretrained_cfg = k, 5, {}
+
+        def forward(self, tiles):
+            return torch.nn.functional.one_hot(torch.full((tiles.shape[0],), self.k), 5).float()
+
+    net = ByCountNet({k: Says(k) for k in range(1, 5)})
+    for k in range(1, 5):
+        assert net(torch.zeros(3, k, 3, 4, 4)).argmax(1).tolist() == [k] * 3

@@ -6,15 +6,16 @@ import argparse
 import pytest
 import yaml
 
-from common.config import TrainConfig, add_config_arguments, load_yaml, parse_config
+from common.cli import add_fields, build_options, parse_stage, read_yaml
+from common.config import TrainConfig, load_yaml
 from common.errors import DataError
 from common.paths import REPO
 
 
 def parse(argv, yaml_path):
     p = argparse.ArgumentParser()
-    add_config_arguments(p)
-    return parse_config(p.parse_args(argv), yaml_path)
+    add_fields(p, TrainConfig)
+    return build_options(p.parse_args(argv), read_yaml(yaml_path) if yaml_path else {}, TrainConfig)
 
 
 def test_cli_overrides_yaml(tmp_path):
@@ -39,17 +40,38 @@ def test_bad_yaml(tmp_path, text, problem):
         load_yaml(path)
 
 
-def test_every_shipped_recipe_parses():
-    from solutions.bestfitting.train import BestfittingConfig
-    from solutions.convoluted.train import stage_of
+def test_every_shipped_recipe_parses_and_profiles_order_their_requirements():
+    import importlib
 
-    classes = {"bestfitting": lambda path: BestfittingConfig, "convoluted": lambda path: stage_of(path).config}
+    from common.recipe import kind_of, profile_recipes
+
     recipes = sorted((REPO / "solutions").glob("*/configs/*.yaml"))
     assert len(recipes) >= 25
-    for path in recipes:
-        cls = classes.get(path.parent.parent.name, lambda path: TrainConfig)(path)
-        cfg = cls(**load_yaml(path, cls))
-        assert cfg.name == path.stem and cfg.solution == path.parent.parent.name, path
+    for solution in ("dylan", "bestfitting", "convoluted"):
+        train = importlib.import_module(f"solutions.{solution}.train")
+        default = next(iter(train.KINDS))
+        for path in (REPO / "solutions" / solution / "configs").glob("*.yaml"):
+            cls = kind_of(train.KINDS, default)(read_yaml(path))
+            cfg = cls(**load_yaml(path, cls))
+            assert cfg.name == path.stem and cfg.solution == solution and cfg.stage in train.KINDS, path
+        for profile in ("mini", "full"):
+            order = [p.stem for p in profile_recipes(solution, profile, train.KINDS, default)]
+            assert order and all(p.startswith("mini_") == (profile == "mini") and not p.startswith("ablation") for p in order)
+            for i, name in enumerate(order):  # a head after its base nets, whatever the file names
+                cls = kind_of(train.KINDS, default)(read_yaml(REPO / "solutions" / solution / "configs" / f"{name}.yaml"))
+                assert set(cls(**load_yaml(REPO / "solutions" / solution / "configs" / f"{name}.yaml", cls)).requires()) <= set(order[:i])
+
+
+def test_every_stage_takes_the_same_command_line(tmp_path):
+    """--work, --config YAML, a flag per field that wins over the YAML, for a CPU stage's options too."""
+    from ensembling.stack import StackConfig
+
+    (tmp_path / "s.yaml").write_text("rounds: 7\nmin_child_weight: 3.0\n")
+    args = parse_stage(["--work", str(tmp_path), "--config", str(tmp_path / "s.yaml"), "--subsample", "0.5", "--max-bin", "64"], None, StackConfig)
+    assert (args.options.rounds, args.options.min_child_weight, args.options.subsample, args.options.max_bin) == (7, 3.0, 0.5, 64)
+    assert args.work.root == tmp_path and args.progress
+    with pytest.raises(DataError, match="objective"):
+        parse_stage(["--objective", "ranking"], None, StackConfig)
 
 
 @pytest.mark.parametrize("field, value", [("optimizer", "adagrad"), ("schedule", "poly"), ("amp", "fp8"), ("aggregate", "median"), ("decode_on", "gpu"), ("tta", ["vflip"])])

@@ -17,9 +17,9 @@ from common.predictions import TopK, load_topk, validate_topk
 from common.train import build_optimizer, masked_cross_entropy
 from solutions.convoluted.base import BaseConfig, classifier_as_linear, ranks_in_batch
 from solutions.convoluted.feature_store import FeatureStore, FeatureWriter, dequantise
+from solutions.convoluted.fuse import FuseConfig
 from solutions.convoluted.heads import create_head
-from solutions.convoluted.rank_count import COUNT_MODELS, RANK_MODELS, _probs_by_route, route
-from solutions.convoluted.train import stage_of
+from solutions.convoluted.rank_count import COUNT_MODELS, RANK_MODELS, probs_by_route, route
 
 CONFIGS = REPO / "solutions" / "convoluted" / "configs"
 
@@ -29,7 +29,7 @@ CONFIGS = REPO / "solutions" / "convoluted" / "configs"
 
 def _write_store(directory: Path, n_imgs: np.ndarray, rows: np.ndarray, dim: int = 6, flips: int = 2, clip: float = 3.0, seed: int = 0):
     rng = np.random.default_rng(seed)
-    writer = FeatureWriter(directory, "train", n_imgs, dim, flips, clip, "toy")
+    writer = FeatureWriter(directory, "train", n_imgs, dim, ["orig", "hflip"][:flips], clip, "toy")
     truth = {}
     for row in rows[::-1]:  # any order
         feats = rng.uniform(-1, 4, (n_imgs[row], flips, dim)).astype(np.float32)
@@ -58,7 +58,7 @@ def test_feature_store_round_trip_by_product_padded_to_four_views(tmp_path):
 
 def test_feature_store_refuses_incomplete_or_mismatched_files(tmp_path):
     n_imgs = np.array([2, 1])
-    writer = FeatureWriter(tmp_path, "train", n_imgs, 4, 1, 3.0, "toy")
+    writer = FeatureWriter(tmp_path, "train", n_imgs, 4, ["orig"], 3.0, "toy")
     writer.write(np.array([0, 0]), np.array([0, 1]), np.ones((2, 1, 4)), np.ones(2, bool))
     with pytest.raises(DataError, match="no feature store"):  # crashed before commit
         FeatureStore(tmp_path, "train")
@@ -128,7 +128,7 @@ def test_each_image_goes_through_its_routed_model():
             m.bias.copy_(torch.nn.functional.one_hot(torch.tensor(i), 4) * 10.0)
         models.append(m)
     which = np.array([2, 0, 3, 3, 1])
-    probs = _probs_by_route(models, which, torch.randn(5, 3))
+    probs = probs_by_route(torch.nn.ModuleList(models), torch.from_numpy(which), torch.randn(5, 3))
     assert probs.argmax(1).tolist() == which.tolist()
 
 
@@ -156,8 +156,7 @@ def test_full_base_net_builds_and_steps(recipe):
 
 @pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("fuse_*.yaml")), ids=lambda p: p.stem)
 def test_full_fusion_head_builds_and_steps(recipe):
-    stage = stage_of(recipe)
-    cfg = stage.config(**load_yaml(recipe, stage.config))
+    cfg = FuseConfig(**load_yaml(recipe, FuseConfig))
     dims = {"base_dpn92": 2688, "base_seresnext101": 2048}
     head = create_head(cfg.model, sum(dims[b] for b in cfg.bases), 5270, hidden=cfg.hidden, gate_reduction=cfg.gate_reduction, drop_rate=cfg.drop_rate)
     optimizer = build_optimizer(cfg, head)
@@ -171,7 +170,7 @@ def test_full_fusion_head_builds_and_steps(recipe):
 
 
 def test_sqrt_blend_lets_agreeing_members_outvote_a_confident_one():
-    from common.blend import power_mean
+    from common.predictions import power_mean
 
     ids = np.array([7])
     a = TopK(ids, np.array([[0, 1, -1]], np.int16), np.array([[0.9, 0.1, 0.0]], np.float16))
@@ -196,7 +195,7 @@ def test_tiny_run_base_heads_rank_count_and_team_blend(tiny_work, tmp_path, monk
     real_fit = fuse.fit
 
     def recording_fit(cfg, model, train_set, *args, **kwargs):  # which products each head trains on
-        seen_by_fold.setdefault(cfg.name, []).append(train_set.rows.copy())
+        seen_by_fold.setdefault(cfg.name, []).append(train_set.dataset.rows.copy())
         return real_fit(cfg, model, train_set, *args, **kwargs)
 
     monkeypatch.setattr(fuse, "fit", recording_fit)
@@ -228,7 +227,7 @@ def test_tiny_run_base_heads_rank_count_and_team_blend(tiny_work, tmp_path, monk
     assert set(summaries["rc"]["oof_variants"]) == {"base", "rank", "count", "rank_count"}
     assert summaries["rc"]["oof_variants"]["rank_count"] == pytest.approx(summaries["rc"]["oof_product_accuracy"], abs=1e-4)
     report = submit(["--work", str(tiny_work)])
-    assert report["weights"] == [0.53, 0.23, 0.23] and report["power"] == 0.5
+    assert report["weights"] == [0.53, 0.23, 0.23] and report["power"] == 0.5 and report["kind"] == "team blend"
     sub = pd.read_csv(work.submissions / "convoluted.csv.gz")
     assert len(sub) == 16 and report["oof_product_accuracy"] > 0.5
 

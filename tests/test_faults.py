@@ -20,6 +20,7 @@ from common.atomic import atomic_path, write_json, write_npy
 from common.errors import DataError
 from common.paths import REPO, WorkDir
 from common.predictions import TopK, load_topk, save_topk, topk_from_dense
+from common.sources import write_summary
 from common.submission import submission_from_topk, validate_submission
 from common.train import load_checkpoint, save_checkpoint
 
@@ -173,8 +174,8 @@ def _write_raw_topk(path: Path, ids, labels, probs) -> None:
 
 
 def _good_source(work: Path, name: str) -> None:
-    from common.blend import Labels
     from common.prepare import DatasetPaths
+    from common.workdata import Labels
 
     wd = WorkDir(work)
     labels = Labels.load(wd)
@@ -183,6 +184,7 @@ def _good_source(work: Path, name: str) -> None:
     rng = np.random.default_rng(1)
     for split, ids in (("oof", labels.ids), ("test", test_ids)):
         save_topk(wd.preds(name) / f"{split}.npz", topk_from_dense(ids, rng.random((len(ids), n_classes)).astype(np.float32), k=3))
+    write_summary(wd, name, "model", solution="dylan")
 
 
 def _nan_source(work: Path, name: str) -> Path:
@@ -197,8 +199,9 @@ def _nan_source(work: Path, name: str) -> Path:
 
 
 def test_nan_source_is_refused_by_name_in_stack_and_blend(tiny_work):
-    from common.blend import blend
-    from ensembling.stack import StackConfig, load_inputs
+    from ensembling.blend import SolutionBlend, blend
+    from ensembling.stack import StackConfig
+    from ensembling.stack.inputs import load_inputs
 
     _good_source(tiny_work, "dylan_good")
     bad = _nan_source(tiny_work, "dylan_bad")
@@ -207,7 +210,7 @@ def test_nan_source_is_refused_by_name_in_stack_and_blend(tiny_work):
     with pytest.raises(DataError, match=r"dylan_bad[/\\]oof\.npz: 1 products have NaN"):
         load_inputs(WorkDir(tiny_work), StackConfig())  # discovered, not named: still refused, never silently used
     with pytest.raises(DataError, match=r"dylan_bad[/\\]oof\.npz"):
-        blend(WorkDir(tiny_work), ["dylan_good", "dylan_bad"], "dylan")
+        blend(WorkDir(tiny_work), SolutionBlend("dylan"), {"dylan_good": 1.0, "dylan_bad": 1.0})
     assert not (WorkDir(tiny_work).preds("dylan") / "oof.npz").exists()  # nothing half-blended was written
     assert bad.exists()  # the evidence is kept, not deleted
 
@@ -309,14 +312,13 @@ def test_bad_inputs_through_the_pipeline_every_test_product_gets_a_row(tmp_path)
         assert skipped[split].get("no_images") == 1 and skipped[split].get("duplicate_ids") == 1, skipped
         assert skipped[split].get("truncated_tail", 0) + skipped[split].get("truncated", 0) >= 1 or any("trunc" in k for k in skipped[split]), skipped
     assert "skipped" in out
-    run("common.folds", "--index", str(work / "index" / "train"), "--categories", str(categories), "--out", str(work / "folds.csv"),
-        "--n-folds", "2", "--seed", "0")
+    run("common.folds", "--work", str(work), "--n-folds", "2", "--seed", "0")
     excluded = pd.read_csv(work / "folds_excluded.csv").set_index("_id")["reason"]
     assert {9001, 9005, 9006, 5} <= set(excluded.index) and "duplicate" in excluded[5]
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(TINY_RECIPE.format(epochs=1).replace("folds: [0]", "folds: [0, 1]"))
     log = run("solutions.dylan.train", "--config", str(recipe), "--work", str(work))
-    assert "could not be decoded" in log  # the corrupt and zero-byte JPEGs are counted, not fatal
+    assert "inputs could not be used (undecodable images" in log  # the corrupt and zero-byte JPEGs are counted, not fatal
     run("solutions.dylan.submit", "--work", str(work))
     run("ensembling.stack", "--work", str(work), "--rounds", "5", "--nthread", "1")
     tree = CategoryTree.from_csv(categories)
@@ -347,7 +349,7 @@ def test_no_code_path_unpickles_untrusted_files():
     pickles, and nothing imports pickle/joblib/dill: a file crossing stages can carry no code."""
     import ast
 
-    packages = ["common", "solutions", "ocr", "ensembling", "bench", "scripts"]
+    packages = ["common", "solutions", "ocr", "md5", "mini", "ensembling", "bench", "scripts"]
     files = [p for pkg in packages for p in (REPO / pkg).rglob("*.py")]
     assert len(files) > 30
     problems = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.bson_index import build_index, save_index
+from common.bson_index import build_index
 from common.categories import CategoryTree
 from common.folds import ALWAYS_TRAIN, folds_from_valid_ids, main, read_folds, stratified_folds, usable_products
 from common.errors import DataError
@@ -63,23 +63,39 @@ def test_usable_products_excludes_with_reasons(write_bson, category_csv):
     assert dict(zip(excluded["_id"], excluded["reason"])) == {2: "unknown category_id", 3: "duplicate _id (first kept)", 4: "no images"}
 
 
-def test_cli_on_official_sample(sample_bson, category_csv, tmp_path, capsys):
-    save_index(build_index(sample_bson, progress=False), tmp_path / "train")
-    out = tmp_path / "folds.csv"
-    main(["--index", str(tmp_path / "train"), "--categories", str(category_csv), "--out", str(out), "--n-folds", "3"])
-    folds = read_folds(out)
+def _prepared(tmp_path, train, test, categories):
+    from common.prepare import main as prepare_main
+
+    work = tmp_path / "work"
+    prepare_main(["--work", str(work), "--train", str(train), "--test", str(test), "--categories", str(categories), "--no-progress"])
+    return work
+
+
+def test_cli_on_official_sample(sample_bson, category_csv, write_bson, tmp_path, capsys):
+    work = _prepared(tmp_path, sample_bson, write_bson("test.bson", [(1, [solid_jpeg(1)], None)]), category_csv)
+    main(["--work", str(work), "--n-folds", "3"])
+    folds = read_folds(work / "folds.csv")
     assert len(folds) == 82 and folds["_id"].is_monotonic_increasing
     assert sorted(folds["fold"].unique()) == [0, 1, 2]
     assert "82 products" in capsys.readouterr().out
     ids_file = tmp_path / "valid.txt"
     ids_file.write_text("0\n1\n2\n")
-    main(["--index", str(tmp_path / "train"), "--categories", str(category_csv), "--out", str(out), "--valid-ids", str(ids_file)])
-    folds = read_folds(out)
+    main(["--work", str(work), "--valid-ids", str(ids_file)])
+    folds = read_folds(work / "folds.csv")
     assert folds.loc[folds["fold"] == 0, "_id"].tolist() == [0, 1, 2] and (folds["fold"] != 0).sum() == 79
 
 
 def test_cli_rejects_test_index(write_bson, category_csv, tmp_path):
     path = write_bson("test.bson", [(1, [solid_jpeg(1)], None)])
-    save_index(build_index(path, progress=False), tmp_path / "test")
+    work = _prepared(tmp_path, path, path, category_csv)
     with pytest.raises(DataError, match="labelled"):
-        main(["--index", str(tmp_path / "test"), "--categories", str(category_csv), "--out", str(tmp_path / "f.csv")])
+        main(["--work", str(work)])
+
+
+def test_fold_of_ids_marks_absent_products_excluded():
+    import pandas as pd
+
+    from common.folds import EXCLUDED, fold_of
+
+    folds = pd.DataFrame({"_id": [30, 10, 20], "fold": [1, 0, ALWAYS_TRAIN]})
+    assert fold_of(np.array([10, 20, 25, 30]), folds).tolist() == [0, ALWAYS_TRAIN, EXCLUDED, 1]

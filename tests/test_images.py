@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from common.errors import CorruptImageError
-from common.images import concat_grid, concat_side_by_side, decode_jpeg, encode_jpeg, resize
+from common.images import decode_jpeg, encode_jpeg, resize
 
 
 def test_decode_real_sample(sample_products):
@@ -36,24 +36,6 @@ def test_truncated_jpeg_is_detected_or_decodes(sample_products):
         assert rgb.shape == (180, 180, 3)
     except CorruptImageError:
         pass
-
-
-def test_side_by_side_keeps_order_and_tiles():
-    tiles = [np.full((180, 180, 3), v, np.uint8) for v in (10, 20, 30)]
-    strip = concat_side_by_side(tiles)
-    assert strip.shape == (180, 540, 3)
-    assert [int(strip[90, 90 + 180 * k, 0]) for k in range(3)] == [10, 20, 30]
-    odd = concat_side_by_side([np.zeros((100, 120, 3), np.uint8)], tile=64)
-    assert odd.shape == (64, 64, 3)
-    with pytest.raises(ValueError):
-        concat_side_by_side([])
-
-
-def test_grid_layout():
-    tiles = [np.full((180, 180, 3), v, np.uint8) for v in (10, 20, 30)]
-    grid = concat_grid(tiles, tile=90)
-    assert grid.shape == (180, 180, 3)
-    assert [int(grid[45, 45, 0]), int(grid[45, 135, 0]), int(grid[135, 45, 0]), int(grid[135, 135, 0])] == [10, 20, 30, 0]
 
 
 def test_resize_shapes():

@@ -11,7 +11,9 @@ from common.categories import CategoryTree
 from common.paths import CATEGORY_NAMES_CSV, WorkDir
 from common.predictions import load_topk, save_topk, topk_from_dense
 from common.prepare import main as prepare_main
-from ensembling.md5 import Dictionary, Md5Options, digest_keys, group_ids, hashes_path, override, run_md5
+from md5.dictionary import Dictionary, override
+from md5.hashing import digest_keys, group_ids, hashes_path
+from md5.run import Md5Options, run_md5
 from tests.conftest import TINY_CATEGORIES, solid_jpeg
 
 A, B, C, D, E, P = (solid_jpeg(v) for v in (10, 40, 70, 100, 130, 250))  # P: the "no photo" placeholder

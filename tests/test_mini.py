@@ -22,7 +22,7 @@ import pytest
 from common.bson_reader import iter_products
 from common.categories import CategoryTree
 from common.images import decode_jpeg
-from common.mini import PAPER_IMAGE_COUNTS, PRESETS, THEMES, VERSION, generate, main, plan_products, select_categories
+from mini import PAPER_IMAGE_COUNTS, PRESETS, THEMES, VERSION, generate, main, plan_products, select_categories
 from common.paths import CATEGORY_NAMES_CSV
 
 SPLITS = ("train", "test")

@@ -12,10 +12,12 @@ from PIL import Image, ImageDraw
 import ocr.reader as reader
 from common.categories import CategoryTree
 from common.images import encode_jpeg
-from common.mini_render import font
+from mini.covers import font
 from common.paths import CATEGORY_NAMES_CSV, WorkDir
 from common.predictions import TopK, load_topk, save_topk, topk_from_dense
-from common.recipe import EXCLUDED, load_fold_data
+from common.folds import EXCLUDED
+from common.sources import write_summary
+from common.workdata import load_fold_data
 from ocr.reader import ImageTexts, Readers, ReadSettings, TextCache, merge_caches
 from ocr.run import OcrOptions, run_ocr, shard_mask
 from ocr.select import media_labels, select_products
@@ -174,6 +176,7 @@ def fake_cnn_source(work, name: str = "dylan") -> None:
     test_ids = np.asarray(data.test.index.ids)
     test_labels = data.tree.to_index(truth.set_index("_id").loc[test_ids, "category_id"].to_numpy())
     save_topk(work / "preds" / name / "test.npz", preds(test_ids, test_labels))
+    write_summary(WorkDir(work), name, "solution blend", solution=name)
 
 
 @needs_tesseract

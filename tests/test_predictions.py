@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from common.categories import CategoryTree
-from common.data import ProductBatchSampler, image_table
 from common.errors import DataError
-from common.infer import aggregate, average_topk
-from common.predictions import TopK, concat_topk, load_topk, save_topk, topk_from_dense
+from common.infer import Items, aggregate, product_batches
+from common.predictions import TopK, average_topk, concat_topk, load_topk, save_topk, topk_from_dense
 from common.submission import submission_from_topk, validate_submission, write_submission
 
 
@@ -59,14 +58,28 @@ def test_aggregate_mean_and_geomean():
     assert torch.allclose(geo[0], g / g.sum(), atol=1e-6)
 
 
-def test_product_batches_never_split_products():
-    n_imgs = np.array([1, 4, 2, 3, 1, 4, 4])
-    table = image_table(n_imgs, np.arange(7))
-    batches = list(ProductBatchSampler(table, batch_images=5))
-    assert sorted(i for b in batches for i in b) == list(range(n_imgs.sum()))
-    for b in batches:
-        products = set(table.product_pos[b].tolist())
-        assert sum(n_imgs[p] for p in products) == len(b)
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_product_batches_cover_every_product_once_on_any_number_of_ranks(world):
+    """Whole products per batch, within the budget, every product on exactly one rank (none dropped)."""
+    n_imgs = np.array([1, 4, 2, 3, 1, 4, 4, 2, 1, 1, 3])
+    items = Items.images(np.arange(100, 111), n_imgs)
+    start = np.r_[0, np.cumsum(n_imgs)]
+    seen = []
+    for rank in range(world):
+        for batch in product_batches(items, 5, rank, world):
+            products = sorted({int(np.searchsorted(start, i, side="right") - 1) for i in batch})
+            assert batch == [i for p in products for i in range(start[p], start[p + 1])]  # whole products, in order
+            assert sum(n_imgs[products]) <= 5 or len(products) == 1
+            seen += products
+    assert sorted(seen) == list(range(len(n_imgs)))
+
+
+def test_product_batches_never_mix_keys():
+    k = np.array([1, 2, 1, 4, 2, 1, 4])
+    items = Items.products(np.arange(7), cost=k, key=k)
+    batches = [b for rank in range(2) for b in product_batches(items, 4, rank, 2)]
+    assert sorted(i for b in batches for i in b) == list(range(7))
+    assert all(len({int(k[i]) for i in b}) == 1 and k[b].sum() <= 4 or len(b) == 1 for b in batches)
 
 
 def test_average_topk_matches_dense_mean():
@@ -80,6 +93,14 @@ def test_average_topk_matches_dense_mean():
     partial = average_topk([topk_from_dense(ids[:3], a[:3], 8), topk_from_dense(ids, b, 8)], k=2)
     assert partial.ids.tolist() == ids.tolist()  # products 3, 4 come from the second part alone
     assert (partial.labels[3:, 0] == b[3:].argmax(1)).all()
+
+
+def test_lookup_and_top1_by_id():
+    top = topk_from_dense(np.array([5, 9]), np.eye(3, dtype=np.float32)[[2, 1]], k=2)
+    rows, found = top.lookup(np.array([9, 6, 5]))
+    assert found.tolist() == [True, False, True] and rows[found].tolist() == [1, 0]
+    assert top.top1_of(np.array([9, 6, 5])).tolist() == [1, -1, 2] and top.top1_of(np.array([6]), missing=7).tolist() == [7]
+    assert len(TopK.empty(4)) == 0 and TopK.empty(4).k == 4 and concat_topk([], 3).k == 3
 
 
 def test_concat_rejects_overlap():

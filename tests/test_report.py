@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from common.paths import WorkDir
-from ensembling.report import build_report, main as report_main, recorded_for
+from ensembling.report import build_report, main as report_main
 from ensembling.stack import StackConfig, run_stack
 from tests.conftest import make_tiny_work
 from tests.test_stack import FAST, write_designed_sources
@@ -38,7 +38,7 @@ def test_leaderboard_csv_rows_and_columns(reported_work):
         assert col in table.columns
     row = table.set_index("source")
     assert row.loc["stack", "kind"] == "stack" and row.loc["convoluted", "kind"] == "team blend" and row.loc["md5", "kind"] == "side source"
-    assert row.loc["a_ablation_x", "kind"] == "model (ablation)"
+    assert row.loc["a_ablation_x", "kind"] == "ablation"
     assert row.loc["convoluted", "team_private_lb"] == pytest.approx(0.79352)
     assert row.loc["a_model", "oof_image_accuracy"] == pytest.approx(0.55)
     assert row.loc["md5", "oof_products"] < row.loc["a_model", "oof_products"]
@@ -59,10 +59,22 @@ def test_scores_csv_fills_kaggle_columns(reported_work, tmp_path):
     assert template.startswith("source,public,private") and "stack,," in template
 
 
-def test_recorded_numbers_mapped_by_recipe():
-    assert recorded_for("convoluted_mini_fuse_gated").value == pytest.approx(0.7823)
-    assert recorded_for("convoluted_mini_fuse_max").value == pytest.approx(0.7795)
-    assert recorded_for("dylan_mini_lite0").value == pytest.approx(0.7438)
-    assert recorded_for("bestfitting_mini_lite0_strip").value == pytest.approx(0.772)
-    assert recorded_for("dylan").value == pytest.approx(0.78998)
-    assert recorded_for("something_else").value is None
+def test_recorded_numbers_travel_with_the_recipes():
+    """Every shipped recipe and solution blend says what the team recorded; the report reads it from the summary."""
+    import yaml
+
+    from common.paths import REPO
+    from solutions.bestfitting.submit import BLEND as BF
+    from solutions.convoluted.submit import BLEND as CONV
+    from solutions.dylan.submit import BLEND as DYLAN
+
+    recorded = {p.stem: yaml.safe_load(p.read_text())["recorded"] for p in (REPO / "solutions").glob("*/configs/*.yaml")}
+    assert recorded["mini_fuse_gated"]["value"] == pytest.approx(0.7823) and recorded["mini_fuse_max"]["value"] == pytest.approx(0.7795)
+    assert recorded["mini_lite0"]["value"] == pytest.approx(0.7438) and recorded["mini_lite0_strip"]["value"] == pytest.approx(0.772)
+    assert all({"value", "what", "measured_on"} == set(r) for r in recorded.values())
+    assert DYLAN.recorded["value"] == pytest.approx(0.78998) and [b.leaderboard["place"] for b in (BF, CONV, DYLAN)] == [1, 2, 3]
+
+
+def test_recorded_value_in_the_table(reported_work):
+    row = pd.read_csv(reported_work / "report" / "leaderboard.csv").set_index("source")
+    assert row.loc["a_model", "team_recorded"] == pytest.approx(0.55) and pd.isna(row.loc["b_model", "team_recorded"])

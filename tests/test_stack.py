@@ -15,14 +15,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.blend import Labels, power_mean
 from common.paths import WorkDir
-from common.predictions import TopK, save_topk
+from common.predictions import TopK, power_mean, save_topk
 from common.prepare import DatasetPaths
-from ensembling.stack import (
-    Products, Source, StackConfig, build_chunk, candidate_recall, candidate_table, feature_matrix, feature_names,
-    FeatureContext, group_topk, load_inputs, prior_tables, run_stack,
-)
+from common.sources import write_summary
+from common.workdata import Labels
+from ensembling.stack import StackConfig, run_stack
+from ensembling.stack.booster import group_topk
+from ensembling.stack.features import FeatureContext, build_chunk, candidate_recall, candidate_table, feature_matrix, feature_names
+from ensembling.stack.inputs import Products, Source, load_inputs, prior_tables
 from tests.conftest import make_tiny_work
 
 K = 3
@@ -54,7 +55,8 @@ def _wrong_label(rng, truth: np.ndarray, level1_of: np.ndarray, same_group: bool
 
 def write_designed_sources(work: Path, seed: int = 0) -> dict:
     """a_model / b_model (complementary by level-1 group), md5 (side, few products), a
-    'convoluted' sqrt team blend of a and b, an ablation; training logs and a stats figure."""
+    'convoluted' sqrt team blend of a and b, an ablation; training logs and a stats figure. The
+    kinds come from each summary.json (the registry), never from the names."""
     rng = np.random.default_rng(seed)
     wd = WorkDir(work)
     paths = DatasetPaths.load(wd)
@@ -77,14 +79,16 @@ def write_designed_sources(work: Path, seed: int = 0) -> dict:
         md5_probs = np.zeros((len(cover), K), np.float16)
         md5_probs[:, 0] = 1.0
         preds["md5"][split] = TopK(ids[cover], md5_labels, md5_probs)
+    kinds = {"a_model": "model", "b_model": "model", "md5": "side source", "a_ablation_x": "ablation"}
+    recorded = {"a_model": {"value": 0.55, "what": "a recipe", "measured_on": "somewhere"}}
     for name, by_split in preds.items():
         for split, p in by_split.items():
             save_topk(wd.preds(name) / f"{split}.npz", p)
-        (wd.preds(name) / "summary.json").write_text(json.dumps({"source": name, "val_image_accuracy_per_fold": [0.5, 0.6]}))
+        write_summary(wd, name, kinds[name], val_image_accuracy_per_fold=[0.5, 0.6], recorded=recorded.get(name, {}))
     members = ["a_model", "b_model"]
     for split in ("oof", "test"):
         save_topk(wd.preds("convoluted") / f"{split}.npz", power_mean([preds[m][split] for m in members], K, [0.6, 0.4], 0.5))
-    (wd.preds("convoluted") / "summary.json").write_text(json.dumps({"name": "convoluted", "sources": {m: 0.5 for m in members}, "weights": [0.6, 0.4], "power": 0.5}))
+    write_summary(wd, "convoluted", "team blend", members=members, weights=[0.6, 0.4], power=0.5, leaderboard={"place": 2, "private": 0.79352})
     for fold in (0, 1):
         log = wd.model_dir("toy", "a", fold) / "summary.csv"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -188,8 +192,8 @@ def test_group_topk_is_a_sorted_distribution():
 
 def test_stacker_beats_every_baseline(stacked_work):
     _, _, s = stacked_work
-    assert s["sources"] == ["a_model", "b_model", "md5"]  # the blend of a and b and the ablation left out
-    assert set(s["left_out"]) == {"a_ablation_x", "convoluted"}
+    assert s["sources"] == ["a_model", "b_model", "md5"]  # the blend of a and b left out; ablations never considered
+    assert s["left_out"] == ["convoluted"] and "a_ablation_x" not in s["sources_kinds"]
     assert s["oof_products"] == 359  # the train product no source predicts is not scored
     base = s["baselines"]
     for name in ("a_model", "b_model", "md5", "convoluted", "mean (stacked sources)", "geomean (stacked sources)", "mean (models)",

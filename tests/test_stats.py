@@ -57,7 +57,7 @@ def test_figures_are_valid_pngs(sample_stats):
 
 
 def test_without_tree_level3_is_distinct_ids(sample_bson, tmp_path):
-    stats = main(["--bson", str(sample_bson), "--no-categories", "--out", str(tmp_path), "--no-progress"])
+    (stats,) = main(["--bson", str(sample_bson), "--no-tree", "--out", str(tmp_path), "--no-progress"])
     assert stats["categories_per_level"] == {"level1": None, "level2": None, "level3": 36}
     assert _is_png(tmp_path / FIGURES["figure2"])
 

@@ -12,8 +12,9 @@ from common.errors import DataError
 from common.models import ModelSpec, create_model, normalization
 from common.paths import REPO, WorkDir
 from common.predictions import load_topk
-from common.recipe import IMAGE_TASK, load_fold_data, run_recipe
-from common.train import Runtime, fit, image_batch, lr_factor, masked_cross_entropy
+from common.recipe import IMAGE, run_recipe
+from common.train import Runtime, eval_loader, fit, image_batch, lr_factor, masked_cross_entropy, train_loader
+from common.workdata import load_fold_data
 
 DYLAN_FULL = sorted(p for p in (REPO / "solutions/dylan/configs").glob("*.yaml") if not p.stem.startswith("mini"))
 CPU = Runtime(torch.device("cpu"))
@@ -63,14 +64,16 @@ def test_masked_loss_ignores_invalid():
     assert masked_cross_entropy(logits, target, valid, 0.0) == pytest.approx(masked_cross_entropy(logits[:2], target[:2], valid[:2], 0.0))
 
 
-def _fit(tmp, work, cfg, resume=True):
+def _fit(tmp, work, cfg):
     data = load_fold_data(WorkDir(work))
     torch.manual_seed(cfg.seed)
     model = create_model(ModelSpec(cfg.model, len(data.tree)))
     mean, std = normalization(model)
     train_rows, val_rows = data.rows(0)
     make = lambda rows, train: ImageDataset(data.train, image_table(data.train.index.n_imgs, rows), data.labels[rows], cfg.input_size, hflip=train)  # noqa: E731
-    fit(cfg, model, make(train_rows, True), make(val_rows, False), collate_images, image_batch(mean, std, False), tmp, CPU, resume)
+    train, val = train_loader(make(train_rows, True), cfg, CPU, collate_images), eval_loader(make(val_rows, False), cfg, CPU, collate_images)
+    trained = fit(cfg, model, train, val, image_batch(mean, std, False), tmp, CPU)
+    assert trained is model  # the model in memory is the trained one: nothing reloads last.pt
     return model
 
 
@@ -98,7 +101,7 @@ def test_recipe_oof_covers_every_product_once_and_dylan_submits(tiny_work, capsy
 
     work = WorkDir(tiny_work)
     cfg = small_cfg(solution="dylan", name="tiny_a", epochs=2)
-    summary = run_recipe(cfg, work, IMAGE_TASK)
+    summary = run_recipe(cfg, work, IMAGE)
     folds = pd.read_csv(work.folds)
     oof = load_topk(work.preds("dylan_tiny_a") / "oof.npz")
     assert oof.ids.tolist() == sorted(folds["_id"].tolist())  # every product of folds.csv, once
@@ -109,10 +112,12 @@ def test_recipe_oof_covers_every_product_once_and_dylan_submits(tiny_work, capsy
     assert summary["oof_product_accuracy"] > 0.5  # colours are easy: far above the 1/6 prior
     for k in (0, 1):
         fold_dir = work.model_dir("dylan", "tiny_a", k)
-        assert {"last.pt", "best.pt", "summary.csv", "config.yaml", "oof.npz", "test.npz"} <= {p.name for p in fold_dir.iterdir()}
-    run_recipe(small_cfg(solution="dylan", name="tiny_b", epochs=1, model="mobilenetv3_small_050", seed=5), work, IMAGE_TASK)
+        assert {"last.pt", "summary.csv", "config.yaml", "oof.npz", "test.npz"} <= {p.name for p in fold_dir.iterdir()}
+    assert summary["kind"] == "model" and summary["solution"] == "dylan" and summary["recipe"]["name"] == "tiny_a"
+    run_recipe(small_cfg(solution="dylan", name="tiny_b", epochs=1, model="mobilenetv3_small_050", seed=5), work, IMAGE)
+    run_recipe(small_cfg(solution="dylan", name="tiny_c", epochs=1, ablation=True), work, IMAGE)  # reported, never blended
     report = submit_main(["--work", str(tiny_work)])
-    assert set(report["sources"]) == {"dylan_tiny_a", "dylan_tiny_b"}
+    assert report["members"] == ["dylan_tiny_a", "dylan_tiny_b"] and report["kind"] == "solution blend"
     sub = pd.read_csv(work.submissions / "dylan.csv.gz")
     assert len(sub) == len(data.test.index) and report["test_accuracy"] is not None
     assert "OOF product accuracy" in capsys.readouterr().out
@@ -121,16 +126,16 @@ def test_recipe_oof_covers_every_product_once_and_dylan_submits(tiny_work, capsy
 def test_finished_folds_are_skipped(tiny_work):
     work = WorkDir(tiny_work)
     cfg = small_cfg(solution="dylan", name="skip", epochs=1, folds=[0])
-    run_recipe(cfg, work)
+    run_recipe(cfg, work, IMAGE)
     stamp = (work.model_dir("dylan", "skip", 0) / "oof.npz").stat().st_mtime_ns
-    run_recipe(cfg, work)
+    run_recipe(cfg, work, IMAGE)
     assert (work.model_dir("dylan", "skip", 0) / "oof.npz").stat().st_mtime_ns == stamp
 
 
 def test_corrupt_images_are_masked_not_fatal(write_bson):
     from common.bson_index import build_index
     from common.bson_reader import BsonReader
-    from common.infer import predict_products
+    from common.infer import predict_images
     from tests.conftest import solid_jpeg
 
     path = write_bson("bad.bson", [(1, [b"\xff\xd8 broken", solid_jpeg(1)], None), (2, [b""], None), (3, [solid_jpeg(3)], None)])
@@ -140,7 +145,7 @@ def test_corrupt_images_are_masked_not_fatal(write_bson):
     assert [ds[i][3] for i in range(len(ds))] == [False, True, False, True]
     cfg = small_cfg(topk=3)
     model = create_model(ModelSpec(cfg.model, 4))
-    preds = predict_products(model, reader, np.arange(3), cfg, CPU, *normalization(model))
+    preds = predict_images(model, reader, np.arange(3), cfg, CPU, *normalization(model))
     assert preds.ids.tolist() == [1, 3]  # product 2 has no decodable image: left to the fallback
     batch = collate_images([ds[i] for i in range(4)])
     valid = image_batch(*normalization(model), False)({**batch, "label": torch.tensor([0, 0, 1, 2])}, CPU).valid
@@ -196,7 +201,7 @@ def test_device_decode_path_matches_worker_path(write_bson):
 
 def test_fit_and_predict_with_device_decode(tiny_work):
     work = WorkDir(tiny_work)
-    summary = run_recipe(small_cfg(solution="dylan", name="devdec", epochs=1, decode_on="device", folds=[0]), work)
+    summary = run_recipe(small_cfg(solution="dylan", name="devdec", epochs=1, decode_on="device", folds=[0]), work, IMAGE)
     assert summary["oof_products"] == int((pd.read_csv(work.folds)["fold"] == 0).sum())
 
 

@@ -10,8 +10,6 @@ from torch.utils.data import Sampler
 from common.data import collate_products, normalize_on_device
 from common.train import Batch, Runtime
 
-from .layout import LAYOUTS
-
 MAX_K = 4
 
 
@@ -69,22 +67,14 @@ def collate_same_count(batch: list) -> dict[str, torch.Tensor]:
     return collate_products(batch, max_views=min(len(batch[0][0]), MAX_K))
 
 
-def compose(pixels: torch.Tensor, mean, std, layout: str, channels_last: bool) -> torch.Tensor:
-    """uint8 [B, K, C, S, S] on the device -> normalised composed input [B, C, H, W]."""
-    b, k, c, h, w = pixels.shape
-    x = normalize_on_device(pixels.reshape(b * k, c, h, w), mean, std).reshape(b, k, c, h, w)
-    x = LAYOUTS[layout](x)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def composed_batch(mean, std, layout: str, channels_last: bool):
-    """The fit loop's batch function for composed products."""
+def tiles_batch(mean, std):
+    """Raw products of one K -> normalised tiles [B, K, C, S, S] on the device (the network
+    composes them: see layout.ComposedNet); usable = at least one decodable tile."""
 
     def to_batch(raw: dict, runtime: Runtime) -> Batch:
         pixels = raw["pixels"].to(runtime.device, non_blocking=True)
-        x = compose(pixels, mean, std, layout, channels_last and runtime.cuda)
-        target = raw["label"].to(runtime.device, non_blocking=True)
-        valid = (target >= 0) & raw["mask"].to(runtime.device).any(1)  # at least one decodable tile
-        return Batch(x, target, valid)
+        b, k, c, h, w = pixels.shape
+        tiles = normalize_on_device(pixels.reshape(b * k, c, h, w), mean, std).reshape(b, k, c, h, w)
+        return Batch(tiles, raw["label"].to(runtime.device, non_blocking=True), raw["mask"].to(runtime.device).any(1))
 
     return to_batch

@@ -3,14 +3,17 @@
 strip: K tiles side by side, S x (S*K): the winner's layout (1st place summaries).
 grid:  K <= 2 as a strip; K = 3, 4 in a 2x2 grid (an empty 4th cell is zero), 2S x 2S.
 Tiles keep the product's order (the first image is the most informative view), so augmentation
-and TTA flip each tile in place (flip_tiles) and never mirror the whole strip, which would
-reverse the order of the views.
+and TTA flip each tile in place (the dataset's per-tile flips; the inference driver's "hflip"
+view flips the last axis of [B, K, C, S, S], i.e. each tile) and never mirror the whole strip, which would reverse the
+order of the views. The network composes its input itself (ComposedNet), so everything before it
+handles tiles [B, K, C, S, S].
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+from torch import nn
 
 
 def strip(tiles: torch.Tensor) -> torch.Tensor:
@@ -37,9 +40,30 @@ def input_shape(layout: str, k: int, size: int) -> tuple[int, int]:
     return size, k * size
 
 
-def flip_tiles(tiles: torch.Tensor) -> torch.Tensor:
-    """Mirror every tile in place, keeping the tile order."""
-    return torch.flip(tiles, dims=[4])
+class ComposedNet(nn.Module):
+    """A backbone fed a product's K tiles composed by a layout: input [B, K, C, S, S] (normalised)."""
+
+    def __init__(self, backbone: nn.Module, layout: str, channels_last: bool = False):
+        super().__init__()
+        self.backbone, self.layout, self.channels_last = backbone, layout, channels_last
+        self.num_classes = backbone.num_classes
+        self.pretrained_cfg = getattr(backbone, "pretrained_cfg", {})
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        x = LAYOUTS[self.layout](tiles)
+        if self.channels_last and x.is_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(x)
 
 
-TILE_TTA: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"orig": lambda t: t, "hflip": flip_tiles}
+class ByCountNet(nn.Module):
+    """One model per image count K: a batch (whose products share K) goes through the model of its K."""
+
+    def __init__(self, models: dict[int, nn.Module]):
+        super().__init__()
+        self.models = nn.ModuleDict({str(k): m for k, m in models.items()})
+        first = next(iter(models.values()))
+        self.num_classes, self.pretrained_cfg = first.num_classes, first.pretrained_cfg
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        return self.models[str(tiles.shape[1])](tiles)

@@ -10,30 +10,44 @@ image count K fine-tuned from it; each product is predicted by its K model.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
+from torch import nn
 
+from common.cli import run
 from common.config import TrainConfig
 from common.data import ProductDataset
 from common.errors import DataError
-from common.models import ModelSpec, create_model, normalization
-from common.infer import gather_topk
-from common.predictions import TopK, concat_topk
-from common.recipe import FoldData, begin_fold, finish_fold, parse_train_args, run_folds, validation_sample
-from common.train import Runtime, autocast, fit, load_checkpoint
+from common.infer import Items, predict
+from common.models import normalization
+from common.predictions import TopK
+from common.recipe import (
+    FoldJob,
+    FoldOutput,
+    RecipeKind,
+    build_model,
+    train_main,
+    validation_sample,
+)
+from common.train import eval_loader, fit, train_loader
 
-from .data import ByCountBatchSampler, collate_same_count, compose, composed_batch, image_count
-from .layout import LAYOUTS, TILE_TTA
+from .data import (
+    MAX_K,
+    ByCountBatchSampler,
+    collate_same_count,
+    image_count,
+    tiles_batch,
+)
+from .layout import LAYOUTS, ByCountNet, ComposedNet
 
 
 @dataclass
 class BestfittingConfig(TrainConfig):
     solution: str = "bestfitting"
+    stage: str = "composed"
     layout: str = "strip"  # strip (the winner's side by side) | grid (2x2 for K = 3, 4)
     finetune_epochs: int = 1  # per-K fine-tune of the shared model (0 = use the shared model for every K)
     finetune_lr_scale: float = 0.2  # fine-tune LR = lr x this
@@ -44,83 +58,53 @@ class BestfittingConfig(TrainConfig):
             raise DataError(f"recipe option layout={self.layout!r}: choose from {sorted(LAYOUTS)}")
 
 
-def product_set(data: FoldData, reader, rows: np.ndarray, cfg: BestfittingConfig, train: bool) -> ProductDataset:
-    labels = data.labels[rows] if reader is data.train else None
-    return ProductDataset(reader, rows, labels, cfg.input_size, hflip=cfg.hflip and train)  # per-tile flips
+def product_set(job: FoldJob, reader, rows: np.ndarray, train: bool) -> ProductDataset:
+    labels = job.data.labels[rows] if reader is job.data.train else None
+    return ProductDataset(reader, rows, labels, job.cfg.input_size, hflip=job.cfg.hflip and train)  # per-tile flips
 
 
-def train_stage(cfg: BestfittingConfig, model, data: FoldData, train_rows, val_rows, out, runtime: Runtime, resume: bool):
+def train_stage(job: FoldJob, cfg: BestfittingConfig, model: ComposedNet, train_rows, val_rows, part: str) -> ComposedNet:
     """One fit over products composed by K (batches never mix K)."""
-    mean, std = normalization(model)
+    runtime, counts = job.runtime, lambda rows: image_count(job.data.train.index.n_imgs[rows])  # noqa: E731
     val_rows = validation_sample(val_rows, cfg)
-    counts = lambda rows: image_count(data.train.index.n_imgs[rows])  # noqa: E731
     train_sampler = ByCountBatchSampler(counts(train_rows), cfg.batch_size, cfg.seed, True, runtime.rank, runtime.world, cfg.max_images_per_epoch)
     val_sampler = ByCountBatchSampler(counts(val_rows), cfg.eval_batch_size, cfg.seed, False, runtime.rank, runtime.world)
-    result = fit(cfg, model, product_set(data, data.train, train_rows, cfg, True), product_set(data, data.train, val_rows, cfg, False),
-                 collate_same_count, composed_batch(mean, std, cfg.layout, cfg.channels_last), out, runtime, resume,
-                 val_batch_sampler=val_sampler, train_batch_sampler=train_sampler)
-    model.load_state_dict(load_checkpoint(result.last)["model"])
-    return model
+    train = train_loader(product_set(job, job.data.train, train_rows, True), cfg, runtime, collate_same_count, train_sampler)
+    val = eval_loader(product_set(job, job.data.train, val_rows, False), cfg, runtime, collate_same_count, val_sampler)
+    return fit(cfg, model, train, val, tiles_batch(*normalization(model)), job.out / part, runtime)
 
 
-@torch.no_grad()
-def predict_by_count(models: dict[int, torch.nn.Module], reader, rows: np.ndarray, cfg: BestfittingConfig, runtime: Runtime) -> TopK:
-    """Each product through the model of its K, flip TTA per tile; top-K per product by _id."""
+def predict_by_count(job: FoldJob, model: nn.Module, reader, rows: np.ndarray, desc: str) -> TopK:
+    """Each product through the model of its K (batches of one K, about eval_batch_size tiles)."""
     rows = rows[reader.index.n_imgs[rows] > 0]
-    counts = image_count(reader.index.n_imgs[rows])
-    ids, labels, probs = [], [], []
-    for k, model in models.items():
-        sel = rows[counts == k]
-        if not len(sel):
-            continue
-        model.eval().to(runtime.device)
-        mean, std = normalization(model)
-        sampler = ByCountBatchSampler(np.full(len(sel), k), cfg.eval_batch_size, shuffle=False, rank=runtime.rank, world=runtime.world)
-        loader = DataLoader(ProductDataset(reader, sel, None, cfg.input_size), batch_sampler=sampler, collate_fn=collate_same_count,
-                            num_workers=cfg.num_workers, pin_memory=runtime.cuda)
-        for raw in tqdm(loader, desc=f"predict K={k}", leave=False, disable=not runtime.is_main):
-            pixels = raw["pixels"].to(runtime.device, non_blocking=True)
-            p = sum(_softmax(model, compose(TILE_TTA[v](pixels), mean, std, cfg.layout, cfg.channels_last and runtime.cuda), cfg, runtime) for v in cfg.tta)
-            top = (p / len(cfg.tta)).topk(min(cfg.topk, p.shape[1]), dim=1)
-            ids.append(np.asarray(reader.index.ids[sel[raw["pos"].numpy()]], np.int64))
-            labels.append(top.indices.cpu().numpy().astype(np.int16))
-            probs.append(top.values.cpu().numpy().astype(np.float16))
-    k = min(cfg.topk, next(iter(models.values())).num_classes)
-    parts = [TopK(i, lab, pr) for i, lab, pr in zip(ids, labels, probs)]
-    local = concat_topk(parts) if parts else TopK(np.zeros(0, np.int64), np.zeros((0, k), np.int16), np.zeros((0, k), np.float16))
-    return gather_topk(runtime, local)
+    k = image_count(reader.index.n_imgs[rows])
+    items = Items.products(reader.index.ids[rows], cost=k, key=k)
+    return predict(model, product_set(job, reader, rows, False), collate_same_count, items, tiles_batch(*normalization(model)), job.cfg,
+                   job.runtime, desc=desc)
 
 
-def _softmax(model, x, cfg, runtime) -> torch.Tensor:
-    with autocast(cfg, runtime):
-        return model(x).float().softmax(1)
-
-
-def run_fold(cfg: BestfittingConfig, data: FoldData, work, fold: int, runtime: Runtime, resume: bool) -> None:
-    out = begin_fold(cfg, work, fold, runtime)
-    if out is None:
-        return
-    train_rows, val_rows = data.rows(fold)
-    shared = train_stage(cfg, create_model(ModelSpec(cfg.model, len(data.tree), cfg.pretrained, cfg.drop_rate)), data, train_rows, val_rows, out / "shared", runtime, resume)
+def composed_fold(job: FoldJob) -> FoldOutput:
+    cfg = job.cfg
+    train_rows, val_rows = job.rows
+    shared = train_stage(job, cfg, ComposedNet(build_model(cfg, job.num_classes), cfg.layout, cfg.channels_last), train_rows, val_rows, "shared")
+    tune = dataclasses.replace(cfg, epochs=cfg.finetune_epochs, lr=cfg.lr * cfg.finetune_lr_scale, lr_milestones=[], warmup_epochs=0.0)
     models = {}
-    for k in range(1, 5):
-        model = create_model(ModelSpec(cfg.model, len(data.tree), None, cfg.drop_rate))
-        model.load_state_dict(shared.state_dict())
-        k_train = train_rows[image_count(data.train.index.n_imgs[train_rows]) == k]
-        k_val = val_rows[image_count(data.train.index.n_imgs[val_rows]) == k]
-        if cfg.finetune_epochs > 0 and len(k_train) and len(k_val):
-            k_cfg = dataclasses.replace(cfg, epochs=cfg.finetune_epochs, lr=cfg.lr * cfg.finetune_lr_scale, lr_milestones=[], warmup_epochs=0.0)
-            model = train_stage(k_cfg, model, data, k_train, k_val, out / f"k{k}", runtime, resume)
-        models[k] = model
-    oof = predict_by_count(models, data.train, val_rows, cfg, runtime)
-    test = predict_by_count(models, data.test, data.test_rows, cfg, runtime)
-    finish_fold(out, oof, test, runtime)
+    for k in range(1, MAX_K + 1):
+        k_train = train_rows[image_count(job.data.train.index.n_imgs[train_rows]) == k]
+        k_val = val_rows[image_count(job.data.train.index.n_imgs[val_rows]) == k]
+        fine_tune = cfg.finetune_epochs > 0 and len(k_train) and len(k_val)
+        models[k] = train_stage(job, tune, copy.deepcopy(shared), k_train, k_val, f"k{k}") if fine_tune else shared
+    model = ByCountNet(models)
+    return FoldOutput(predict_by_count(job, model, job.data.train, val_rows, "oof"),
+                      predict_by_count(job, model, job.data.test, job.data.test_rows, "test"))
+
+
+KINDS = {"composed": RecipeKind(BestfittingConfig, composed_fold)}
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    cfg, work, resume = parse_train_args(argv, __doc__, BestfittingConfig)
-    return run_folds(cfg, work, run_fold, resume)
+    return train_main("bestfitting", KINDS, "composed", argv, __doc__)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

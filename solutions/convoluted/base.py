@@ -2,10 +2,11 @@
 rot90), then one pass per fold that both predicts and stores penultimate features.
 
 Per fold k the base net trains on the other folds; the same net then
-  - predicts fold k and test (mean of a product's image probabilities, flip TTA): the source
+  - predicts fold k and test (mean of a product's image probabilities, TTA): the source
     preds/convoluted_<name>, i.e. the "plain mean" the fusion heads are measured against;
-  - writes features of fold k's products, of the training products the heads learn from, and of
-    the test products into work/features/convoluted/<name>/fold<k>/{train,test}.*
+  - writes the features of every TTA view (orig, and the hflip copy) of fold k's products, of the
+    training products the heads learn from, and of the test products into
+    work/features/convoluted/<name>/fold<k>/{train,test}.*
 So a fusion head of fold k only ever sees features from nets that never saw fold k's labels.
 """
 from __future__ import annotations
@@ -15,16 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from common.config import TrainConfig
-from common.data import ImageDataset, ProductBatchSampler, batch_pixels, collate_images, image_table, normalize_on_device
-from common.infer import TTA, aggregate, gather_topk
+from common.infer import predict_images
 from common.models import normalization, penultimate_features
-from common.predictions import TopK, concat_topk
-from common.recipe import IMAGE_TASK, FoldData, begin_fold, finish_fold, train_fold_model
-from common.train import Runtime, autocast, save_checkpoint
+from common.predictions import TopK
+from common.recipe import FoldJob, FoldOutput, train_image_model
+from common.train import Batch, Runtime, save_checkpoint
 
 from .feature_store import FeatureWriter
 
@@ -35,8 +33,8 @@ class BaseConfig(TrainConfig):
     stage: str = "base"
     optimizer: str = "sgd"
     feature_clip: float = 3.0  # the team clipped features to [0, 3] before uint8 quantisation
-    feature_flip: bool = True  # also store the horizontal-flip copy of every image's features
     feature_train_products: int = 0  # training products whose features are stored for the heads (0 = all)
+    # the store keeps one copy per TTA view: tta [orig, hflip] stores the flip copy, [orig] halves the store
 
 
 def classifier_as_linear(model: nn.Module) -> nn.Linear:
@@ -58,56 +56,54 @@ def ranks_in_batch(pos: np.ndarray) -> np.ndarray:
     return np.arange(len(pos)) - first
 
 
-def feature_views(cfg: BaseConfig) -> list[str]:
-    return ["orig", "hflip"] if cfg.feature_flip else ["orig"]
+class FeatureTap(nn.Module):
+    """The base net as the inference driver sees it: logits from its own classifier on the pooled
+    features, each call's features kept (one call per TTA view) for the feature store."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net, self.classifier = net, classifier_as_linear(net)
+        self.num_classes, self.pretrained_cfg = self.classifier.out_features, getattr(net, "pretrained_cfg", {})
+        self.views: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = penultimate_features(self.net, x).float()
+        self.views.append(features)
+        return self.classifier(features)
+
+    def take(self) -> np.ndarray:
+        """float32[n, views, dim] of the batch just predicted."""
+        out = torch.stack(self.views, 1).cpu().numpy()
+        self.views.clear()
+        return out
 
 
-@torch.no_grad()
-def extract(model: nn.Module, reader, rows: np.ndarray, cfg: BaseConfig, runtime: Runtime, writer: FeatureWriter) -> TopK:
-    """One pass over the products' images: features into the store, flip-TTA product top-K out."""
-    model.eval().to(runtime.device)
-    mean, std = normalization(model)
-    classifier = classifier_as_linear(model)
-    stored, needed = feature_views(cfg), sorted(set(feature_views(cfg)) | set(cfg.tta))
-    table = image_table(reader.index.n_imgs, rows)
-    dataset = ImageDataset(reader, table, None, cfg.input_size, device_decode=cfg.decode_on == "device")
-    loader = DataLoader(dataset, batch_sampler=ProductBatchSampler(table, cfg.eval_batch_size, runtime.rank, runtime.world),
-                        collate_fn=collate_images, num_workers=cfg.num_workers, pin_memory=runtime.cuda)
-    ids, labels, probs = [], [], []
-    for raw in tqdm(loader, desc=f"features {cfg.name}", leave=False, disable=not runtime.is_main):
-        pixels, ok = batch_pixels(raw, cfg.input_size, runtime.device)
-        x = normalize_on_device(pixels, mean, std, cfg.channels_last and runtime.cuda)
-        with autocast(cfg, runtime):
-            feats = {v: penultimate_features(model, TTA[v](x)).float() for v in needed}
+def extract_split(tap: FeatureTap, reader, rows: np.ndarray, job: FoldJob, split: str) -> TopK:
+    """Predict `rows` and store their features in <features>/<split>.*: rank 0 creates the file,
+    every rank fills its products and flushes, rank 0 renames it into place."""
+    cfg, runtime = job.cfg, job.runtime
+    directory = job.work.features(cfg.solution, cfg.name, job.fold)
+    make = lambda create: FeatureWriter(directory, split, reader.index.n_imgs, tap.classifier.in_features, cfg.tta, cfg.feature_clip,  # noqa: E731
+                                        cfg.model, create=create)
+    writer = make(True) if runtime.is_main else None
+    _barrier(runtime)
+    writer = writer or make(False)
+
+    def store(raw: dict, batch: Batch) -> None:
         pos = raw["pos"].numpy()
-        writer.write(rows[pos], ranks_in_batch(pos), torch.stack([feats[v] for v in stored], 1).cpu().numpy(), ok.cpu().numpy())
-        p = sum(classifier(feats[v]).softmax(1) for v in cfg.tta) / len(cfg.tta)
-        group, agg = aggregate(p, raw["pos"].to(runtime.device), ok, cfg.aggregate)
-        top = agg.topk(min(cfg.topk, agg.shape[1]), dim=1)
-        ids.append(np.asarray(reader.index.ids[rows[group.cpu().numpy()]], np.int64))
-        labels.append(top.indices.cpu().numpy().astype(np.int16))
-        probs.append(top.values.cpu().numpy().astype(np.float16))
-    parts = [TopK(i, lab, pr) for i, lab, pr in zip(ids, labels, probs)]
-    k = min(cfg.topk, classifier.out_features)
-    local = concat_topk(parts) if parts else TopK(np.zeros(0, np.int64), np.zeros((0, k), np.int16), np.zeros((0, k), np.float16))
-    return gather_topk(runtime, local)
+        writer.write(rows[pos], ranks_in_batch(pos), tap.take(), batch.ok.cpu().numpy())
 
-
-def extract_split(model, reader, rows: np.ndarray, cfg: BaseConfig, runtime: Runtime, directory, split: str) -> TopK:
-    """Features of `rows` into <directory>/<split>.*, created by rank 0 and filled by every rank."""
-    dim = model.num_features
-    writer = FeatureWriter(directory, split, reader.index.n_imgs, dim, len(feature_views(cfg)), cfg.feature_clip, cfg.model,
-                           create=runtime.is_main) if runtime.is_main else None
-    if runtime.distributed:
-        torch.distributed.barrier()
-        if writer is None:
-            writer = FeatureWriter(directory, split, reader.index.n_imgs, dim, len(feature_views(cfg)), cfg.feature_clip, cfg.model, create=False)
-    preds = extract(model, reader, rows, cfg, runtime, writer)
-    if runtime.distributed:
-        torch.distributed.barrier()
+    preds = predict_images(tap, reader, rows, cfg, runtime, *normalization(tap.net), after_batch=store, desc=f"features {split}")
+    writer.flush()
+    _barrier(runtime)
     if runtime.is_main:
         writer.commit(rows[reader.index.n_imgs[rows] > 0])
     return preds
+
+
+def _barrier(runtime: Runtime) -> None:
+    if runtime.distributed:
+        torch.distributed.barrier()
 
 
 def feature_rows(cfg: BaseConfig, train_rows: np.ndarray, fold: int) -> np.ndarray:
@@ -118,19 +114,14 @@ def feature_rows(cfg: BaseConfig, train_rows: np.ndarray, fold: int) -> np.ndarr
     return train_rows
 
 
-def run_fold(cfg: BaseConfig, data: FoldData, work, fold: int, runtime: Runtime, resume: bool) -> None:
-    out = begin_fold(cfg, work, fold, runtime)
-    if out is None:
-        return
-    trained = train_fold_model(cfg, data, work, fold, out, runtime, resume, IMAGE_TASK)
-    model, train_rows, val_rows = trained.model, trained.train_rows, trained.val_rows
-    features = work.features(cfg.solution, cfg.name, fold)
-    if runtime.is_main:  # the rank/count heads start from the base net's classifier
-        clf = classifier_as_linear(model)
+def base_fold(job: FoldJob) -> FoldOutput:
+    cfg, data = job.cfg, job.data
+    tap = FeatureTap(train_image_model(job)).eval()
+    train_rows, val_rows = job.rows
+    features = job.work.features(cfg.solution, cfg.name, job.fold)
+    if job.runtime.is_main:  # the rank/count heads start from the base net's classifier
         features.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(features / "classifier.pt", {"weight": clf.weight.detach().cpu(), "bias": clf.bias.detach().cpu()})
-    rows = np.union1d(feature_rows(cfg, train_rows, fold), val_rows)
-    seen = extract_split(model, data.train, rows, cfg, runtime, features, "train")
+        save_checkpoint(features / "classifier.pt", {"weight": tap.classifier.weight.detach().cpu(), "bias": tap.classifier.bias.detach().cpu()})
+    seen = extract_split(tap, data.train, np.union1d(feature_rows(cfg, train_rows, job.fold), val_rows), job, "train")
     oof = seen.take(np.flatnonzero(np.isin(seen.ids, data.train.index.ids[val_rows])))
-    test = extract_split(model, data.test, data.test_rows, cfg, runtime, features, "test")
-    finish_fold(out, oof, test, runtime)
+    return FoldOutput(oof, extract_split(tap, data.test, data.test_rows, job, "test"))

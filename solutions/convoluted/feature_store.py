@@ -1,9 +1,9 @@
 """The 2nd place's feature store: a base net's penultimate features per image, clipped to
 [0, clip] and quantised to uint8 in a memory-mapped file, read back by product.
 
-    <dir>/<split>.u8        uint8[n_images, n_flips, dim]  (image order = the BSON index's)
+    <dir>/<split>.u8        uint8[n_images, n_views, dim]  (image order = the BSON index's; a view per TTA view)
     <dir>/<split>.ok.u8     uint8[n_images]                1 = written and decoded
-    <dir>/<split>.json      dim, flips, clip, n_images, model, rows written
+    <dir>/<split>.json      dim, views (e.g. orig, hflip), clip, n_images, model
 
 Why: at full scale a base net's features are tens of GB (12.4M images x 2 flips x 2048 bytes
 = 51 GB), far beyond RAM, yet the fusion heads want random access by product. A memmap of
@@ -35,16 +35,17 @@ def quantise(x: np.ndarray, clip: float) -> np.ndarray:
     return np.rint(np.clip(x, 0.0, clip) * (255.0 / clip)).astype(np.uint8)
 
 
-def dequantise(q, clip: float):
-    """uint8 -> float32 (numpy array or torch tensor)."""
+def dequantise(q, clip):
+    """uint8 -> float32 (numpy array or torch tensor); `clip` a number or one per feature."""
     return q.astype(np.float32) * (clip / 255.0) if isinstance(q, np.ndarray) else q.float() * (clip / 255.0)
 
 
 class FeatureWriter:
     """Pre-sizes the store (sparse file), takes per-image features in any order, then commits."""
 
-    def __init__(self, directory: Path, split: str, n_imgs: np.ndarray, dim: int, flips: int, clip: float, model: str, create: bool = True):
-        self.dir, self.split, self.dim, self.flips, self.clip, self.model = Path(directory), split, dim, flips, clip, model
+    def __init__(self, directory: Path, split: str, n_imgs: np.ndarray, dim: int, views: list[str], clip: float, model: str, create: bool = True):
+        self.dir, self.split, self.dim, self.views, self.clip, self.model = Path(directory), split, dim, list(views), clip, model
+        self.flips = flips = len(self.views)
         self.offsets = image_offsets(n_imgs)
         self.n_images = int(self.offsets[-1])
         self.tmp = self.dir / f"{split}.u8.tmp"
@@ -64,12 +65,16 @@ class FeatureWriter:
         self.features[at] = quantise(features, self.clip)
         self.ok[at] = np.asarray(ok, np.uint8)
 
-    def commit(self, rows: np.ndarray) -> "FeatureStore":
-        """Flush, record which products were written, rename into place (main process only)."""
+    def flush(self) -> None:
+        """Every rank flushes its rows (on any node) before rank 0 renames the file into place."""
         self.features.flush()
         self.ok.flush()
+
+    def commit(self, rows: np.ndarray) -> "FeatureStore":
+        """Flush, record which products were written, rename into place (main process only)."""
+        self.flush()
         del self.features, self.ok
-        meta = {"dim": self.dim, "flips": self.flips, "clip": self.clip, "n_images": self.n_images, "model": self.model}
+        meta = {"dim": self.dim, "views": self.views, "clip": self.clip, "n_images": self.n_images, "model": self.model}
         np.save(self.dir / f"{self.split}.rows.npy", np.asarray(np.sort(rows), np.int64))
         os.replace(self.tmp_ok, self.dir / f"{self.split}.ok.u8")
         os.replace(self.tmp, self.dir / f"{self.split}.u8")
@@ -80,7 +85,7 @@ class FeatureWriter:
 @dataclass
 class StoreMeta:
     dim: int
-    flips: int
+    views: list[str]
     clip: float
     n_images: int
     model: str
@@ -95,13 +100,17 @@ class FeatureStore:
         if not meta_path.exists():
             raise DataError(f"{meta_path}: no feature store (train the base net first: its fold extracts the features)")
         self.meta = StoreMeta(**json.loads(meta_path.read_text()))
-        self.shape = (max(self.meta.n_images, 1), self.meta.flips, self.meta.dim)
+        self.shape = (max(self.meta.n_images, 1), self.flips, self.meta.dim)
         path = self.dir / f"{split}.u8"
         if path.stat().st_size != int(np.prod(self.shape)):
             raise DataError(f"{path}: {path.stat().st_size} bytes, expected {int(np.prod(self.shape))} (a truncated store: delete it and extract again)")
         self.rows = np.load(self.dir / f"{split}.rows.npy")
         self._features: np.memmap | None = None
         self._ok: np.memmap | None = None
+
+    @property
+    def flips(self) -> int:
+        return len(self.meta.views)
 
     def __getstate__(self) -> dict:
         """Loader workers reopen the memmaps (pickling one would copy the whole file)."""
@@ -134,7 +143,7 @@ class FeatureStore:
         """(uint8[B, max_views, flips, dim], mask bool[B, max_views]) for product rows; missing
         views (fewer images, or undecodable) are zeros with mask False."""
         rows = np.asarray(rows)
-        out = np.zeros((len(rows), max_views, self.meta.flips, self.meta.dim), np.uint8)
+        out = np.zeros((len(rows), max_views, self.flips, self.meta.dim), np.uint8)
         mask = np.zeros((len(rows), max_views), bool)
         for v in range(max_views):
             has = np.asarray(n_imgs)[rows] > v

@@ -11,6 +11,8 @@ a 4-image one).
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,20 +20,19 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from common.atomic import write_json
 from common.config import TrainConfig
 from common.data import image_table
 from common.errors import DataError
-from common.infer import aggregate, gather_topk
-from common.predictions import TopK, concat_topk
-from common.recipe import FoldData, begin_fold, finish_fold
-from common.train import Batch, Runtime, fit, load_checkpoint
+from common.infer import Items, predict
+from common.predictions import TopK
+from common.recipe import FoldJob, FoldOutput
+from common.train import Batch, Runtime, eval_loader, fit, load_checkpoint, train_loader
 
-from .feature_store import FeatureStore
+from .feature_store import FeatureStore, dequantise
 
 RANK_MODELS = ("rank1", "rank2_4")
 COUNT_MODELS = ("count1", "count2", "count3", "count4")
-VARIANTS = ("base", "rank", "count", "rank_count")  # which terms of the combination are used
+VARIANTS = {"base": (0.0, 0.0, 1.0), "rank": (1.0, 0.0, 1.0), "count": (0.0, 1.0, 1.0), "rank_count": (1.0, 1.0, 1.0)}  # terms used
 
 
 def route(ranks: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -53,35 +54,86 @@ class RankCountConfig(TrainConfig):
     num_workers: int = 0
     team_weight: float = 0.0
 
+    def requires(self) -> list[str]:
+        return [self.base]
+
 
 class StoredImages(Dataset):
-    """Item = (uint8 features [D] (training: a random flip copy) , label, position, ok)."""
+    """Item = (uint8 features: one copy [D] (`copies` "random": drawn from the sample seed; "orig")
+    or all [copies, D] ("all"), label, product position, ok, rank index, count index)."""
 
-    def __init__(self, store: FeatureStore, offsets: np.ndarray, product_rows: np.ndarray, ranks: np.ndarray, labels: np.ndarray, random_flip: bool):
-        self.store, self.offsets, self.rows, self.ranks, self.labels, self.random_flip = store, offsets, product_rows, ranks, labels, random_flip
+    def __init__(self, store: FeatureStore, n_imgs: np.ndarray, product_rows: np.ndarray, labels: np.ndarray | None, copies: str):
+        self.store, self.offsets, self.copies = store, store.check_index(n_imgs), copies
+        self.table = image_table(n_imgs, product_rows)
+        self.rank_i, self.count_i = route(self.table.rank, np.asarray(n_imgs)[self.table.product_row])
+        self.labels = None if labels is None else np.asarray(labels)[self.table.product_pos]
+
+    def subset(self, mask: np.ndarray) -> "StoredImages":
+        out = copy.copy(self)
+        out.table = dataclasses.replace(self.table, **{f: getattr(self.table, f)[mask] for f in ("product_row", "rank", "product_pos")})
+        out.rank_i, out.count_i = self.rank_i[mask], self.count_i[mask]
+        out.labels = None if self.labels is None else self.labels[mask]
+        return out
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.table)
 
     def __getitem__(self, item):
         i, seed = item if isinstance(item, tuple) else (item, 0)
-        feats, ok = self.store.images(self.offsets, self.rows[i : i + 1], self.ranks[i : i + 1])
-        flip = int(np.random.default_rng(seed).integers(self.store.meta.flips)) if self.random_flip else 0
-        return torch.from_numpy(np.ascontiguousarray(feats[0, flip])), int(self.labels[i]), i, bool(ok[0])
+        feats, ok = self.store.images(self.offsets, self.table.product_row[i : i + 1], self.table.rank[i : i + 1])
+        if self.copies == "all":
+            x = feats[0]
+        else:
+            x = feats[0, int(np.random.default_rng(seed).integers(self.store.flips)) if self.copies == "random" else 0]
+        label = -1 if self.labels is None else int(self.labels[i])
+        return torch.from_numpy(np.ascontiguousarray(x)), label, int(self.table.product_pos[i]), bool(ok[0]), int(self.rank_i[i]), int(self.count_i[i])
 
 
 def collate_stored(batch: list) -> dict:
-    x, label, pos, ok = zip(*batch)
-    return {"features": torch.stack(x), "label": torch.tensor(label), "pos": torch.tensor(pos), "ok": torch.tensor(ok)}
+    x, label, pos, ok, rank_i, count_i = zip(*batch)
+    return {"features": torch.stack(x), "label": torch.tensor(label), "pos": torch.tensor(pos), "ok": torch.tensor(ok),
+            "rank_i": torch.tensor(rank_i), "count_i": torch.tensor(count_i)}
 
 
-def stored_batch(clip: float):
+def stored_batch(clip: float, routed: bool = False):
+    """uint8 features -> float on the device; `routed` inputs carry each image's rank / count index."""
+
     def to_batch(raw: dict, runtime: Runtime) -> Batch:
-        x = raw["features"].to(runtime.device).float() * (clip / 255.0)
-        target = raw["label"].to(runtime.device)
-        return Batch(x, target, raw["ok"].to(runtime.device) & (target >= 0))
+        x = dequantise(raw["features"].to(runtime.device), clip)
+        inputs = (x, raw["rank_i"].to(runtime.device), raw["count_i"].to(runtime.device)) if routed else x
+        return Batch(inputs, raw["label"].to(runtime.device), raw["ok"].to(runtime.device))
 
     return to_batch
+
+
+def probs_by_route(models: nn.ModuleList, which: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Each image's softmax from the model its index names."""
+    out = torch.empty(x.shape[0], models[0].out_features, device=x.device)
+    for i, model in enumerate(models):
+        sel = which == i
+        if sel.any():
+            out[sel] = model(x[sel]).float().softmax(1)
+    return out
+
+
+class RankCountNet(nn.Module):
+    """Per image the weighted mean of its rank model's, count model's and the base's probabilities;
+    returns its log, so the inference driver's softmax gives the mixture back."""
+
+    def __init__(self, specialists: dict[str, nn.Linear], base: nn.Linear, weights: tuple[float, float, float]):
+        super().__init__()
+        self.ranks = nn.ModuleList(specialists[m] for m in RANK_MODELS)
+        self.counts = nn.ModuleList(specialists[m] for m in COUNT_MODELS)
+        self.base, self.weights, self.num_classes = base, weights, base.out_features
+
+    def forward(self, x: torch.Tensor, rank_i: torch.Tensor, count_i: torch.Tensor) -> torch.Tensor:
+        wr, wc, wb = self.weights
+        p = wb * self.base(x).float().softmax(1)
+        if wr:
+            p = p + wr * probs_by_route(self.ranks, rank_i, x)
+        if wc:
+            p = p + wc * probs_by_route(self.counts, count_i, x)
+        return (p / (wr + wc + wb)).clamp_min(1e-12).log()
 
 
 def load_base_classifier(path) -> nn.Linear:
@@ -91,111 +143,72 @@ def load_base_classifier(path) -> nn.Linear:
     return linear
 
 
-def finetune_specialists(cfg: RankCountConfig, data: FoldData, store: FeatureStore, base: nn.Linear, train_rows, val_rows, out, runtime, resume) -> dict[str, nn.Module]:
+def finetune_specialists(job: FoldJob, store: FeatureStore, base: nn.Linear, train_rows, val_rows) -> dict[str, nn.Linear]:
     """One copy of the base classifier per rank / count, fine-tuned on its own images."""
-    offsets = store.check_index(data.train.index.n_imgs)
-    n_imgs = data.train.index.n_imgs
-
-    def images(rows):
-        t = image_table(n_imgs, rows)
-        r, c = route(t.rank, n_imgs[t.product_row])
-        return t, r, c
-
-    (tr, tr_rank, tr_count), (va, va_rank, va_count) = images(train_rows), images(val_rows)
-    selectors = {name: (tr_rank == i, va_rank == i) for i, name in enumerate(RANK_MODELS)}
-    selectors |= {name: (tr_count == i, va_count == i) for i, name in enumerate(COUNT_MODELS)}
+    cfg, n_imgs, labels = job.cfg, job.data.train.index.n_imgs, job.data.labels
+    train = StoredImages(store, n_imgs, train_rows, labels[train_rows], "random")
+    val = StoredImages(store, n_imgs, val_rows, labels[val_rows], "orig")
+    selectors = {name: (train.rank_i == i, val.rank_i == i) for i, name in enumerate(RANK_MODELS)}
+    selectors |= {name: (train.count_i == i, val.count_i == i) for i, name in enumerate(COUNT_MODELS)}
     models = {}
     for name, (tsel, vsel) in selectors.items():
-        model = nn.Linear(base.in_features, base.out_features)
-        model.load_state_dict(base.state_dict())
+        model = copy.deepcopy(base)
         if tsel.any() and vsel.any():
-            train_set = StoredImages(store, offsets, tr.product_row[tsel], tr.rank[tsel], data.labels[tr.product_row[tsel]], True)
-            val_set = StoredImages(store, offsets, va.product_row[vsel], va.rank[vsel], data.labels[va.product_row[vsel]], False)
-            result = fit(cfg, model, train_set, val_set, collate_stored, stored_batch(store.meta.clip), out / name, runtime, resume)
-            model.load_state_dict(load_checkpoint(result.last)["model"])
-        models[name] = model.eval().to(runtime.device)
+            model = fit(cfg, model, train_loader(train.subset(tsel), cfg, job.runtime, collate_stored),
+                        eval_loader(val.subset(vsel), cfg, job.runtime, collate_stored), stored_batch(store.meta.clip), job.out / name, job.runtime)
+        models[name] = model
     return models
 
 
-def _probs_by_route(models: list[nn.Module], which: np.ndarray, x: torch.Tensor) -> torch.Tensor:
-    out = torch.empty(x.shape[0], models[0].out_features, device=x.device)
-    for i, model in enumerate(models):
-        sel = torch.from_numpy(which == i).to(x.device)
-        if sel.any():
-            out[sel] = model(x[sel]).softmax(1)
+def predict_combined(net: RankCountNet, store: FeatureStore, reader, rows: np.ndarray, cfg: RankCountConfig, runtime: Runtime, desc: str) -> TopK:
+    """The products at index `rows`: every stored image through the net, copies averaged, a geometric mean per product."""
+    n_imgs = reader.index.n_imgs
+    return predict(net, StoredImages(store, n_imgs, rows, None, "all"), collate_stored, Items.images(reader.index.ids[rows], n_imgs[rows]),
+                   stored_batch(store.meta.clip, routed=True), cfg, runtime, views=copy_views_routed(store.meta.views), desc=desc)
+
+
+def copy_views_routed(stored: list[str]) -> dict:
+    """TTA views over stored copies for routed inputs (x [n, copies, D], rank_i, count_i)."""
+    return {name: (lambda inputs, i=i: (inputs[0][:, i], *inputs[1:])) for i, name in enumerate(stored)}
+
+
+def variant_counts(job: FoldJob, specialists, base, store, val_rows, oof: TopK) -> dict:
+    """Correct OOF top-1 of each combination (base alone vs + rank / count), for the report."""
+    one = dataclasses.replace(job.cfg, topk=1)
+    out = {}
+    for variant, (r, c, b) in VARIANTS.items():
+        w = (job.cfg.rank_weight * r, job.cfg.count_weight * c, job.cfg.base_weight * b)
+        p = oof if variant == "rank_count" else predict_combined(RankCountNet(specialists, base, w), store, job.data.train, val_rows, one,
+                                                                  job.runtime, f"oof {variant}")
+        truth = job.data.labels[job.data.train.index.positions_of(p.ids)]
+        out[variant] = {"correct": int((p.top1 == truth).sum()), "products": len(p)}
     return out
 
 
-@torch.no_grad()
-def predict_combined(cfg: RankCountConfig, store: FeatureStore, n_imgs, ids, rows, models, base, runtime, chunk_products: int = 2048) -> tuple[TopK, dict[str, TopK]]:
-    """Per image the weighted sum of rank, count and base probabilities (flip copies averaged),
-    a geometric mean over the product's images; also the top-1 of each VARIANT (for the report)."""
-    offsets = store.check_index(n_imgs)
-    rows = rows[runtime.rank :: runtime.world]
-    weights = {"base": (0, 0, cfg.base_weight), "rank": (cfg.rank_weight, 0, cfg.base_weight),
-               "count": (0, cfg.count_weight, cfg.base_weight), "rank_count": (cfg.rank_weight, cfg.count_weight, cfg.base_weight)}
-    main, variants = [], {v: [] for v in VARIANTS}
-    for start in range(0, len(rows), chunk_products):
-        chunk = rows[start : start + chunk_products]
-        t = image_table(n_imgs, chunk)
-        feats, ok = store.images(offsets, t.product_row, t.rank)
-        rank_i, count_i = route(t.rank, n_imgs[t.product_row])
-        terms = torch.zeros(3, len(t), base.out_features, device=runtime.device)
-        for f in range(feats.shape[1]):
-            x = torch.from_numpy(feats[:, f]).to(runtime.device).float() * (store.meta.clip / 255.0)
-            terms[0] += _probs_by_route([models[m] for m in RANK_MODELS], rank_i, x)
-            terms[1] += _probs_by_route([models[m] for m in COUNT_MODELS], count_i, x)
-            terms[2] += base(x).softmax(1)
-        terms /= feats.shape[1]
-        pos, okt = torch.from_numpy(t.product_pos).to(runtime.device), torch.from_numpy(ok).to(runtime.device)
-        for v, w in weights.items():
-            p = sum(wi * term for wi, term in zip(w, terms)) / sum(w)
-            group, agg = aggregate(p, pos, okt, cfg.aggregate)
-            k = min(cfg.topk, agg.shape[1]) if v == "rank_count" else 1
-            top = agg.topk(k, dim=1)
-            part = TopK(np.asarray(ids[chunk[group.cpu().numpy()]], np.int64), top.indices.cpu().numpy().astype(np.int16), top.values.cpu().numpy().astype(np.float16))
-            (main if v == "rank_count" else variants[v]).append(part)
-            if v == "rank_count":
-                variants[v].append(TopK(part.ids, part.labels[:, :1], part.probs[:, :1]))
-    joined = {v: gather_topk(runtime, _concat(parts, 1)) for v, parts in variants.items()}
-    return gather_topk(runtime, _concat(main, min(cfg.topk, base.out_features))), joined
-
-
-def _concat(parts: list[TopK], k: int) -> TopK:
-    return concat_topk(parts) if parts else TopK(np.zeros(0, np.int64), np.zeros((0, k), np.int16), np.zeros((0, k), np.float16))
-
-
-def run_fold(cfg: RankCountConfig, data: FoldData, work, fold: int, runtime: Runtime, resume: bool) -> None:
-    out = begin_fold(cfg, work, fold, runtime)
-    if out is None:
-        return
+def rank_count_fold(job: FoldJob) -> FoldOutput:
+    cfg, data = job.cfg, job.data
     if not cfg.base:
         raise DataError(f"rank_count recipe {cfg.name}: `base` names no base recipe")
-    features = work.features(cfg.solution, cfg.base, fold)
+    features = job.work.features(cfg.solution, cfg.base, job.fold)
     train_store, test_store = FeatureStore(features, "train"), FeatureStore(features, "test")
-    base = load_base_classifier(features / "classifier.pt").eval().to(runtime.device)
-    train_rows, val_rows = data.rows(fold)
+    if set(cfg.tta) - set(train_store.meta.views):
+        raise DataError(f"rank_count recipe {cfg.name}: tta {cfg.tta} needs views the base net did not store ({train_store.meta.views})")
+    base = load_base_classifier(features / "classifier.pt").eval().to(job.runtime.device)
+    train_rows, val_rows = job.rows
     train_rows = np.intersect1d(train_rows, train_store.rows)
     val_rows = val_rows[data.train.index.n_imgs[val_rows] > 0]
-    models = finetune_specialists(cfg, data, train_store, base, train_rows, val_rows, out, runtime, resume)
-    oof, variants = predict_combined(cfg, train_store, data.train.index.n_imgs, data.train.index.ids, val_rows, models, base, runtime)
-    test, _ = predict_combined(cfg, test_store, data.test.index.n_imgs, data.test.index.ids, data.test_rows, models, base, runtime)
-    if runtime.is_main:
-        write_json(out / "variants.json", {v: {"correct": int((p.top1 == data.labels[data.train.index.positions_of(p.ids)]).sum()), "products": len(p)}
-                                           for v, p in variants.items()})
-    finish_fold(out, oof, test, runtime)
+    specialists = finetune_specialists(job, train_store, base, train_rows, val_rows)
+    net = RankCountNet(specialists, base, (cfg.rank_weight, cfg.count_weight, cfg.base_weight))
+    oof = predict_combined(net, train_store, data.train, val_rows, cfg, job.runtime, "oof")
+    test = predict_combined(net, test_store, data.test, data.test_rows, cfg, job.runtime, "test")
+    return FoldOutput(oof, test, {"variants": variant_counts(job, specialists, base, train_store, val_rows, oof)})
 
 
-def variant_summary(cfg: RankCountConfig, work, folds: list[int]) -> dict:
-    """OOF product accuracy of each combination over the folds (base alone vs + rank / count)."""
-    import json
-
+def merge_variants(extras: list[dict]) -> dict:
+    """OOF product accuracy of each combination over the folds."""
     totals = {v: [0, 0] for v in VARIANTS}
-    for k in folds:
-        path = work.model_dir(cfg.solution, cfg.name, k) / "variants.json"
-        if path.exists():
-            for v, c in json.loads(path.read_text()).items():
-                if v in totals:
-                    totals[v][0] += c["correct"]
-                    totals[v][1] += c["products"]
-    return {v: round(c / max(n, 1), 5) for v, (c, n) in totals.items()}
+    for extra in extras:
+        for v, c in extra.get("variants", {}).items():
+            totals[v][0] += c["correct"]
+            totals[v][1] += c["products"]
+    return {"oof_variants": {v: round(c / max(n, 1), 5) for v, (c, n) in totals.items()}}

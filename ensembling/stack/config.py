@@ -1,0 +1,42 @@
+"""The stacker's options: every field is also a command-line flag (common/cli.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from common.errors import DataError
+from common.predictions import DEFAULT_K
+
+OBJECTIVES: dict[str, dict] = {
+    "binary": {"objective": "binary:logistic"},
+    "rank": {"objective": "rank:pairwise"},
+}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class StackConfig:
+    sources: list[str] = field(default_factory=list)  # empty: discover
+    include_blends: bool = False
+    candidates_per_source: int = 0  # 0 = all K labels of every source
+    objective: str = "binary"
+    rounds: int = 200
+    learning_rate: float = 0.1
+    max_depth: int = 6
+    min_child_weight: float = 1.0
+    subsample: float = 0.8
+    colsample_bytree: float = 0.8
+    max_bin: int = 256
+    max_train_products: int = 0  # 0 = every OOF product
+    chunk_products: int = 100_000
+    device: str = "auto"
+    nthread: int = 0  # 0 = every core
+    seed: int = 0
+    topk: int = DEFAULT_K
+    export_features: str = ""
+    model: str = ""  # predict with this saved model instead of training (no CV)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise DataError(f"stack option objective={self.objective!r}: choose from {sorted(OBJECTIVES)}")
+        if self.device not in DEVICES:
+            raise DataError(f"stack option device={self.device!r}: choose from {list(DEVICES)}")

@@ -1,0 +1,237 @@
+"""The MD5 dictionary stage: fold-honest duplicate look-ups as a side source (preds/md5), the 3rd place's override.
+
+    python -m md5.run --work work [--alpha 2] [--max-labels 5] [--override-base dylan] [--write-submissions]
+
+Sellers reuse pictures: on the real data 12.37M train images have 7.77M distinct MD5s, and the
+3rd place gave a test image whose MD5 appears in train that train label (+0.003..0.005 LB).
+
+1. Hash every train and test image, streaming the BSON through the index (work/md5/{train,test}
+   _hashes.npy: per image its index row, rank and 16-byte MD5; reused while the index is current).
+2. Per hash, the label counts of the train products holding it (a product counts once per hash).
+   Honesty: fold k's products are looked up in the counts WITHOUT fold k (fold -1 products always
+   count, excluded products never), so no product sees its own label or its fold's.
+3. A hash votes with weight purity**alpha (purity = its top label's share); a hash shared by
+   >= max_labels distinct labels, or less pure than min_purity, is ignored: "no photo"
+   placeholders repeat across unrelated categories and would otherwise vote blindly. For OOF
+   rows this too is decided on the dictionary without the fold (deciding it with the fold's own
+   labels would drop exactly the votes that a product's own odd label makes wrong: a leak).
+4. Per product: the weighted mean of its hashes' label shares, times a confidence = the largest
+   weight among them (a 100%-pure hash gives its label probability 1, a hash split 60/40 gives
+   0.6**alpha spread over the two). The rest of the mass is left unassigned, so a later stacker
+   can read a low total as low trust. Products without a usable match get no row.
+5. Override (the 3rd place's rule): a product whose usable hashes all point to ONE label takes
+   it. Reported on OOF (share, accuracy) and test; applied to --override-base sources, whose
+   accuracy before/after is reported (and, with --write-submissions, submitted).
+
+Writes work/preds/md5/{oof,test}.npz + summary.json.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from common.cli import parse_stage, run
+from common.folds import EXCLUDED
+from common.ids import lookup
+from common.metrics import accuracy
+from common.paths import WorkDir
+from common.predictions import load_topk, save_topk
+from common.sources import BLENDS, list_sources, write_summary
+from common.submission import submission_from_topk
+from common.workdata import FoldData, Labels, load_fold_data
+
+from .dictionary import (
+    Dictionary,
+    Votes,
+    override,
+    product_hash_pairs,
+    unique_pairs,
+    vote,
+)
+from .hashing import digest_keys, group_ids, load_or_hash
+
+SOURCE = "md5"
+RECORDED = {"value": None, "what": "MD5 dictionary: +0.003..0.005 on dylan's ensemble (0.78998 -> 0.79046)", "measured_on": "Kaggle private LB"}
+
+
+@dataclass
+class Md5Options:
+    alpha: float = 2.0  # vote weight = purity ** alpha
+    max_labels: int = 5  # a hash carried by this many distinct labels or more is ignored (placeholders)
+    min_purity: float = 0.0  # a hash whose top label share is below this is ignored
+    topk: int = 20
+    workers: int = 0  # hashing processes; 0 = every core
+    override_base: list[str] = field(default_factory=list)  # sources to apply the override to (default: every solution / team blend)
+    write_submissions: bool = False  # write submissions/<base>_md5_override.csv.gz
+
+
+@dataclass
+class HashedData:
+    data: FoldData
+    train: np.ndarray  # HASH_DTYPE per train image
+    test: np.ndarray
+    train_hash: np.ndarray  # hash id per train image
+    test_hash: np.ndarray
+    n_hash: int
+
+
+def hash_data(work: WorkDir, data: FoldData, workers: int, progress: bool) -> tuple[HashedData, dict]:
+    train, m_train = load_or_hash(work, "train", data.train, workers, progress)
+    test, m_test = load_or_hash(work, "test", data.test, workers, progress)
+    ids, n_hash = group_ids(np.concatenate([digest_keys(train["md5"]), digest_keys(test["md5"])]))
+    return HashedData(data, train, test, ids[: len(train)], ids[len(train) :], n_hash), {"train": m_train, "test": m_test}
+
+
+def train_dictionaries(h: HashedData) -> tuple[Dictionary, dict[int, Dictionary]]:
+    """The dictionary of every usable labelled train product, and each fold's share of it."""
+    data = h.data
+    hsh, rows = unique_pairs(h.train_hash, h.train["row"])
+    usable = (data.labels[rows] >= 0) & (data.fold[rows] != EXCLUDED)
+    hsh, rows = hsh[usable], rows[usable]
+    c = len(data.tree)
+    full = Dictionary.build(hsh, data.labels[rows], h.n_hash, c)
+    folds = sorted(int(f) for f in np.unique(data.fold) if f >= 0)
+    per_fold = {k: Dictionary.build(hsh[data.fold[rows] == k], data.labels[rows][data.fold[rows] == k], h.n_hash, c) for k in folds}
+    return full, per_fold
+
+
+def oof_votes(h: HashedData, full: Dictionary, per_fold: dict[int, Dictionary], opts: Md5Options) -> Votes:
+    """Each fold's products voted by the dictionary without that fold (fold -1 never queried)."""
+    parts = []
+    for k, fold_dict in per_fold.items():
+        rows = np.flatnonzero(h.data.fold == k)
+        q, hh = product_hash_pairs(h.train, h.train_hash, rows)
+        parts.append(vote(full - fold_dict, q, hh, np.asarray(h.data.train.index.ids[rows], np.int64), opts))
+    return Votes.concat(parts) if parts else vote(full, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), opts)
+
+
+def test_votes(h: HashedData, full: Dictionary, opts: Md5Options) -> Votes:
+    rows = np.arange(len(h.data.test.index))
+    q, hh = product_hash_pairs(h.test, h.test_hash, rows)
+    return vote(full, q, hh, np.asarray(h.data.test.index.ids, np.int64), opts)
+
+
+# ---------------------------------------------------------------------------------------------
+# reports
+
+
+def dictionary_report(full: Dictionary, h: HashedData, opts: Md5Options, top: int = 3) -> dict:
+    """Hash counts, conflicting labels, and the ignored hashes that carry the most products."""
+    n, distinct, purity = full.stats()
+    w = full.weights(opts)
+    ignored = np.flatnonzero((n > 0) & (w == 0))
+    worst = ignored[np.argsort(-n[ignored], kind="stable")[:top]]
+    first_image = np.full(h.n_hash, -1, np.int64)
+    first_image[h.train_hash[::-1]] = np.arange(len(h.train_hash))[::-1]
+    indptr, indices, level1 = full.counts.indptr, full.counts.indices, h.data.tree.level1_of
+
+    def describe(hid: int) -> dict:
+        digest = np.ascontiguousarray(h.train["md5"][first_image[hid] : first_image[hid] + 1]).view("u1").tobytes().hex()
+        return {"md5": digest, "train_products": int(n[hid]), "distinct_labels": int(distinct[hid]),
+                "level1_groups": len(set(level1[indices[indptr[hid] : indptr[hid + 1]]])), "purity": round(float(purity[hid]), 3)}
+
+    return {
+        "train_images": int(len(h.train)), "test_images": int(len(h.test)), "distinct_hashes": h.n_hash,
+        "distinct_train_hashes": int(len(np.unique(h.train_hash))),
+        "hashes_of_labelled_train_products": int((n > 0).sum()),
+        "hashes_with_conflicting_labels": int((distinct > 1).sum()),
+        "ignored_hashes": int(len(ignored)),
+        "most_shared_ignored_hashes": [describe(int(hid)) for hid in worst],
+    }
+
+
+def votes_report(v: Votes, true: np.ndarray | None) -> dict:
+    """Match shares; with the truth per query product, the vote source's and the override's accuracy."""
+    n = len(v.ids)
+    out = {"products": n, "share_with_any_match": float(v.any_match.mean()) if n else None,
+           "share_with_usable_match": len(v.preds) / n if n else None,
+           "share_with_unique_label_match": float(v.unique_label.mean()) if n else None,
+           "override_products": int(v.unique_label.sum()),
+           "mean_top_probability_on_matched": float(v.preds.probs[:, 0].astype(np.float32).mean()) if len(v.preds) else None}
+    if true is not None and n:
+        order = np.argsort(v.ids, kind="stable")
+        true_of_pred = true[order[lookup(v.ids[order], v.preds.ids)[0]]]
+        out["vote_accuracy_on_matched"] = accuracy(v.preds.top1, true_of_pred) if len(v.preds) else None
+        out["override_accuracy_on_unique"] = accuracy(v.unique_of[v.unique_label], true[v.unique_label]) if v.unique_label.any() else None
+    return out
+
+
+def base_report(work: WorkDir, base: str, oof_v: Votes, test_v: Votes, labels: Labels, data: FoldData,
+                truth: np.ndarray | None, write: bool) -> dict:
+    """A source's OOF (and mini test) accuracy before and after the override; optional submission."""
+    oof, test = load_topk(work.preds(base) / "oof.npz"), load_topk(work.preds(base) / "test.npz")
+    new_oof = override(oof, oof_v.ids[oof_v.unique_label], oof_v.unique_of[oof_v.unique_label])
+    new_test = override(test, test_v.ids[test_v.unique_label], test_v.unique_of[test_v.unique_label])
+    unique_ids = oof_v.ids[oof_v.unique_label]
+    out = {"oof_accuracy": accuracy(oof.top1, labels.of(oof.ids)), "oof_accuracy_with_override": accuracy(new_oof.top1, labels.of(new_oof.ids)),
+           "oof_base_accuracy_on_overridden": accuracy(oof.top1_of(unique_ids), labels.of(unique_ids)),
+           "oof_changed": int((oof.top1 != new_oof.top1).sum()), "test_changed": int((test.top1 != new_test.top1).sum())}
+    if truth is not None:
+        ids, known = np.asarray(data.test.index.ids, np.int64), truth >= 0
+        out["test_accuracy"] = accuracy(test.top1_of(ids[known]), truth[known])
+        out["test_accuracy_with_override"] = accuracy(new_test.top1_of(ids[known]), truth[known])
+        sel = known & test_v.unique_label  # test_v is in index-row order
+        out["test_base_accuracy_on_overridden"] = accuracy(test.top1_of(ids[sel]), truth[sel])
+    if write:
+        sub, _ = submission_from_topk(work.submissions / f"{base}_md5_override.csv.gz", new_test, np.asarray(data.test.index.ids), data.tree, labels.fallback)
+        out["submission"] = str(sub)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+
+
+def run_md5(work: WorkDir, opts: Md5Options, progress: bool = True) -> dict:
+    """Hash, build the dictionaries, vote, write preds/md5/ and its summary; returns the summary."""
+    t0 = time.perf_counter()
+    data = load_fold_data(work)
+    h, hashing = hash_data(work, data, opts.workers or os.cpu_count() or 1, progress)
+    full, per_fold = train_dictionaries(h)
+    oof_v, test_v = oof_votes(h, full, per_fold, opts), test_votes(h, full, opts)
+    out = work.preds(SOURCE)
+    save_topk(out / "oof.npz", oof_v.preds)
+    save_topk(out / "test.npz", test_v.preds)
+    labels, truth = Labels.load(work), data.test_truth()
+    bases = opts.override_base or [s.name for s in list_sources(work, BLENDS)]
+    return write_summary(
+        work, SOURCE, "side source", recorded=RECORDED, options=asdict(opts), hashing=hashing,
+        dictionary=dictionary_report(full, h, opts), oof=votes_report(oof_v, labels.of(oof_v.ids)), test=votes_report(test_v, truth),
+        override={b: base_report(work, b, oof_v, test_v, labels, data, truth, opts.write_submissions) for b in bases},
+        seconds=round(time.perf_counter() - t0, 1))
+
+
+def print_summary(s: dict) -> None:
+    d = s["dictionary"]
+    print(f"md5: {d['train_images']} train + {d['test_images']} test images, {d['distinct_hashes']} distinct hashes, "
+          f"{d['hashes_with_conflicting_labels']} with conflicting labels, {d['ignored_hashes']} ignored (>= {s['options']['max_labels']} labels)")
+    for x in d["most_shared_ignored_hashes"]:
+        print(f"  ignored {x['md5']}: {x['train_products']} train products, {x['distinct_labels']} labels in {x['level1_groups']} level-1 groups")
+    for split in ("oof", "test"):
+        r = s[split]
+        line = (f"  {split}: {r['products']} products, any match {r['share_with_any_match']:.3f}, usable {r['share_with_usable_match']:.3f}, "
+                f"unique label {r['share_with_unique_label_match']:.3f}")
+        if r.get("override_accuracy_on_unique") is not None:
+            line += f"; override accuracy {r['override_accuracy_on_unique']:.4f}, vote accuracy on matched {r['vote_accuracy_on_matched']:.4f}"
+        print(line)
+    for base, r in s["override"].items():
+        line = (f"  override on {base}: OOF {r['oof_accuracy']:.4f} -> {r['oof_accuracy_with_override']:.4f} "
+                f"({base} alone on the overridden products: {r['oof_base_accuracy_on_overridden']:.4f})")
+        if "test_accuracy" in r:
+            line += (f", mini test {r['test_accuracy']:.4f} -> {r['test_accuracy_with_override']:.4f} "
+                     f"({base} alone on the overridden: {r['test_base_accuracy_on_overridden']:.4f})")
+        print(line)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_stage(argv, __doc__, Md5Options)
+    summary = run_md5(args.work, args.options, progress=args.progress)
+    print_summary(summary)
+    return summary
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,5 @@
+from common.cli import run
+
+from .generate import main
+
+run(main)
