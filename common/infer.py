@@ -75,7 +75,7 @@ def product_batches(items: Items, budget: int, rank: int = 0, world: int = 1) ->
     """Item indices per batch for this rank: whole products, cost <= budget (a product costing more
     is a batch alone), one key per batch."""
     start = np.r_[0, np.cumsum(items.n_items)]
-    cost = items.n_items if items.cost is None else np.asarray(items.cost)
+    cost = np.asarray(items.n_items if items.cost is None else items.cost, np.int64)  # the index's n_imgs is int8
     mine = shard(len(items), rank, world)
     if items.key is not None:
         mine = mine[np.argsort(np.asarray(items.key)[mine], kind="stable")]

@@ -1,9 +1,9 @@
 """Reading images with tesseract: preprocessing steps, worker processes, a text cache per image MD5.
 
 Default reading (bench/bench_ocr.py, 200 mini media products / 388 images, one core, 64 images
-per tesseract call; keyword read rate, images/s): plain psm 3 0.715, 66; psm 11 (sparse text)
-0.815, 53; + a white margin ("pad") 0.835, 61; + Otsu binarisation 0.840, 80. Grey instead of
-Otsu: 0.830, 72. Upscaling x2 lost 2-4 points with psm 11 at half the speed (0.795, 30). So:
+per tesseract call; keyword read rate, images/s): plain psm 3 0.715, 79; psm 11 (sparse text)
+0.815, 71; + a white margin ("pad") 0.835, 74; + Otsu binarisation 0.840, 91. Grey instead of
+Otsu: 0.830, 89. Upscaling x2 lost 2-4 points with psm 11 at half the speed (0.795, 36). So:
 pad + otsu, psm 11. Batching (run_tesseract) is the big speed lever: one call per image reads
 ~5 images/s, 64 per call ~75 on the same covers.
 

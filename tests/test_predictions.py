@@ -75,11 +75,14 @@ def test_product_batches_cover_every_product_once_on_any_number_of_ranks(world):
 
 
 def test_product_batches_never_mix_keys():
-    k = np.array([1, 2, 1, 4, 2, 1, 4])
+    k = np.array([1, 2, 1, 4, 2, 1, 4], np.int8)  # image counts come from the index as int8
     items = Items.products(np.arange(7), cost=k, key=k)
     batches = [b for rank in range(2) for b in product_batches(items, 4, rank, 2)]
     assert sorted(i for b in batches for i in b) == list(range(7))
     assert all(len({int(k[i]) for i in b}) == 1 and k[b].sum() <= 4 or len(b) == 1 for b in batches)
+    many = np.full(400, 4, np.int8)  # a budget far above int8's range: the running cost must not wrap
+    big = product_batches(Items.products(np.arange(400), cost=many, key=many), 256)
+    assert [len(b) for b in big] == [64] * 6 + [16]
 
 
 def test_average_topk_matches_dense_mean():

@@ -92,3 +92,27 @@ def test_run_all_killed_inside_stages_and_restarted_gives_the_same_submissions(s
 def test_run_all_rejects_unknown_arguments(tmp_path):
     done = subprocess.run(["bash", str(REPO / "run_all.sh"), "--only", "nonsense", "--work", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 2 and "unknown stage" in done.stderr
+
+
+@pytest.mark.slow
+def test_run_all_under_torchrun_two_processes_covers_every_product_once(tmp_path):
+    """`--nproc 2`: every training and predicting stage under torchrun (gloo on a CPU); every
+    model's OOF file covers every train product of folds.csv once, every submission every test product."""
+    import numpy as np
+
+    from common.predictions import load_topk
+    from common.sources import list_sources
+    from common.paths import WorkDir
+
+    work = tmp_path / "work"
+    out = run_all("--preset", "tiny", "--work", str(work), "--nproc", "2")
+    assert "Final submission" in out
+    folds = pd.read_csv(work / "folds.csv")
+    models = list_sources(WorkDir(work), ["model"])
+    assert len(models) == 6  # dylan 1, bestfitting 1, convoluted 4
+    for source in models:
+        oof = load_topk(work / "preds" / source.name / "oof.npz")
+        assert np.array_equal(oof.ids, np.sort(folds["_id"].to_numpy())), source.name
+    test_ids = sorted(pd.read_csv(work / "mini" / "test_labels.csv")["_id"])
+    for solution in SUBMISSIONS:
+        assert sorted(pd.read_csv(work / "submissions" / f"{solution}.csv.gz")["_id"]) == test_ids, solution

@@ -30,11 +30,13 @@ sample: --max-train-products) and predicts test.
 Which sources: every finished source of the registry (common/sources.py) except ablations and
 except blends whose members are all stacked already: a blend is a fixed function of its members,
 which the trees see already (with mean/geo features), so it adds only correlated columns. Measured
-on the mini data (8 sources, 3 folds): CV 0.8318 without the 3 blends, 0.8305 with them (+9
-features, 30% slower; the folds spread by 0.002). `--include-blends` keeps them. Blends are always
-scored as baselines. Same measurement for the other choices: rank:pairwise 0.8320 (50% slower
-than binary 0.8318); --candidates-per-source 10: 0.8318, candidate recall 0.961 instead of 0.982,
-half the rows (the setting for the full data, where K=20 from ~30 sources would be large).
+on the mini data (8 sources, 3 folds, `python -m ensembling.stack --work W [option]` on the work
+dir of a fresh ./run_all.sh): CV 0.8323 without the 3 blends, 0.8332 with them (+9 features, 19%
+slower; the folds alone spread from 0.8290 to 0.8385, so neither differs beyond noise).
+`--include-blends` keeps them. Blends are always scored as baselines. Same measurement for the
+other choices: rank:pairwise 0.8348 (39% slower than binary); --candidates-per-source 10: 0.8340,
+candidate recall 0.962 instead of 0.981, 36% faster (the setting for the full data, where K=20
+from ~30 sources would be large).
 
 Memory: features are built per chunk of products (`--chunk-products`) and fed to XGBoost through
 a DataIter into a QuantileDMatrix (1 byte per value, chunks rebuilt on each pass instead of
