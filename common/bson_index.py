@@ -131,7 +131,7 @@ def load_index(prefix: str | os.PathLike, mmap: bool = True) -> ProductIndex:
     prefix = Path(prefix)
     meta_path, rows_path = prefix.with_suffix(".json"), prefix.with_suffix(".npy")
     if not meta_path.exists() or not rows_path.exists():
-        raise FileNotFoundError(f"no index at {prefix} (.json/.npy); build it with python -m common.bson_index")
+        raise FileNotFoundError(f"no index at {prefix} (.json/.npy); build it with python -m common.prepare")
     meta = json.loads(meta_path.read_text())
     rows = np.load(rows_path, mmap_mode="r" if mmap else None, allow_pickle=False)
     if len(rows) != meta.get("products"):

@@ -232,22 +232,18 @@ def profile_recipes(solution: str, profile: str, kinds: dict[str, RecipeKind], d
 
 def train_main(solution: str, kinds: dict[str, RecipeKind], default: str, argv: list[str] | None = None, description: str = "") -> dict | None:
     """`--config recipe.yaml [--work W] [--any-recipe-option V]`: every fold of one recipe; or
-    `--profile mini|full [--work W] ...`: every recipe of the profile in the order they require."""
+    `--profile mini|full [--work W] ...`: every recipe of the profile in the order they require
+    (one process, so one torchrun launch and one process group for all of them)."""
+    import argparse
     import sys
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    return _train(solution, kinds, default, argv, description)
-
-
-def _train(solution: str, kinds: dict[str, RecipeKind], default: str, argv: list[str], description: str) -> dict | None:
-    import argparse
-
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--profile", choices=["mini", "full"])
     known, rest = pre.parse_known_args(argv)
     if known.profile:
         recipes = profile_recipes(solution, known.profile, kinds, default)
-        summaries = [_train(solution, kinds, default, ["--config", str(p), *rest], description) for p in recipes]
+        summaries = [train_main(solution, kinds, default, ["--config", str(p), *rest], description) for p in recipes]
         return summaries[-1] if summaries else None
     args = parse_stage(argv, description, kind_of(kinds, default), config_required=True)
     return run_recipe(args.options, args.work, kinds[args.options.stage])

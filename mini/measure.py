@@ -21,7 +21,7 @@ from . import covers
 from .generate import category_looks
 
 # ---------------------------------------------------------------------------------------------
-# measuring a written dataset: python -m common.mini --out DIR --measure
+# measuring a written dataset: python -m mini --work W --measure
 
 
 def md5(data: bytes) -> str:

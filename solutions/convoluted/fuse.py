@@ -106,8 +106,9 @@ def views_batch(clip: np.ndarray):
 
 
 def copy_views(stored: list[str]) -> dict:
-    """TTA views over stored copies: inputs (x [B, copies, V, D], mask) -> (x[:, i], mask)."""
-    return {name: (lambda inputs, i=i: (inputs[0][:, i], inputs[1])) for i, name in enumerate(stored)}
+    """TTA views over the stored copies (one per base-net TTA view): inputs whose first tensor has
+    the copies on axis 1 (x [B, copies, ...], then the head's other arguments) -> (x[:, i], ...)."""
+    return {name: (lambda inputs, i=i: (inputs[0][:, i], *inputs[1:])) for i, name in enumerate(stored)}
 
 
 def open_views(job: FoldJob, split: str, n_imgs: np.ndarray) -> StoredViews:

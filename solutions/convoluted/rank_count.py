@@ -29,6 +29,7 @@ from common.recipe import FoldJob, FoldOutput
 from common.train import Batch, Runtime, eval_loader, fit, load_checkpoint, train_loader
 
 from .feature_store import FeatureStore, dequantise
+from .fuse import copy_views
 
 RANK_MODELS = ("rank1", "rank2_4")
 COUNT_MODELS = ("count1", "count2", "count3", "count4")
@@ -164,12 +165,7 @@ def predict_combined(net: RankCountNet, store: FeatureStore, reader, rows: np.nd
     """The products at index `rows`: every stored image through the net, copies averaged, a geometric mean per product."""
     n_imgs = reader.index.n_imgs
     return predict(net, StoredImages(store, n_imgs, rows, None, "all"), collate_stored, Items.images(reader.index.ids[rows], n_imgs[rows]),
-                   stored_batch(store.meta.clip, routed=True), cfg, runtime, views=copy_views_routed(store.meta.views), desc=desc)
-
-
-def copy_views_routed(stored: list[str]) -> dict:
-    """TTA views over stored copies for routed inputs (x [n, copies, D], rank_i, count_i)."""
-    return {name: (lambda inputs, i=i: (inputs[0][:, i], *inputs[1:])) for i, name in enumerate(stored)}
+                   stored_batch(store.meta.clip, routed=True), cfg, runtime, views=copy_views(store.meta.views), desc=desc)
 
 
 def variant_counts(job: FoldJob, specialists, base, store, val_rows, oof: TopK) -> dict:
