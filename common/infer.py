@@ -133,13 +133,13 @@ def tta_probs(model: nn.Module, inputs, views: list[str], table: dict[str, View]
 
 @torch.no_grad()
 def predict(model: nn.Module, dataset: Dataset, collate: Callable, items: Items, to_batch: BatchFn, cfg: TrainConfig, runtime: Runtime,
-            views: dict[str, View] = VIEWS, batch_budget: int | None = None, desc: str = "predict",
+            views: dict[str, View] = VIEWS, desc: str = "predict",
             after_batch: Callable[[dict, Batch], None] | None = None) -> TopK:
     """Top-K per product with at least one usable item, sorted by _id, every rank getting the whole."""
     model.eval().to(runtime.device)
-    batches = product_batches(items, batch_budget or cfg.eval_batch_size, runtime.rank, runtime.world)
+    batches = product_batches(items, cfg.eval_batch_size, runtime.rank, runtime.world)
     loader = DataLoader(dataset, batch_sampler=ListSampler(batches), collate_fn=collate, num_workers=cfg.num_workers, pin_memory=runtime.cuda)
-    parts, unusable, k = [], 0, cfg.topk
+    parts, unusable = [], 0
     for raw in track(loader, f"{desc} {cfg.name}", enabled=runtime.is_main, unit="batch"):
         batch = to_batch(raw, runtime)
         p = tta_probs(model, batch.inputs, cfg.tta, views, cfg, runtime)
@@ -147,8 +147,7 @@ def predict(model: nn.Module, dataset: Dataset, collate: Callable, items: Items,
             after_batch(raw, batch)
         unusable += int((~batch.ok).sum())
         pos, agg = aggregate(p, raw["pos"].to(runtime.device), batch.ok, cfg.aggregate)
-        k = min(cfg.topk, agg.shape[1])
-        top = agg.topk(k, dim=1)
+        top = agg.topk(min(cfg.topk, agg.shape[1]), dim=1)
         parts.append(TopK(items.ids[pos.cpu().numpy()], top.indices.cpu().numpy().astype(np.int16), top.values.cpu().numpy().astype(np.float16)))
     if unusable:
         log.warning("%s %s: %d inputs could not be used (undecodable images, no stored view) and were left out of their products", desc, cfg.name, unusable)
