@@ -6,15 +6,20 @@
 #   ./run_all.sh --preset tiny         # the seconds-long mini preset (tests use it)
 #   ./run_all.sh --profile full        # the winners' full recipes (GPUs; used by the training stages)
 #   ./run_all.sh --nproc N             # training/predicting stages under torchrun with N processes (default: one per GPU; gloo on CPU)
+#   ./run_all.sh --protocol holdout    # kfold (the mini default) | holdout (the full default, as the winners: one model per recipe)
+#   ./run_all.sh --holdout-fraction F  # the holdout's share when the 2nd team's 50k ids are not in the data (default 0.05)
+#   ./run_all.sh --profile full --fast-dev-run   # every full recipe, a few steps at a small input: the wiring in minutes (work/fast_dev_run)
 #   ./run_all.sh --from STAGE | --only STAGE | --force
+#   ./run_all.sh --profile full --plan [--data DIR] [--gpus N]   # what the run costs (GPU-hours, disk, RAM), then exit: no stage runs
 # A stage whose outputs exist is skipped, so an interrupted run continues where it stopped.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-DATA="" WORK="$ROOT/work" PRESET="default" PROFILE="mini" FROM="" ONLY="" FORCE=0 SEED=0 N_FOLDS="" NPROC=""
-usage() { sed -n '2,10p' "$0"; exit "${1:-0}"; }
+DATA="" WORK="" PRESET="default" PROFILE="mini" FROM="" ONLY="" FORCE=0 SEED=0 N_FOLDS="" NPROC="" PROTOCOL="" HOLDOUT_FRACTION="0.05" FAST_DEV=0
+PLAN=0 GPUS=""  # --plan: python -m common.plan on --gpus N GPUs, no stage
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --data|--work|--preset|--profile|--from|--only|--seed|--n-folds|--nproc)
+    --data|--work|--preset|--profile|--from|--only|--seed|--n-folds|--nproc|--protocol|--holdout-fraction)
       [ $# -ge 2 ] && [ -n "$2" ] || { echo "run_all.sh: $1 needs a value" >&2; exit 2; } ;;
   esac
   case "$1" in
@@ -29,11 +34,23 @@ while [ $# -gt 0 ]; do
     --seed) SEED="$2"; shift 2 ;;
     --n-folds) N_FOLDS="$2"; shift 2 ;;
     --nproc) NPROC="$2"; shift 2 ;;
+    --protocol) PROTOCOL="$2"; shift 2 ;;
+    --holdout-fraction) HOLDOUT_FRACTION="$2"; shift 2 ;;
+    --fast-dev-run) FAST_DEV=1; shift ;;
+    --plan) PLAN=1; shift ;;
+    --gpus) [[ "${2:-}" =~ ^[0-9]+$ ]] || { echo "run_all.sh: --gpus takes a whole number" >&2; exit 2; }; GPUS="$2"; shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "run_all.sh: unknown argument $1" >&2; usage 2 ;;
   esac
 done
 case "$PROFILE" in mini|full) ;; *) echo "run_all.sh: --profile must be mini or full" >&2; exit 2 ;; esac
+# the winners trained each model once and validated on a holdout; k-fold keeps the mini run's OOF on every product
+[ -n "$PROTOCOL" ] || { [ "$PROFILE" = full ] && PROTOCOL=holdout || PROTOCOL=kfold; }
+case "$PROTOCOL" in kfold|holdout) ;; *) echo "run_all.sh: --protocol must be kfold or holdout" >&2; exit 2 ;; esac
+[[ "$HOLDOUT_FRACTION" =~ ^0?\.[0-9]+$ ]] || { echo "run_all.sh: --holdout-fraction takes a number between 0 and 1, not '$HOLDOUT_FRACTION'" >&2; exit 2; }
+# a fast dev run's models are not a real run's: they never share a work dir unless asked
+[ -n "$WORK" ] || { [ "$FAST_DEV" = 1 ] && WORK="$ROOT/work/fast_dev_run" || WORK="$ROOT/work"; }
+mkdir -p "$WORK"
 for v in "$SEED" "$N_FOLDS" "$NPROC"; do
   [[ -z "$v" || "$v" =~ ^[0-9]+$ ]] || { echo "run_all.sh: --seed, --n-folds and --nproc take a whole number, not '$v'" >&2; exit 2; }
 done
@@ -41,6 +58,12 @@ done
 [ -n "$N_FOLDS" ] || { [ "$PROFILE" = mini ] && N_FOLDS=3 || N_FOLDS=5; }
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
+if [ "$PLAN" = 1 ]; then  # the plan of this run (common/plan.py): counts, GPU-hours, disk, RAM; trains nothing
+  PLAN_ARGS=(--profile "$PROFILE" --work "$WORK" --protocol "$PROTOCOL" --n-folds "$N_FOLDS" --holdout-fraction "$HOLDOUT_FRACTION")
+  [ -n "$DATA" ] && PLAN_ARGS+=(--data "$DATA")
+  [ -n "$GPUS" ] && PLAN_ARGS+=(--gpus "$GPUS")
+  exec python -m common.plan "${PLAN_ARGS[@]}"
+fi
 STAGES=(data index folds stats dylan bestfitting convoluted ocr md5 stack report)
 for s in "$FROM" "$ONLY"; do
   if [ -n "$s" ] && [[ ! " ${STAGES[*]} " =~ " $s " ]]; then
@@ -62,8 +85,12 @@ TEST_LABELS=()
 # training and predicting stages: --nproc N processes under torchrun, else one per GPU when several are visible
 [ -n "$NPROC" ] || NPROC="$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
 if [ "$NPROC" -gt 1 ]; then LAUNCH=(torchrun --standalone --nproc_per_node="$NPROC"); else LAUNCH=(python); fi
+DEV_FLAG=(); [ "$FAST_DEV" = 1 ] && DEV_FLAG=(--fast-dev-run)
+# every recipe of the profile loaded, validated, its network built, its global batch split over the
+# processes and its weight file found, before any stage runs (every problem named at once)
+python -m common.preflight --profile "$PROFILE" --nproc "$((NPROC > 1 ? NPROC : 1))" "${DEV_FLAG[@]}"
 train_solution() {  # train_solution SOLUTION: every recipe of the profile (each after those it requires), then the solution's blend
-  "${LAUNCH[@]}" -m "solutions.$1.train" --profile "$PROFILE" --work "$WORK"
+  "${LAUNCH[@]}" -m "solutions.$1.train" --profile "$PROFILE" --work "$WORK" "${DEV_FLAG[@]}"
   python -m "solutions.$1.submit" --work "$WORK"
 }
 
@@ -93,7 +120,8 @@ if [ -z "$DATA" ]; then
   run_stage data "" python -m mini --work "$WORK" --out "$MINI" --preset "$PRESET" --seed "$SEED" $(force_flag)
 fi
 run_stage index "" python -m common.prepare --work "$WORK" --train "$TRAIN" --test "$TEST" --categories "$CATEGORIES" "${TEST_LABELS[@]}"
-run_stage folds "$WORK/folds.csv" python -m common.folds --work "$WORK" --n-folds "$N_FOLDS" --seed "$SEED"
+# always run: it leaves matching folds alone and stops when the work dir's folds were made otherwise
+run_stage folds "" python -m common.folds --work "$WORK" --protocol "$PROTOCOL" --n-folds "$N_FOLDS" --holdout-fraction "$HOLDOUT_FRACTION" --seed "$SEED" $(force_flag)
 run_stage stats "$WORK/stats/test/stats.json" python -m common.stats --work "$WORK"
 
 run_stage dylan "$WORK/preds/dylan/summary.json" train_solution dylan

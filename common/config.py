@@ -44,8 +44,9 @@ class TrainConfig:
     max_images_per_epoch: int = 0  # 0 = all; >0 samples a fixed-size epoch (mini budgets)
     # optimisation
     epochs: int = 1
-    batch_size: int = 64
-    accum_steps: int = 1  # gradient accumulation: effective batch = batch_size * accum_steps * world
+    global_batch: int = 0  # samples per optimizer step over all processes, as recorded (0 = batch_size x accum_steps)
+    batch_size: int = 64  # the largest micro-batch one process holds (memory); the trainer derives the split
+    accum_steps: int = 1  # used only when global_batch is 0; else derived for the world size
     optimizer: str = "nadam"  # sgd | nadam | adam | adamw
     lr: float = 1e-4
     momentum: float = 0.9
@@ -66,6 +67,7 @@ class TrainConfig:
     folds: list[int] = field(default_factory=list)  # empty = every fold in folds.csv
     val_products: int = 0  # per-epoch validation on a seeded sample of the fold's products (0 = all); OOF predictions always cover the fold
     # run control
+    fast_dev_run: bool = False  # set by --fast-dev-run: the wiring check (a few steps, small input); its numbers mean nothing
     resume: bool = True  # continue an unfinished fold from its last.pt (--no-resume: from scratch)
 
     def __post_init__(self) -> None:
@@ -94,6 +96,40 @@ class TrainConfig:
 
     def save(self, path: str | os.PathLike) -> None:
         write_text(path, self.to_yaml())
+
+
+@dataclass(frozen=True)
+class BatchSplit:
+    """How one optimizer step of `global_batch` samples is cut over `world` processes."""
+
+    global_batch: int
+    world: int
+    micro: int  # samples per process per forward/backward
+    accum: int  # micro-steps per optimizer step (gradients all-reduced on the last only)
+
+    def __str__(self) -> str:
+        return (f"global batch {self.global_batch} = {self.world} process{'es' * (self.world > 1)} x micro-batch {self.micro}"
+                f" x {self.accum} accumulation step{'s' * (self.accum > 1)}")
+
+
+def batch_split(cfg: TrainConfig, world: int) -> BatchSplit:
+    """The recipe's global batch on `world` processes: each takes global/world samples per step, in
+    the fewest micro-batches of at most cfg.batch_size (so 1, 2, 4, 8 or 16 GPUs train the same recipe)."""
+    total = cfg.global_batch or cfg.batch_size * cfg.accum_steps
+    if total % world:
+        raise DataError(f"recipe {cfg.name}: global batch {total} does not split evenly over {world} processes; "
+                        f"set global_batch to a multiple of {world} or use another process count")
+    per = total // world
+    accum = -(-per // max(cfg.batch_size, 1))
+    while per % accum:
+        accum += 1
+    return BatchSplit(total, world, per // accum, accum)
+
+
+def for_world(cfg: TrainConfig, world: int) -> TrainConfig:
+    """cfg with batch_size / accum_steps the per-process split of its global batch (idempotent)."""
+    split = batch_split(cfg, world)
+    return dataclasses.replace(cfg, global_batch=split.global_batch, batch_size=split.micro, accum_steps=split.accum)
 
 
 def load_yaml(path: str | os.PathLike, cls: type = TrainConfig) -> dict:

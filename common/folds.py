@@ -1,14 +1,21 @@
-"""Product-level folds, stratified by category, saved as folds.csv (_id, fold).
+"""The evaluation protocol: product-level folds saved as folds.csv (_id, fold) + folds.json.
 
-    python -m common.folds --work W --n-folds 5 --seed 42          # W/folds.csv from W's train index
-    python -m common.folds --work W --valid-ids common/resources/heng_valid_id_v0_50000.txt
+    python -m common.folds --work W --protocol kfold --n-folds 5 --seed 42     # 5 stratified folds
+    python -m common.folds --work W --protocol holdout                          # the winners' protocol
+    python -m common.folds --work W --protocol holdout --holdout-fraction 0.05  # (when the 50k ids are absent)
+    python -m common.folds --work W --valid-ids my_ids.txt                      # holdout = a given id list
 
 Fold k's model trains on every product whose fold != k and predicts fold k (its OOF rows). A
-product with fold -1 is always in training and never predicted out-of-fold: that is how a single
-given validation list (the 2nd-place team's 50,000 ids) or a 95/5 split is expressed.
+product with fold -1 is always in training and never predicted out-of-fold. Under `holdout` (the
+full profile's default, as the winners did) there is one fold, 0: the 2nd-place team's 50,000 ids
+(common/resources/) when the train set holds them, else a stratified `--holdout-fraction` of the
+products (dylan used 5%); each recipe trains once and predicts the holdout (its OOF) and test, and
+the stacker runs its own K-fold CV over the holdout products. folds.json records the protocol;
+every stage reads it from there and writes it into its summary.json.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_json
 from .bson_index import ProductIndex
 from .categories import UNKNOWN, CategoryTree
 from .cli import parse_stage, run
 from .errors import DataError, log
 from .ids import lookup
-from .paths import WorkDir
+from .paths import HENG_VALID_IDS, WorkDir
 from .prepare import DatasetPaths
 
 ALWAYS_TRAIN = -1  # in folds.csv: trains every fold's model, never predicted out of fold
@@ -43,6 +50,25 @@ def stratified_folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     order = perm[np.argsort(labels[perm], kind="stable")]
     folds = np.empty(len(labels), np.int64)
     folds[order] = (np.arange(len(labels)) + rng.integers(n_folds)) % n_folds
+    return folds
+
+
+def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Fold 0 for a `fraction` of the products, spread evenly over every category, the rest -1.
+
+    Products are shuffled and grouped by category; walking that order, a product joins the
+    holdout each time the running count x fraction crosses a whole number (from a random phase),
+    so each category gives its share (a category of n gets floor or ceil of n x fraction).
+    """
+    if not 0 < fraction < 1:
+        raise DataError(f"holdout fraction must be between 0 and 1, got {fraction}")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(labels))
+    order = perm[np.argsort(labels[perm], kind="stable")]
+    position = np.arange(len(labels)) + rng.random() / fraction
+    chosen = np.floor((position + 1) * fraction) > np.floor(position * fraction)
+    folds = np.full(len(labels), ALWAYS_TRAIN, np.int64)
+    folds[order[chosen]] = 0
     return folds
 
 
@@ -108,25 +134,57 @@ def fold_numbers(fold: np.ndarray) -> list[int]:
     return sorted(int(k) for k in np.unique(fold) if k >= 0)
 
 
+PROTOCOLS = ("kfold", "holdout")
+HENG_MIN_FOUND = 0.99  # the 50k list is the holdout only on the official train set (which holds every id)
+
+
 @dataclass
 class FoldsOptions:
-    n_folds: int = 5
+    protocol: str = "kfold"  # kfold (n_folds models per recipe) | holdout (one model, the winners' protocol)
+    n_folds: int = 5  # kfold only
+    holdout_fraction: float = 0.05  # holdout without the 50k ids in the data: this stratified share of the products
     seed: int = 42
-    valid_ids: str = ""  # a file of validation _ids (one per line): fold 0 = these, every other product always trains (-1)
+    valid_ids: str = ""  # a file of validation _ids (one per line): the holdout is these (implies --protocol holdout)
+    force: bool = False  # rewrite folds that were made with other options (what was trained on them goes stale)
 
 
-def make_folds(work: WorkDir, opts: FoldsOptions) -> tuple[np.ndarray, np.ndarray]:
-    """(_ids, fold per _id) of the usable train products; the excluded ones go to folds_excluded.csv."""
+def protocol_file(work: WorkDir) -> Path:
+    return work.folds.with_name("folds.json")
+
+
+def read_protocol(work: WorkDir) -> dict:
+    """What folds.json records (protocol, holdout, folds); {} for a work dir without one."""
+    path = protocol_file(work)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def holdout_folds(ids: np.ndarray, labels: np.ndarray, opts: FoldsOptions) -> tuple[np.ndarray, str]:
+    """The holdout: a given id list, else the 2nd team's 50k ids when the data holds them, else a stratified fraction."""
+    if opts.valid_ids:
+        return folds_from_valid_ids(ids, read_id_list(opts.valid_ids), opts.valid_ids), f"ids in {opts.valid_ids}"
+    heng = read_id_list(HENG_VALID_IDS)
+    found = np.isin(heng, ids).mean()
+    if found >= HENG_MIN_FOUND:
+        return folds_from_valid_ids(ids, heng, HENG_VALID_IDS.name), f"the 2nd-place team's {len(heng)} ids ({HENG_VALID_IDS.name})"
+    log.info("holdout: %.1f%% of the 2nd team's 50k ids are in this train set (not the official data): a stratified %.1f%% of the products",
+             100 * found, 100 * opts.holdout_fraction)
+    return stratified_holdout(labels, opts.holdout_fraction, opts.seed), f"a stratified {opts.holdout_fraction:.1%} of the products (seed {opts.seed})"
+
+
+def make_folds(work: WorkDir, opts: FoldsOptions) -> tuple[np.ndarray, np.ndarray, str]:
+    """(_ids, fold per _id, what the holdout is) of the usable train products; the excluded ones go to folds_excluded.csv."""
     paths = DatasetPaths.load(work)
     index, tree = paths.index(work, "train"), paths.tree()
     if not index.has_labels:
         raise DataError(f"{work.index('train')}: folds need a labelled (train) index")
     keep, excluded = usable_products(index, tree)
-    ids = np.asarray(index.ids[keep])
-    if opts.valid_ids:
-        folds = folds_from_valid_ids(ids, read_id_list(opts.valid_ids), opts.valid_ids)
+    ids, labels = np.asarray(index.ids[keep]), tree.to_index(index.category_ids[keep])
+    if opts.protocol not in PROTOCOLS:
+        raise DataError(f"--protocol {opts.protocol!r}: choose from {list(PROTOCOLS)}")
+    if opts.protocol == "holdout" or opts.valid_ids:
+        folds, holdout = holdout_folds(ids, labels, opts)
     else:
-        folds = stratified_folds(tree.to_index(index.category_ids[keep]), opts.n_folds, opts.seed)
+        folds, holdout = stratified_folds(labels, opts.n_folds, opts.seed), ""
     excluded_path = work.folds.with_name("folds_excluded.csv")
     if len(excluded):
         with atomic_path(excluded_path) as tmp:
@@ -134,15 +192,43 @@ def make_folds(work: WorkDir, opts: FoldsOptions) -> tuple[np.ndarray, np.ndarra
         log.warning("%d products excluded from folds (listed in %s): %s", len(excluded), excluded_path, excluded["reason"].value_counts().to_dict())
     else:
         excluded_path.unlink(missing_ok=True)
-    return ids, folds
+    return ids, folds, holdout
+
+
+def protocol_record(opts: FoldsOptions, holdout: str, ids: np.ndarray, folds: np.ndarray) -> dict:
+    protocol = "holdout" if opts.valid_ids else opts.protocol
+    record = {"protocol": protocol, "seed": opts.seed, "products": int(len(ids)),
+              "fold_sizes": {str(k): int(v) for k, v in zip(*np.unique(folds, return_counts=True))}}
+    if protocol == "holdout":
+        record["holdout"] = {"source": holdout, "products": int((folds == 0).sum())}
+    else:
+        record["n_folds"] = opts.n_folds
+    return record
+
+
+def check_unchanged(work: WorkDir, record: dict, opts: FoldsOptions) -> bool:
+    """True when folds.csv already holds these folds; stops when it holds other ones (every later
+    stage trained on them), unless --force."""
+    old = read_protocol(work)
+    if not old or not work.folds.exists() or opts.force:
+        return False
+    if old == record:
+        return True
+    raise DataError(f"{work.folds} was made with {old}, not the {record} asked now: every model under {work.root} learnt from "
+                    "those folds. Use another --work, or --force to rewrite them (and rerun every later stage)")
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_stage(argv, __doc__, FoldsOptions)
-    ids, folds = make_folds(args.work, args.options)
+    ids, folds, holdout = make_folds(args.work, args.options)
+    record = protocol_record(args.options, holdout, ids, folds)
+    if check_unchanged(args.work, record, args.options):
+        print(f"{args.work.folds}: up to date ({record['protocol']}, fold sizes {record['fold_sizes']})")
+        return read_folds(args.work.folds)
     write_folds(args.work.folds, ids, folds)
-    sizes = pd.Series(folds).value_counts().sort_index().to_dict()
-    print(f"wrote {args.work.folds}: {len(ids)} products, fold sizes {sizes}")
+    write_json(protocol_file(args.work), record)
+    what = f", holdout = {holdout}" if holdout else ""
+    print(f"wrote {args.work.folds}: {len(ids)} products, protocol {record['protocol']}{what}, fold sizes {record['fold_sizes']}")
     return read_folds(args.work.folds)
 
 

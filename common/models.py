@@ -98,7 +98,7 @@ class ModelSpec:
 
 def create_model(spec: ModelSpec) -> nn.Module:
     """Build a timm model with `num_classes` outputs; never touches the network."""
-    if spec.name not in timm.list_models():
+    if not is_timm_model(spec.name):
         raise DataError(f"unknown timm model name {spec.name!r}")
     model = timm.create_model(spec.name, pretrained=False, num_classes=spec.num_classes, drop_rate=spec.drop_rate, in_chans=spec.in_chans)
     if spec.pretrained:
@@ -115,3 +115,31 @@ def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...
 def penultimate_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Pooled features before the classifier (input of the 2nd place's fusion heads)."""
     return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+def is_timm_model(name: str) -> bool:
+    return name in timm.list_models()
+
+
+def smallest_input(name: str, sizes: tuple[int, ...] = (32, 48, 64, 80, 96, 128)) -> int:
+    """The smallest of `sizes` the architecture accepts (Inception stems need ~75 px): probed with
+    one forward on the meta device (shapes only, milliseconds), so no per-name table is kept."""
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, num_classes=1).eval()
+        for size in sizes:
+            try:
+                model(torch.zeros(1, 3, size, size))
+                return size
+            except RuntimeError:
+                continue
+    raise DataError(f"{name}: no input size in {sizes} fits the architecture")
+
+
+def check_model(spec: ModelSpec) -> int:
+    """Build the network on the meta device (no memory, no weights): the name, the head size and
+    the arguments are checked in milliseconds; returns its parameter count."""
+    if not is_timm_model(spec.name):
+        raise DataError(f"unknown timm model name {spec.name!r}")
+    with torch.device("meta"):
+        model = timm.create_model(spec.name, pretrained=False, num_classes=spec.num_classes, drop_rate=spec.drop_rate, in_chans=spec.in_chans)
+    return sum(p.numel() for p in model.parameters())

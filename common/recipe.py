@@ -24,13 +24,13 @@ import torch
 from torch import nn
 
 from .atomic import write_json
-from .cli import parse_stage, read_yaml
-from .config import TrainConfig
+from .cli import load_yaml, parse_stage, read_yaml
+from .config import TrainConfig, batch_split, for_world
 from .data import ImageDataset, collate_images, image_table
 from .errors import DataError, log
 from .infer import predict_images
 from .metrics import product_report
-from .models import ModelSpec, create_model, normalization
+from .models import ModelSpec, create_model, is_timm_model, normalization, resolve_weights, smallest_input
 from .paths import REPO, WorkDir
 from .predictions import TopK, average_topk, concat_topk, load_topk, save_topk
 from .sources import write_summary
@@ -127,15 +127,20 @@ def run_recipe(cfg: TrainConfig, work: WorkDir, kind: RecipeKind) -> dict | None
     """Every fold of cfg (or cfg.folds) through the kind's fold function, then merged into
     preds/<solution>_<name>/; returns the summary on the main process."""
     runtime = setup_runtime()
+    cfg = for_world(cfg, runtime.world)
+    if runtime.is_main:
+        print(f"{cfg.source}: {batch_split(cfg, runtime.world)}")
     data = load_fold_data(work)
     folds = cfg.folds or data.folds
     if not folds:
         raise DataError(f"{work.folds}: no fold to predict (every product is fold -1 or excluded)")
     for k in folds:
         run_one_fold(cfg, data, work, k, runtime, kind)
-    if not runtime.is_main:
+    summary = merge_folds(cfg, data, work, folds, kind) if runtime.is_main else None
+    if runtime.distributed:
+        torch.distributed.barrier()  # no rank starts the next recipe before this source is written
+    if summary is None:
         return None
-    summary = merge_folds(cfg, data, work, folds, kind)
     by_count = ", ".join(f"{k}: {v['accuracy']:.3f}" for k, v in summary["oof_by_image_count"].items())
     print(f"{summary['source']}: OOF product accuracy {summary['oof_product_accuracy']:.4f} on {summary['oof_products']} products (by image count: {by_count})")
     return summary
@@ -188,6 +193,37 @@ def _last_val_acc(fold_dir: Path) -> float | None:
     return float(rows[-1]["val_acc"]) if rows else None
 
 
+# ----------------------------------------------------------------------------- fast dev run
+
+FAST_DEV_GLOBAL_BATCH, FAST_DEV_MICRO, FAST_DEV_STEPS = 8, 4, 2  # 2 optimizer steps of 2 accumulated micro-batches
+FAST_DEV_SIZE = 32  # or the architecture's smallest input
+FAST_DEV_VAL_PRODUCTS = 16
+
+
+def weights_available(spec: str | None) -> bool:
+    try:
+        return not spec or bool(resolve_weights(spec))
+    except DataError:
+        return False
+
+
+def fast_dev_run(cfg: TrainConfig) -> TrainConfig:
+    """The recipe as it is (architecture, 5270-way head, optimiser, schedule, TTA, aggregation,
+    every stage of its kind) but one epoch (and one per-K / fine-tune epoch) of a few steps at a
+    small input, from random weights when the weight file is missing: the whole wiring, in
+    minutes on a CPU (PyTorch Lightning's fast_dev_run). Predictions still cover every product."""
+    epochs = {f.name: min(getattr(cfg, f.name), 1) for f in dataclasses.fields(cfg) if f.name.endswith("epochs") and f.name != "warmup_epochs"}
+    changes = dict(epochs, global_batch=FAST_DEV_GLOBAL_BATCH, batch_size=FAST_DEV_MICRO, max_images_per_epoch=FAST_DEV_GLOBAL_BATCH * FAST_DEV_STEPS,
+                   val_products=FAST_DEV_VAL_PRODUCTS, eval_batch_size=min(cfg.eval_batch_size, 64), num_workers=min(cfg.num_workers, 2),
+                   warmup_epochs=0.0, fast_dev_run=True)
+    if is_timm_model(cfg.model):
+        changes["input_size"] = smallest_input(cfg.model, tuple(s for s in (FAST_DEV_SIZE, 48, 64, 80, 96, 128) if s >= FAST_DEV_SIZE))
+    if not weights_available(cfg.pretrained):
+        log.warning("fast dev run: %s: no weight file %s, random initial weights", cfg.source, cfg.pretrained)
+        changes["pretrained"] = None
+    return dataclasses.replace(cfg, **changes)
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -203,6 +239,34 @@ def kind_of(kinds: dict[str, RecipeKind], default: str) -> Callable[[dict], type
     return choose
 
 
+def solutions() -> list[str]:
+    """Every solution package with a train.py (the stage run_all.sh runs for it)."""
+    return sorted(p.name for p in (REPO / "solutions").iterdir() if (p / "train.py").is_file())
+
+
+def solution_kinds(solution: str) -> tuple[dict[str, RecipeKind], str]:
+    """The solution's registered kinds and the stage of a recipe that names none (its train.py)."""
+    import importlib
+
+    module = importlib.import_module(f"solutions.{solution}.train")
+    return module.KINDS, module.DEFAULT
+
+
+def load_recipe(path: Path, kinds: dict[str, RecipeKind], default: str) -> TrainConfig:
+    """A recipe YAML in its kind's config class: an unknown key or a bad choice is a DataError naming the file."""
+    cls = kind_of(kinds, default)(read_yaml(path))
+    return cls(**load_yaml(path, cls))
+
+
+def profile_configs(profile: str) -> list[TrainConfig]:
+    """Every recipe of every solution's profile, each after those it requires (plan, benchmarks)."""
+    out = []
+    for solution in solutions():
+        kinds, default = solution_kinds(solution)
+        out += [load_recipe(p, kinds, default) for p in profile_recipes(solution, profile, kinds, default)]
+    return out
+
+
 def profile_recipes(solution: str, profile: str, kinds: dict[str, RecipeKind], default: str) -> list[Path]:
     """The recipe files of a profile (mini: mini_*.yaml; full: the others; never an ablation), each
     after the recipes it requires (a fusion head after its base nets)."""
@@ -212,7 +276,7 @@ def profile_recipes(solution: str, profile: str, kinds: dict[str, RecipeKind], d
         values = read_yaml(path)
         if values.get("ablation") or path.stem.startswith("mini_") != (profile == "mini"):
             continue
-        chosen[path.stem] = kind_of(kinds, default)(values)(**values)
+        chosen[path.stem] = load_recipe(path, kinds, default)
     order: list[str] = []
 
     def visit(name: str, chain: tuple[str, ...] = ()) -> None:
@@ -233,17 +297,21 @@ def profile_recipes(solution: str, profile: str, kinds: dict[str, RecipeKind], d
 def train_main(solution: str, kinds: dict[str, RecipeKind], default: str, argv: list[str] | None = None, description: str = "") -> dict | None:
     """`--config recipe.yaml [--work W] [--any-recipe-option V]`: every fold of one recipe; or
     `--profile mini|full [--work W] ...`: every recipe of the profile in the order they require
-    (one process, so one torchrun launch and one process group for all of them)."""
+    (one process, so one torchrun launch and one process group for all of them). `--fast-dev-run`:
+    each recipe through `fast_dev_run` (the wiring check)."""
     import argparse
     import sys
 
     argv = sys.argv[1:] if argv is None else list(argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--profile", choices=["mini", "full"])
+    pre.add_argument("--fast-dev-run", action="store_true")
     known, rest = pre.parse_known_args(argv)
     if known.profile:
         recipes = profile_recipes(solution, known.profile, kinds, default)
-        summaries = [train_main(solution, kinds, default, ["--config", str(p), *rest], description) for p in recipes]
+        flags = ["--fast-dev-run"] if known.fast_dev_run else []
+        summaries = [train_main(solution, kinds, default, ["--config", str(p), *flags, *rest], description) for p in recipes]
         return summaries[-1] if summaries else None
-    args = parse_stage(argv, description, kind_of(kinds, default), config_required=True)
-    return run_recipe(args.options, args.work, kinds[args.options.stage])
+    args = parse_stage(rest, description, kind_of(kinds, default), config_required=True)
+    cfg = fast_dev_run(args.options) if known.fast_dev_run else args.options
+    return run_recipe(cfg, args.work, kinds[cfg.stage])

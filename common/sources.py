@@ -56,7 +56,9 @@ def write_summary(work: WorkDir, name: str, kind: str, **fields) -> dict:
     """preds/<name>/summary.json with the source's kind first; returns what it wrote."""
     if kind not in KINDS:
         raise ValueError(f"unknown source kind {kind!r}; choose from {KINDS}")
-    summary = {"source": name, "kind": kind, **fields}
+    from .folds import read_protocol  # the protocol that made every number of the source
+
+    summary = {"source": name, "kind": kind, "protocol": read_protocol(work).get("protocol", "kfold"), **fields}
     write_json(work.preds(name) / "summary.json", summary)
     return summary
 

@@ -2,8 +2,10 @@
 
 Single process by default; under torchrun (WORLD_SIZE > 1) it runs DistributedDataParallel:
     torchrun --standalone --nproc_per_node=8 -m solutions.dylan.train --config ...          (one node)
-    torchrun --nnodes=2 --node_rank=R --nproc_per_node=8 --rdzv_backend=c10d \\
+    torchrun --nnodes=2 --node_rank=R --nproc_per_node=8 --rdzv_backend=c10d --rdzv_id=JOB \\
              --rdzv_endpoint=HOST:29500 -m solutions.dylan.train --config ...               (two nodes)
+(HOST: node 0's address; JOB: one id per run, the same on every node; --work on a filesystem all
+nodes share.) The recipe's global batch is split over the whole world (config.batch_split).
 A checkpoint is written atomically after every epoch (last.pt) with the optimiser, scheduler
 position, history and RNG state, so a rerun continues exactly where an interrupted run stopped;
 `fit` hands back the model in memory (no reload). Solutions build their datasets and loaders
@@ -12,6 +14,7 @@ position, history and RNG state, so a rerun continues exactly where an interrupt
 from __future__ import annotations
 
 import atexit
+import contextlib
 import csv
 import math
 import os
@@ -245,11 +248,13 @@ def fit(cfg: TrainConfig, model: nn.Module, train: DataLoader, val: DataLoader |
     for epoch in range(start_epoch, cfg.epochs):
         _set_epoch(train, epoch)
         t0 = time.perf_counter()
-        train_loss, train_acc, seen = train_one_epoch(cfg, net, train, optimizer, scaler, to_batch, runtime, epoch, transform)
+        figures = train_one_epoch(cfg, net, train, optimizer, scaler, to_batch, runtime, epoch, transform)
         seconds = time.perf_counter() - t0
         val_loss, val_acc = evaluate(cfg, model, val, to_batch, runtime) if val is not None else (float("nan"), float("nan"))
-        history.append({"epoch": epoch, "lr": cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9), "train_loss": round(train_loss, 5),
-                        "train_acc": round(train_acc, 5), "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "samples": seen,
+        seen = figures["samples"]
+        history.append({"epoch": epoch, "lr": cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9), "train_loss": round(figures["train_loss"], 5),
+                        "train_acc": round(figures["train_acc"], 5), "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "samples": seen,
+                        "samples_per_step": round(figures["samples_per_step"], 1),
                         "samples_per_s": round(seen / seconds, 1), "seconds": round(seconds, 1)})
         if runtime.is_main:
             save_checkpoint(last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -266,11 +271,13 @@ def forward(net: nn.Module, inputs: torch.Tensor | tuple) -> torch.Tensor:
     return net(*inputs) if isinstance(inputs, tuple) else net(inputs)
 
 
-def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runtime: Runtime, epoch: int, transform=None) -> tuple[float, float, int]:
-    """One pass; LR set per optimizer step from the fractional epoch; returns (loss, acc, samples)."""
+def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runtime: Runtime, epoch: int, transform=None) -> dict:
+    """One pass; LR set per optimizer step from the fractional epoch. Under DDP the gradient
+    all-reduce runs on the last micro-step of each optimizer step only (`no_sync` before it).
+    Returns loss, accuracy, samples and the measured samples per optimizer step, over all ranks."""
     net.train()
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.accum_steps))
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, correct, seen, fed, steps = 0.0, 0, 0, 0, 0
     progress = bar(len(loader), f"{cfg.name} epoch {epoch}", "batch", enabled=runtime.is_main, every=None)  # the epoch line is the log
     optimizer.zero_grad(set_to_none=True)
     for i, raw in enumerate(loader):
@@ -279,23 +286,28 @@ def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runt
             group["lr"] = cfg.lr * lr_factor(cfg, epoch + step / steps_per_epoch)
         batch = to_batch(raw, runtime)
         inputs = transform(batch.inputs) if transform is not None else batch.inputs
-        with autocast(cfg, runtime):
-            logits = forward(net, inputs)
-        valid = batch.valid
-        loss = masked_cross_entropy(logits.float(), batch.target, valid, cfg.label_smoothing)
-        scaler.scale(loss / cfg.accum_steps).backward()
-        if (i + 1) % cfg.accum_steps == 0 or i + 1 == len(loader):
+        last_micro = (i + 1) % cfg.accum_steps == 0 or i + 1 == len(loader)
+        with contextlib.nullcontext() if last_micro or not runtime.distributed else net.no_sync():
+            with autocast(cfg, runtime):
+                logits = forward(net, inputs)
+            valid = batch.valid
+            loss = masked_cross_entropy(logits.float(), batch.target, valid, cfg.label_smoothing)
+            scaler.scale(loss / cfg.accum_steps).backward()
+        if last_micro:
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            steps += 1
         n = int(valid.sum())
         loss_sum += float(loss.detach()) * n
         correct += int(((logits.argmax(1) == batch.target) & valid).sum())
-        seen += n
+        seen, fed = seen + n, fed + len(batch.target)
         progress.update(1)
         progress.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}")
     progress.close()
-    return _reduce(runtime, loss_sum / max(seen, 1), correct / max(seen, 1), seen)
+    loss, acc, seen = _reduce(runtime, loss_sum / max(seen, 1), correct / max(seen, 1), seen)
+    fed_all = _reduce(runtime, 0.0, 0.0, fed)[2]
+    return {"train_loss": loss, "train_acc": acc, "samples": seen, "samples_per_step": fed_all / max(steps, 1)}
 
 
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, smoothing: float) -> torch.Tensor:

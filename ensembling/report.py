@@ -25,6 +25,7 @@ import pandas as pd
 from common.atomic import write_text
 from common.categories import CategoryTree
 from common.cli import parse_stage, run
+from common.folds import read_protocol
 from common.metrics import accuracy, product_report
 from common.paths import WorkDir
 from common.predictions import TopK, load_topk
@@ -51,6 +52,17 @@ class Context:
     test_truth: np.ndarray | None  # label per test_ids (-1 unknown); None on the real data
     test_labels_csv: str | None
     data_label: str
+    protocol: dict  # folds.json: the protocol that made every OOF number
+
+
+def protocol_text(protocol: dict) -> str:
+    """One sentence on how the OOF numbers were made (the report says it beside every number)."""
+    if protocol.get("protocol") == "holdout":
+        h = protocol.get("holdout", {})
+        return (f"holdout protocol: each recipe trained once on every train product but the holdout ({h.get('products')} products: "
+                f"{h.get('source')}) and predicted it; the stacker cross-validates over the holdout products")
+    n = protocol.get("n_folds")
+    return f"k-fold protocol: {n or 'the'} folds, each predicted by models that did not see it; the stacker's CV uses the same folds"
 
 
 def load_context(work: WorkDir) -> Context:
@@ -59,7 +71,8 @@ def load_context(work: WorkDir) -> Context:
     test_ids = np.sort(np.asarray(paths.index(work, "test").ids, np.int64))
     mini = bool(paths.test_labels) or len(tree) < 5270
     data_label = f"mini (synthetic, {len(tree)} classes)" if mini else "Kaggle train OOF"
-    return Context(work, tree, Labels.load(work), test_ids, known_test_labels(paths, tree, test_ids), paths.test_labels, data_label)
+    return Context(work, tree, Labels.load(work), test_ids, known_test_labels(paths, tree, test_ids), paths.test_labels, data_label,
+                   read_protocol(work))
 
 
 def report_sources(work: WorkDir) -> list[SourceInfo]:
@@ -128,6 +141,7 @@ def leaderboard_table(ctx: Context, results: list[SourceResult], scores: pd.Data
             "source": r.name,
             "kind": r.kind,
             "measured_on": ctx.data_label,
+            "protocol": r.summary.get("protocol", "kfold") + (" (FAST DEV RUN)" if is_fast_dev(r.summary) else ""),
             "oof_products": r.report["products"],
             "oof_image_accuracy": r.image_accuracy,
             "oof_product_accuracy": r.report["accuracy"],
@@ -143,6 +157,11 @@ def leaderboard_table(ctx: Context, results: list[SourceResult], scores: pd.Data
     table = pd.DataFrame(rows)
     table["team_place"] = table["team_place"].astype("Int64")
     return table
+
+
+def is_fast_dev(summary: dict) -> bool:
+    """A source made by --fast-dev-run (or stacked over one): its numbers check wiring, nothing else."""
+    return bool((summary.get("recipe") or {}).get("fast_dev_run") or summary.get("fast_dev_run"))
 
 
 def stack_gain_by_level1(ctx: Context, results: list[SourceResult]) -> pd.DataFrame | None:
@@ -192,7 +211,7 @@ def _table(frame: pd.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def stack_section(work: WorkDir) -> str:
+def stack_section(work: WorkDir, protocol: dict) -> str:
     stacks = list_sources(work, ["stack"], finished=False)
     s = stacks[0].summary if stacks else None
     if not s:
@@ -208,7 +227,8 @@ def stack_section(work: WorkDir) -> str:
     imp = list(s.get("feature_importance_gain", {}).items())[:12]
     return (f"<p>Stacked sources: {html.escape(', '.join(s['sources']))}; left out: {html.escape(', '.join(s['left_out']) or 'none')}. "
             f"{len(s['features'])} features. Every number below is on the same {s['oof_products']} OOF products "
-            f"(those with at least one source row), the stacker's by its own product-level CV over the folds of folds.csv.</p>"
+            f"(those with at least one source row), the stacker's by its own product-level CV "
+            + ("over inner folds of the holdout products" if protocol.get("protocol") == "holdout" else "over the folds of folds.csv") + ".</p>"
             f"<p>The stack {verdict} every baseline: {s['gain_over_best_baseline']:+.4f} over the best ({html.escape(s['best_baseline']['name'])}). "
             f"Candidate recall (the ceiling: the true label is among the candidates): {s['candidate_recall']:.4f}.</p>"
             + _table(base) + "<h3>Per fold</h3>" + _table(folds)
@@ -244,6 +264,9 @@ def render_html(ctx: Context, table: pd.DataFrame, figures: list[tuple[str, byte
                 "shown beside ours for the same recipe, not a score of this run.</p>" if "mini" in ctx.data_label else
                 "OOF accuracy is on the Kaggle train products (each fold predicted by a model that did not see it); "
                 "leaderboard columns are Kaggle's.</p>"),
+             f"<p><b>Protocol:</b> {html.escape(protocol_text(ctx.protocol))}.</p>",
+             *(["<p class='warn'><b>FAST DEV RUN:</b> sources marked so were trained for a few steps at a small input, often from "
+                "random weights: they check the wiring; their accuracy means nothing.</p>"] if table["protocol"].str.contains("FAST DEV").any() else []),
              "<h2>Leaderboard comparison</h2>",
              "<p>oof_image_accuracy: mean over folds of each fold model's image-level validation accuracy (last epoch, no TTA); "
              "oof_product_accuracy: product-level accuracy of the source's OOF predictions on the products it predicts "
@@ -251,7 +274,7 @@ def render_html(ctx: Context, table: pd.DataFrame, figures: list[tuple[str, byte
              "(products a source does not predict get the most frequent category); team_recorded: what the original team "
              "recorded for the same recipe, on team_recorded_on; team_private_lb: the team's final private leaderboard score; "
              "kaggle_public / kaggle_private: our submission's scores, pasted from Kaggle (see the last section).</p>",
-             _table(table), "<h2>Stacker against the baselines (same products)</h2>", stack_section(ctx.work), "<h2>Plots</h2>"]
+             _table(table), "<h2>Stacker against the baselines (same products)</h2>", stack_section(ctx.work, ctx.protocol), "<h2>Plots</h2>"]
     parts += [_img(png, title) for title, png in figures]
     if gain is not None:
         parts += ["<h3>Stacker gain per level-1 group</h3>", _table(gain)]
@@ -299,10 +322,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise FileNotFoundError(f"--scores {scores}: no such file")
     out = build_report(work, scores)
     table = pd.read_csv(out["csv"])
-    cols = ["source", "kind", "oof_image_accuracy", "oof_product_accuracy", "mini_test_accuracy", "team_recorded", "team_private_lb"]
+    print(protocol_text(load_context(work).protocol))
+    cols = ["source", "kind", "protocol", "oof_image_accuracy", "oof_product_accuracy", "mini_test_accuracy", "team_recorded", "team_private_lb"]
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table[cols].to_string(index=False, formatters={c: (lambda v, d=5 if c in FIVE_DECIMALS else 4: "" if pd.isna(v) else f"{v:.{d}f}")
-                                                              for c in cols[2:]}))
+                                                              for c in cols[3:]}))
     print(f"wrote {out['html']} ({out['figures']} plots) and {out['csv']} ({out['rows']} rows)")
     return out
 

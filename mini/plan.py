@@ -46,6 +46,7 @@ DEFAULT_GROUPS = {"LIBRAIRIE": 6, "MUSIQUE": 4, "DVD - BLU-RAY": 3, "ELECTROMENA
 PRESETS = {
     "tiny": Preset(TINY_GROUPS, n_train=250, n_test=80, min_train=4),
     "default": Preset(DEFAULT_GROUPS, n_train=6000, n_test=1500, min_train=10),
+    "dev": Preset(DEFAULT_GROUPS, n_train=2000, n_test=400, min_train=4),  # the fast dev run's --data folder (bench, README)
 }
 
 

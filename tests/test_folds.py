@@ -6,9 +6,20 @@ import pytest
 
 from common.bson_index import build_index
 from common.categories import CategoryTree
-from common.folds import ALWAYS_TRAIN, folds_from_valid_ids, main, read_folds, stratified_folds, usable_products
+from common.folds import (
+    ALWAYS_TRAIN,
+    FoldsOptions,
+    folds_from_valid_ids,
+    holdout_folds,
+    main,
+    read_folds,
+    read_protocol,
+    stratified_folds,
+    stratified_holdout,
+    usable_products,
+)
 from common.errors import DataError
-from common.paths import HENG_VALID_IDS
+from common.paths import HENG_VALID_IDS, WorkDir
 from tests.conftest import solid_jpeg
 
 
@@ -80,9 +91,45 @@ def test_cli_on_official_sample(sample_bson, category_csv, write_bson, tmp_path,
     assert "82 products" in capsys.readouterr().out
     ids_file = tmp_path / "valid.txt"
     ids_file.write_text("0\n1\n2\n")
-    main(["--work", str(work), "--valid-ids", str(ids_file)])
+    main(["--work", str(work), "--n-folds", "3"])
+    assert "up to date" in capsys.readouterr().out  # the same options: nothing rewritten
+    with pytest.raises(DataError, match="was made with"):  # other folds under models trained on these: stop
+        main(["--work", str(work), "--valid-ids", str(ids_file)])
+    main(["--work", str(work), "--valid-ids", str(ids_file), "--force"])
     folds = read_folds(work / "folds.csv")
     assert folds.loc[folds["fold"] == 0, "_id"].tolist() == [0, 1, 2] and (folds["fold"] != 0).sum() == 79
+    assert read_protocol(WorkDir(work))["protocol"] == "holdout"
+
+
+def test_holdout_protocol_is_a_stratified_fraction_without_the_50k_ids(sample_bson, category_csv, write_bson, tmp_path):
+    work = _prepared(tmp_path, sample_bson, write_bson("test.bson", [(1, [solid_jpeg(1)], None)]), category_csv)
+    folds = main(["--work", str(work), "--protocol", "holdout", "--holdout-fraction", "0.25"])
+    assert sorted(folds["fold"].unique()) == [ALWAYS_TRAIN, 0]
+    assert abs((folds["fold"] == 0).sum() - 82 * 0.25) <= 1
+    record = read_protocol(WorkDir(work))
+    assert record["protocol"] == "holdout" and "stratified 25.0%" in record["holdout"]["source"]
+
+
+def test_stratified_holdout_takes_each_categorys_share():
+    labels = long_tail_labels(np.random.default_rng(0))
+    folds = stratified_holdout(labels, 0.05, seed=3)
+    assert set(np.unique(folds)) == {ALWAYS_TRAIN, 0}
+    assert abs((folds == 0).sum() - 0.05 * len(labels)) <= 1
+    for c in np.unique(labels):
+        n = (labels == c).sum()
+        assert np.floor(n * 0.05) <= (folds[labels == c] == 0).sum() <= np.ceil(n * 0.05), c
+    assert (stratified_holdout(labels, 0.05, 3) != stratified_holdout(labels, 0.05, 4)).any()
+    with pytest.raises(DataError):
+        stratified_holdout(labels, 1.5, 0)
+
+
+def test_holdout_is_the_50k_ids_when_the_data_holds_them():
+    heng = np.array(HENG_VALID_IDS.read_text().split(), dtype=np.int64)
+    ids = np.sort(np.concatenate([heng, heng.max() + 1 + np.arange(1000)]))
+    folds, what = holdout_folds(ids, np.zeros(len(ids), np.int64), FoldsOptions(protocol="holdout"))
+    assert "50000" in what and (folds == 0).sum() == 50_000 and np.isin(ids[folds == 0], heng).all()
+    folds, what = holdout_folds(ids[::2], np.zeros(len(ids[::2]), np.int64), FoldsOptions(protocol="holdout", holdout_fraction=0.1))
+    assert "stratified" in what  # half the list missing: not the official train set
 
 
 def test_cli_rejects_test_index(write_bson, category_csv, tmp_path):

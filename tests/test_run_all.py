@@ -50,7 +50,7 @@ def test_run_all_tiny_end_to_end_and_rerun(straight_run):
     assert (work / "report" / "index.html").exists() and (work / "report" / "leaderboard.csv").exists()
     assert "Final submission" in out
     again = run_all("--preset", "tiny", "--work", str(work))
-    assert "== folds: done already" in again and "== dylan: done already" in again
+    assert "folds.csv: up to date" in again and "== dylan: done already" in again
     only = run_all("--preset", "tiny", "--work", str(work), "--only", "stats", "--force")
     assert "== dylan: not selected" in only and "== stats:" in only
 
@@ -89,6 +89,45 @@ def test_run_all_killed_inside_stages_and_restarted_gives_the_same_submissions(s
         pd.testing.assert_frame_equal(a, b, obj=solution)
 
 
+def test_run_all_holdout_protocol_end_to_end(tmp_path):
+    """The winners' protocol on the tiny preset: one model per recipe, trained on everything but
+    the holdout; every model's OOF is exactly the holdout; OCR, MD5 and the stacker (its own CV
+    over the holdout) run on it; every submission has every test product; the report says so."""
+    import json
+
+    import numpy as np
+
+    from common.paths import WorkDir
+    from common.predictions import load_topk
+    from common.sources import list_sources
+
+    work = tmp_path / "work"
+    out = run_all("--preset", "tiny", "--work", str(work), "--protocol", "holdout", "--holdout-fraction", "0.25")
+    assert "protocol holdout" in out and "Final submission" in out
+    folds = pd.read_csv(work / "folds.csv")
+    holdout = np.sort(folds.loc[folds["fold"] == 0, "_id"].to_numpy())
+    assert set(folds["fold"]) == {-1, 0} and abs(len(holdout) - 0.25 * len(folds)) <= 1
+    models = list_sources(WorkDir(work), ["model"])
+    assert len(models) == 6
+    for source in models:
+        assert np.array_equal(load_topk(work / "preds" / source.name / "oof.npz").ids, holdout), source.name
+        assert source.summary["protocol"] == "holdout" and source.summary["folds"] == [0]
+    assert not list(work.glob("models/*/*/fold1"))  # one model per recipe
+    for side in ("ocr", "md5"):
+        side_oof = load_topk(work / "preds" / side / "oof.npz")
+        assert np.isin(side_oof.ids, holdout).all(), side  # honest: only holdout products are predicted out of sample
+    stack = json.loads((work / "preds" / "stack" / "summary.json").read_text())
+    assert stack["protocol"] == "holdout" and len(stack["cv"]["per_fold"]) == 5
+    assert stack["oof_products"] <= len(holdout) and stack["test_accuracy"] is not None
+    test_ids = sorted(pd.read_csv(work / "mini" / "test_labels.csv")["_id"])
+    for solution in SUBMISSIONS:
+        assert sorted(pd.read_csv(work / "submissions" / f"{solution}.csv.gz")["_id"]) == test_ids, solution
+    assert "holdout protocol" in (work / "report" / "index.html").read_text()
+    refused = subprocess.run(["bash", str(REPO / "run_all.sh"), "--preset", "tiny", "--work", str(work), "--protocol", "kfold"],
+                             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "was made with" in refused.stdout + refused.stderr  # never mixes two protocols' models
+
+
 def test_run_all_rejects_unknown_arguments(tmp_path):
     done = subprocess.run(["bash", str(REPO / "run_all.sh"), "--only", "nonsense", "--work", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 2 and "unknown stage" in done.stderr
@@ -116,3 +155,36 @@ def test_run_all_under_torchrun_two_processes_covers_every_product_once(tmp_path
     test_ids = sorted(pd.read_csv(work / "mini" / "test_labels.csv")["_id"])
     for solution in SUBMISSIONS:
         assert sorted(pd.read_csv(work / "submissions" / f"{solution}.csv.gz")["_id"]) == test_ids, solution
+
+
+@pytest.mark.slow
+def test_fast_dev_run_of_the_full_profile_on_the_tiny_preset(tmp_path):
+    """`--profile full --fast-dev-run`: every full recipe (real architecture, random weights here)
+    trains a few steps and predicts every holdout and test product; every feature store, head,
+    OCR, MD5, the stack and the report; the report marks the run."""
+    import json
+
+    import numpy as np
+
+    from common.paths import WorkDir
+    from common.predictions import load_topk
+    from common.sources import list_sources
+
+    work = tmp_path / "work"
+    out = run_all("--preset", "tiny", "--work", str(work), "--profile", "full", "--fast-dev-run", "--holdout-fraction", "0.25")
+    assert "FAST DEV RUN: 15 weight files are missing" in out and "Final submission" in out
+    folds = pd.read_csv(work / "folds.csv")
+    holdout = np.sort(folds.loc[folds["fold"] == 0, "_id"].to_numpy())
+    models = list_sources(WorkDir(work), ["model"])
+    recipes = [p for s in ("dylan", "bestfitting", "convoluted") for p in (REPO / "solutions" / s / "configs").glob("*.yaml")
+               if not p.stem.startswith(("mini_", "ablation_"))]
+    assert len(models) == len(recipes) == 18
+    for source in models:
+        assert np.array_equal(load_topk(work / "preds" / source.name / "oof.npz").ids, holdout), source.name
+        assert source.summary["recipe"]["fast_dev_run"] and source.summary["recipe"]["epochs"] == 1
+    assert len(list(work.glob("features/convoluted/*/fold0"))) == 6  # every base net's store
+    stack = json.loads((work / "preds" / "stack" / "summary.json").read_text())
+    assert stack["protocol"] == "holdout" and len(stack["sources"]) >= 18
+    test_ids = sorted(pd.read_csv(work / "mini" / "test_labels.csv")["_id"])
+    assert sorted(pd.read_csv(work / "submissions" / "stack.csv.gz")["_id"]) == test_ids
+    assert "FAST DEV RUN" in (work / "report" / "index.html").read_text()

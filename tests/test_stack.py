@@ -148,6 +148,16 @@ def test_candidate_features_mark_absent_sources():
     assert f["level1"].tolist() == [0, 0, 0, 1, 1]
 
 
+def test_a_source_with_no_row_at_all_is_absent_everywhere():
+    """OCR that read no holdout product (a small holdout) has an empty OOF: it used to crash the
+    candidate table (IndexError); it is a source absent from every product."""
+    model = _source("m", "model", [10, 11], [[0, 1], [2, 0]], [[0.7, 0.2], [0.6, 0.3]])
+    ocr = _source("ocr", "side source", np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros((0, 2)))
+    c = candidate_table(np.array([10, 11]), [model.oof, ocr.oof], 0, 5)
+    assert c.labels.tolist() == [0, 1, 0, 2] and not c.present[:, 1].any()
+    assert (c.ranks[:, 1] == 3).all() and (c.probs[:, 1] == 0).all()
+
+
 def test_candidate_recall_hand_made():
     a = TopK(np.array([1, 2, 3, 4]), np.array([[0, 1], [2, 3], [1, 0], [4, -1]], np.int16), np.full((4, 2), 0.4, np.float16))
     b = TopK(np.array([2, 3]), np.array([[4, 0], [3, 2]], np.int16), np.full((2, 2), 0.4, np.float16))
@@ -241,3 +251,27 @@ def test_sampled_training_and_a_model_trained_elsewhere(stacked_work, tmp_path):
     assert again["cv"] is None and again["beats_every_baseline"] is None
     assert not (copy / "preds" / "stack" / "oof.npz").exists()
     assert again["test_rows_from_fallback"] == 1 and again["test_accuracy"] == pytest.approx(s["test_accuracy"])
+
+
+def test_holdout_protocol_stacks_by_its_own_cv_over_the_holdout(tmp_path):
+    """The winners' protocol: one predicted fold (fold 0 = the holdout, the rest -1). The stacker
+    used to train fold 0's model on nothing (XGBoost: "Iterative DMatrix must have at least 1
+    batch"); now it cross-validates over the holdout products and predicts test with a model
+    trained on all of them."""
+    from common.folds import main as folds_main
+
+    work = make_tiny_work(tmp_path, n_train=360, n_test=40, n_folds=3)
+    folds = folds_main(["--work", str(work), "--protocol", "holdout", "--holdout-fraction", "0.4", "--force"])
+    holdout = set(folds.loc[folds["fold"] == 0, "_id"])
+    info = write_designed_sources(work)
+    s = run_stack(WorkDir(work), StackConfig(**FAST, cv_folds=4))
+    assert s["protocol"] == "holdout"
+    assert set(s["cv"]["per_fold"]) == {"0", "1", "2", "3"}
+    assert s["oof_products"] == len(holdout - {info["dropped_train_id"]})  # only holdout products are scored
+    assert sum(f["products"] for f in s["cv"]["per_fold"].values()) == s["oof_products"]
+    assert all(f["train_products"] < s["oof_products"] for f in s["cv"]["per_fold"].values())
+    assert s["beats_every_baseline"] and s["test_accuracy"] > 0.8
+    with gzip.open(work / "submissions" / "stack.csv.gz", "rt") as f:
+        assert len(pd.read_csv(f)) == 40
+    with pytest.raises(Exception, match="too few"):
+        run_stack(WorkDir(work), StackConfig(**FAST, cv_folds=200))

@@ -31,6 +31,7 @@ class StackConfig:
     device: str = "auto"
     nthread: int = 0  # 0 = every core
     seed: int = 0
+    cv_folds: int = 5  # the holdout protocol (one predicted fold): the stacker's own stratified K-fold CV over the holdout products
     topk: int = DEFAULT_K
     export_features: str = ""
     model: str = ""  # predict with this saved model instead of training (no CV)

@@ -37,10 +37,9 @@ def candidate_table(ids: np.ndarray, parts: list[TopK], per_source: int, n_class
     present = np.zeros((n, S), bool)
     for s, part in enumerate(parts):
         rows, have = part.lookup(ids)
-        labels = part.labels[rows].astype(np.int64)
-        labels[~have] = -1
-        probs = part.probs[rows].astype(np.float32)
-        probs[~have] = 0.0
+        labels = np.full((n, part.k), -1, np.int64)  # a source with no row at all (OCR reading nothing) is absent everywhere
+        probs = np.zeros((n, part.k), np.float32)
+        labels[have], probs[have] = part.labels[rows[have]], part.probs[rows[have]]
         present[:, s] = have
         views.append((labels, probs))
         cut = labels[:, : per_source or labels.shape[1]]

@@ -7,7 +7,8 @@ from typing import Iterator
 import numpy as np
 
 from common.categories import CategoryTree
-from common.folds import fold_numbers
+from common.errors import DataError
+from common.folds import fold_numbers, stratified_folds
 from common.paths import WorkDir
 from common.predictions import TopK, load_topk
 from common.prepare import DatasetPaths
@@ -51,7 +52,8 @@ def choose_stack_sources(available: list[Source], include_blends: bool) -> list[
 
 @dataclass
 class Products:
-    """Products to stack: ids (sorted), image counts, true labels (-1 unknown), prior table row."""
+    """Products to stack: ids (sorted), image counts, true labels (-1 unknown), prior table row,
+    and the stacker's CV fold (the fold of folds.csv; under the holdout protocol an inner fold)."""
 
     ids: np.ndarray
     n_imgs: np.ndarray
@@ -98,8 +100,23 @@ class StackInputs:
     test_ids: np.ndarray  # every test product
     test_truth: np.ndarray | None  # label per test_ids (-1 unknown), mini data only
     prior: np.ndarray
-    fold_ids: list[int]
+    fold_ids: list[int]  # the folds of folds.csv (the prior table's rows)
     fallback: int
+    cv_folds: list[int] = field(default_factory=list)  # the stacker CV's folds (oof.fold)
+    protocol: str = "kfold"
+
+
+def stacker_cv_folds(oof: Products, fold_ids: list[int], cfg: StackConfig) -> tuple[Products, list[int], str]:
+    """k-fold: the stacker's CV folds are the models' folds. Holdout (one fold): every OOF row
+    comes from the same models, so the stacker cross-validates over the holdout products with its
+    own stratified folds (each inner model trains on the other inner folds' holdout products)."""
+    if len(fold_ids) > 1:
+        return oof, fold_ids, "kfold"
+    if len(oof) < 2 * cfg.cv_folds:
+        raise DataError(f"holdout protocol: {len(oof)} holdout products with predictions, too few for the stacker's "
+                        f"{cfg.cv_folds}-fold CV (use a larger --holdout-fraction or fewer --cv-folds)")
+    inner = stratified_folds(oof.y, cfg.cv_folds, cfg.seed)
+    return Products(oof.ids, oof.n_imgs, oof.y, oof.prior_row, inner), list(range(cfg.cv_folds)), "holdout"
 
 
 def load_inputs(work: WorkDir, cfg: StackConfig) -> StackInputs:
@@ -123,5 +140,6 @@ def load_inputs(work: WorkDir, cfg: StackConfig) -> StackInputs:
     ids = np.intersect1d(union_ids([s.test for s in stacked]), test_ids)
     n_imgs = np.asarray(test_index.n_imgs)[test_index.positions_of(ids)].astype(np.float32)
     test = Products(ids, n_imgs, np.full(len(ids), -1, np.int64), np.full(len(ids), len(fold_ids)), np.full(len(ids), -1))
+    oof, cv_folds, protocol = stacker_cv_folds(oof, fold_ids, cfg)
     return StackInputs(work, tree, labels, all_sources, stacked, oof, test, test_ids, known_test_labels(paths, tree, test_ids), prior,
-                       fold_ids, labels.fallback)
+                       fold_ids, labels.fallback, cv_folds, protocol)

@@ -39,9 +39,10 @@ def builder(inp: StackInputs, split: str, cfg: StackConfig, only_learnable: bool
 
 
 def cross_validate(inp: StackInputs, cfg: StackConfig, device: str) -> tuple[TopK, dict]:
-    """Stacker CV over the folds: fold k's model never sees fold k's products."""
+    """Stacker CV over the folds (inner folds of the holdout under that protocol): fold k's model
+    never sees fold k's products."""
     tops, per_fold, hits = [], {}, np.zeros(len(inp.oof), bool)
-    for k_pos, k in enumerate(track(inp.fold_ids, "stacker CV", unit="fold")):
+    for k_pos, k in enumerate(track(inp.cv_folds, "stacker CV", unit="fold")):
         held = inp.oof.fold == k
         train = sample(inp.oof.take(np.flatnonzero(~held)), cfg.max_train_products, cfg.seed + k_pos)
         booster = train_booster(train, builder(inp, "oof", cfg, True), cfg, device)
@@ -110,7 +111,7 @@ def run_stack(work: WorkDir, cfg: StackConfig) -> dict:
     inp = load_inputs(work, cfg)
     names = feature_names(inp.stacked)
     print(f"stacking {len(inp.stacked)} sources: {', '.join(s.name for s in inp.stacked)}")
-    print(f"  {len(names)} features, {len(inp.oof)} OOF products in {len(inp.fold_ids)} folds, {len(inp.test)} test products, device {device}")
+    print(f"  {len(names)} features, {len(inp.oof)} OOF products in {len(inp.cv_folds)} {'inner folds of the holdout' if inp.protocol == 'holdout' else 'folds'}, {len(inp.test)} test products, device {device}")
     if cfg.export_features:
         print(f"  exported {export_features(inp, cfg, Path(cfg.export_features))} feature chunks to {cfg.export_features}")
     booster, oof_top, cv = train_or_load(inp, cfg, device, len(names))

@@ -100,10 +100,11 @@ def composed_fold(job: FoldJob) -> FoldOutput:
 
 
 KINDS = {"composed": RecipeKind(BestfittingConfig, composed_fold)}
+DEFAULT = "composed"  # the stage of a recipe that names none
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    return train_main("bestfitting", KINDS, "composed", argv, __doc__)
+    return train_main("bestfitting", KINDS, DEFAULT, argv, __doc__)
 
 
 if __name__ == "__main__":

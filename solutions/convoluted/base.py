@@ -80,7 +80,9 @@ class FeatureTap(nn.Module):
 
 def extract_split(tap: FeatureTap, reader, rows: np.ndarray, job: FoldJob, split: str) -> TopK:
     """Predict `rows` and store their features in <features>/<split>.*: rank 0 creates the file,
-    every rank fills its products and flushes, rank 0 renames it into place."""
+    every rank fills its products and fsyncs them, then (after a barrier, so on several nodes
+    sharing a filesystem no rank's rows are still in flight) rank 0 renames it into place; every
+    rank returns once the store is complete (a later stage on any node may open it)."""
     cfg, runtime = job.cfg, job.runtime
     directory = job.work.features(cfg.solution, cfg.name, job.fold)
     make = lambda create: FeatureWriter(directory, split, reader.index.n_imgs, tap.classifier.in_features, cfg.tta, cfg.feature_clip,  # noqa: E731
@@ -94,10 +96,11 @@ def extract_split(tap: FeatureTap, reader, rows: np.ndarray, job: FoldJob, split
         writer.write(rows[pos], ranks_in_batch(pos), tap.take(), batch.ok.cpu().numpy())
 
     preds = predict_images(tap, reader, rows, cfg, runtime, *normalization(tap.net), after_batch=store, desc=f"features {split}")
-    writer.flush()
+    writer.close()  # fsync'ed: this rank's rows are on the (shared) disk
     _barrier(runtime)
     if runtime.is_main:
         writer.commit(rows[reader.index.n_imgs[rows] > 0])
+    _barrier(runtime)
     return preds
 
 

@@ -8,11 +8,18 @@
 Why: at full scale a base net's features are tens of GB (12.4M images x 2 flips x 2048 bytes
 = 51 GB), far beyond RAM, yet the fusion heads want random access by product. A memmap of
 fixed-size rows gives that, and uint8 is 4x smaller than float32 at a precision far below the
-features' noise (the team's choice). Writers in several DDP ranks fill disjoint rows of one
-pre-sized file; the file is renamed into place only when complete (a crash leaves no store).
+features' noise (the team's choice). Writers in several DDP ranks, on one node or several
+sharing a filesystem, fill disjoint rows of one pre-sized file; the file is renamed into place
+only when complete (a crash leaves no store). The ranks write with pwrite at their rows' byte
+offsets, never through a writable memmap: a node writes back whole pages of a shared mapping,
+and on a network filesystem (NFS) each node has its own page cache, so a page holding rows of
+two ranks (at the boundary of their blocks of products, and everywhere in the 1-byte-per-image
+ok file) written back by one node would overwrite the other node's rows with its stale zeros.
+Every rank fsyncs its rows (flush) before the barrier after which rank 0 renames the file.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -20,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import write_json
+from common.atomic import write_json, write_npy
 from common.errors import DataError
 
 MAX_VIEWS = 4  # products are padded / cut to 4 images
@@ -41,45 +48,90 @@ def dequantise(q, clip):
 
 
 class FeatureWriter:
-    """Pre-sizes the store (sparse file), takes per-image features in any order, then commits."""
+    """Pre-sizes the store (sparse file), takes per-image features in any order, then commits.
+
+    Under DDP: rank 0 creates (create=True), the others open the file after a barrier; every rank
+    writes its own rows and flushes (fsync); after a barrier rank 0 commits (renames into place)."""
 
     def __init__(self, directory: Path, split: str, n_imgs: np.ndarray, dim: int, views: list[str], clip: float, model: str, create: bool = True):
         self.dir, self.split, self.dim, self.views, self.clip, self.model = Path(directory), split, dim, list(views), clip, model
         self.flips = flips = len(self.views)
         self.offsets = image_offsets(n_imgs)
         self.n_images = int(self.offsets[-1])
+        self.row_bytes = flips * dim
         self.tmp = self.dir / f"{split}.u8.tmp"
         self.tmp_ok = self.dir / f"{split}.ok.u8.tmp"
+        rows = max(self.n_images, 1)
         if create:  # rank 0 creates, the other ranks open after a barrier
             self.dir.mkdir(parents=True, exist_ok=True)
-            np.memmap(self.tmp, np.uint8, "w+", shape=(max(self.n_images, 1), flips, dim)).flush()
-            np.memmap(self.tmp_ok, np.uint8, "w+", shape=(max(self.n_images, 1),)).flush()
-        self.features = np.memmap(self.tmp, np.uint8, "r+", shape=(max(self.n_images, 1), flips, dim))
-        self.ok = np.memmap(self.tmp_ok, np.uint8, "r+", shape=(max(self.n_images, 1),))
+            for path, size in ((self.tmp, rows * self.row_bytes), (self.tmp_ok, rows)):
+                with open(path, "wb") as f:  # sparse: unwritten rows read as zeros (ok = 0)
+                    f.truncate(size)
+                    os.fsync(f.fileno())
+        self._fds: tuple[int, int] | None = (os.open(self.tmp, os.O_RDWR), os.open(self.tmp_ok, os.O_RDWR))
 
     def write(self, product_rows: np.ndarray, ranks: np.ndarray, features: np.ndarray, ok: np.ndarray) -> None:
         """features float[n, flips, dim] of images (product row, rank); ok[n] marks decoded images."""
         if features.shape[1:] != (self.flips, self.dim):
             raise ValueError(f"features of shape {features.shape[1:]}, store holds {(self.flips, self.dim)}")
-        at = self.offsets[np.asarray(product_rows)] + np.asarray(ranks)
-        self.features[at] = quantise(features, self.clip)
-        self.ok[at] = np.asarray(ok, np.uint8)
+        if self._fds is None:
+            raise RuntimeError(f"{self.tmp}: writer already closed")
+        at = (self.offsets[np.asarray(product_rows)] + np.asarray(ranks)).astype(np.int64)
+        order = np.argsort(at, kind="stable")  # a repeated image: the last write wins, as in an array
+        at = at[order]
+        q = quantise(np.asarray(features), self.clip)[order].reshape(len(at), self.row_bytes)
+        flags = np.asarray(ok, np.uint8)[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(at) != 1) + 1, len(at)]  # runs of consecutive images: one pwrite each
+        fd, fd_ok = self._fds
+        for s, e in itertools.pairwise(starts):
+            _pwrite_all(fd, q[s:e], int(at[s]) * self.row_bytes)
+            _pwrite_all(fd_ok, flags[s:e], int(at[s]))
 
     def flush(self) -> None:
-        """Every rank flushes its rows (on any node) before rank 0 renames the file into place."""
-        self.features.flush()
-        self.ok.flush()
+        """Every rank fsyncs its rows (on any node) before rank 0 renames the file into place."""
+        if self._fds is not None:
+            for fd in self._fds:
+                os.fsync(fd)
+
+    def close(self) -> None:
+        """Flush and close (a rank that is done writing)."""
+        if self._fds is not None:
+            self.flush()
+            for fd in self._fds:
+                os.close(fd)
+            self._fds = None
+
+    def __del__(self) -> None:
+        if getattr(self, "_fds", None) is not None:
+            for fd in self._fds:
+                os.close(fd)
 
     def commit(self, rows: np.ndarray) -> "FeatureStore":
         """Flush, record which products were written, rename into place (main process only)."""
-        self.flush()
-        del self.features, self.ok
+        self.close()
         meta = {"dim": self.dim, "views": self.views, "clip": self.clip, "n_images": self.n_images, "model": self.model}
-        np.save(self.dir / f"{self.split}.rows.npy", np.asarray(np.sort(rows), np.int64))
+        write_npy(self.dir / f"{self.split}.rows.npy", np.asarray(np.sort(rows), np.int64))
         os.replace(self.tmp_ok, self.dir / f"{self.split}.ok.u8")
         os.replace(self.tmp, self.dir / f"{self.split}.u8")
         write_json(self.dir / f"{self.split}.json", meta)  # last: its presence marks a complete store
+        _fsync_dir(self.dir)
         return FeatureStore(self.dir, self.split)
+
+
+def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
+    view = memoryview(np.ascontiguousarray(data)).cast("B")
+    while len(view):
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _fsync_dir(directory: Path) -> None:
+    """The renames themselves durable (POSIX: a directory entry is data of the directory)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass

@@ -22,10 +22,11 @@ KINDS = {
     "fuse": RecipeKind(fuse.FuseConfig, fuse.fuse_fold),
     "rank_count": RecipeKind(rank_count.RankCountConfig, rank_count.rank_count_fold, rank_count.merge_variants),
 }
+DEFAULT = "base"  # the stage of a recipe that names none
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    return train_main("convoluted", KINDS, "base", argv, __doc__)
+    return train_main("convoluted", KINDS, DEFAULT, argv, __doc__)
 
 
 if __name__ == "__main__":

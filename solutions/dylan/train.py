@@ -12,10 +12,11 @@ from common.cli import run
 from common.recipe import IMAGE, train_main
 
 KINDS = {"image": IMAGE}
+DEFAULT = "image"  # the stage of a recipe that names none
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    return train_main("dylan", KINDS, "image", argv, __doc__)
+    return train_main("dylan", KINDS, DEFAULT, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,137 @@
+"""The plan (`python -m common.plan`, `./run_all.sh --plan`) and the GPU benchmark that feeds it
+(`bench/bench_gpu.py`, here on a CPU at a tiny size): official counts, 1 against 8 GPUs, k-fold
+against holdout, JSON output, a measured throughput file overriding the recorded figures."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+
+import pytest
+
+from common import plan
+from common.errors import DataError
+from common.paths import REPO, TRAIN_EXAMPLE_BSON
+
+NO_FILE = ["--throughput", ""]  # (the default file is read only when present: tests pass their own)
+
+
+def run_plan(tmp_path, *args: str) -> dict:
+    return plan.main(["--work", str(tmp_path / "work"), *args])
+
+
+@pytest.fixture(scope="module")
+def holdout(tmp_path_factory) -> dict:
+    return run_plan(tmp_path_factory.mktemp("plan"), "--profile", "full", "--gpus", "1", "--json", str(tmp_path_factory.getbasetemp() / "plan.json"))
+
+
+def by_source(p: dict) -> dict:
+    return {r["source"]: r for r in p["recipes"]}
+
+
+def test_official_counts_and_holdout(holdout):
+    c, s = holdout["counts"], holdout["split"]
+    assert (c["train_products"], c["train_images"], c["test_products"], c["test_images"]) == (7_069_896, 12_371_293, 1_768_182, 3_095_080)
+    assert sum(c["by_k"].values()) == c["train_products"] and sum(int(k) * n for k, n in c["by_k"].items()) == c["train_images"]
+    assert s["protocol"] == "holdout" and s["models"] == 1 and (s["oof_products"], s["oof_images"]) == (50_000, 87_648)
+    dpn107 = by_source(holdout)["dylan_dpn107"]
+    assert dpn107["train_images"] == 23 * (12_371_293 - 87_648)
+    # the recorded DPN-107: 246 img/s on 8 GPUs, 12.28M images an epoch in 13.9 h (the 3rd place: 13-14 h on 11.75M)
+    assert math.isclose(dpn107["gpu_s"]["train"] / 23 / 8 / 3600, 13.9, abs_tol=0.1)
+    assert dpn107["rate"].startswith("recorded: 246 img/s on 8 GPUs")
+    assert by_source(holdout)["dylan_seresnext101"]["rate"].startswith("scaled by FLOPs from resnext101_32x4d")
+    # one feature store per 2nd-place base net: (train + test images) x 2 flips x its width
+    images, products = 12_371_293 + 3_095_080, 7_069_896 + 1_768_182
+    assert by_source(holdout)["convoluted_base_seresnext101"]["disk"]["features"] == images * (2 * 2048 + 1) + 8 * products
+
+
+def test_every_recipe_has_a_labelled_source(holdout):
+    sources = {r["rate"] for r in holdout["recipes"]}
+    assert all(s.startswith(("recorded:", "scaled by FLOPs from", "bound by reading", "bench_gpu.json on")) for s in sources), sources
+    assert {r["solution"] for r in holdout["recipes"]} == {"dylan", "bestfitting", "convoluted"}
+    assert all(s["source"] for s in holdout["cpu_stages"])
+    assert {s["stage"] for s in holdout["cpu_stages"]} >= {"ocr (selection)", "md5", "stack", "report"}
+
+
+def test_eight_gpus_same_gpu_hours_eight_times_less_wall(holdout, tmp_path):
+    eight = run_plan(tmp_path, "--profile", "full", "--gpus", "8")
+    assert math.isclose(eight["totals"]["gpu_hours"], holdout["totals"]["gpu_hours"], rel_tol=1e-12)
+    assert math.isclose(eight["totals"]["wall_hours_gpu"] * 8, holdout["totals"]["wall_hours_gpu"], rel_tol=1e-12)
+    assert "linear scaling assumed" in eight["totals"]["scaling"]
+
+
+def test_kfold_trains_each_recipe_n_times_on_n_minus_1_folds(holdout, tmp_path):
+    kfold = run_plan(tmp_path, "--profile", "full", "--protocol", "kfold", "--n-folds", "5")
+    assert kfold["split"]["models"] == 5
+    expected = 5 * 0.8 * 12_371_293 / (12_371_293 - 87_648)  # 5 models on 4/5 each, against one on all but the holdout
+    for source, r in by_source(kfold).items():
+        if r["train_images"]:
+            assert math.isclose(r["train_images"] / by_source(holdout)[source]["train_images"], expected, rel_tol=1e-9), source
+    ratio = kfold["totals"]["gpu_hours"] / holdout["totals"]["gpu_hours"]
+    assert 4.0 < ratio < 5.0  # + every fold's validation each epoch and 5 test passes
+    assert math.isclose(kfold["disk_bytes"]["features (recipes)"] / holdout["disk_bytes"]["features (recipes)"], 5, rel_tol=1e-9)
+
+
+def test_json_output(holdout, tmp_path_factory):
+    saved = json.loads((tmp_path_factory.getbasetemp() / "plan.json").read_text())
+    assert saved["totals"]["gpu_hours"] == pytest.approx(holdout["totals"]["gpu_hours"])
+    assert len(saved["recipes"]) == len(holdout["recipes"]) and saved["split"]["protocol"] == "holdout"
+
+
+def test_a_measured_throughput_file_overrides_the_recorded_figures(holdout, tmp_path):
+    table = {"device": "Test GPU", "gpu": True, "size": 180,
+             "recipes": {"dylan_dpn107": {"input_size": 180, "train_img_s": {"loader": 1000.0, "synthetic": 1200.0}, "infer_img_s": {"loader": 3000.0, "synthetic": 4000.0}}}}
+    path = tmp_path / "gpu.json"
+    path.write_text(json.dumps(table))
+    measured = by_source(run_plan(tmp_path, "--profile", "full", "--throughput", str(path)))
+    dpn107 = measured["dylan_dpn107"]
+    assert dpn107["rate"].startswith("bench_gpu.json on Test GPU, loader-fed")
+    assert dpn107["gpu_s"]["train"] == pytest.approx(dpn107["train_images"] / 1000.0)
+    assert dpn107["gpu_s"]["predict"] == pytest.approx(dpn107["predict_images"] / 3000.0)
+    assert measured["dylan_dpn92"]["rate"] == by_source(holdout)["dylan_dpn92"]["rate"]  # the others stay recorded
+    with pytest.raises(DataError, match="no such file"):
+        run_plan(tmp_path, "--throughput", str(tmp_path / "missing.json"))
+
+
+def test_data_counts_come_from_the_index(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "test"):
+        shutil.copy(TRAIN_EXAMPLE_BSON, data / f"{split}.bson")
+    with pytest.raises(DataError, match="run the index stage first"):
+        run_plan(tmp_path, "--data", str(data))
+    p = run_plan(tmp_path, "--data", str(data), "--build-index", "--holdout-fraction", "0.1")
+    assert (p["counts"]["train_products"], p["counts"]["train_images"]) == (82, 110)
+    assert p["counts"]["by_k"] == {1: 67, 2: 7, 3: 3, 4: 5}
+    assert p["split"]["oof_products"] == pytest.approx(8.2) and "stratified 10.0%" in p["split"]["what"]
+    again = run_plan(tmp_path, "--data", str(data))  # the index is now in --work
+    assert again["counts"]["train_images"] == 110
+
+
+def test_run_all_plan_runs_no_stage(tmp_path):
+    out = subprocess.run([str(REPO / "run_all.sh"), "--profile", "full", "--plan", "--gpus", "8", "--work", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "TOTAL GPU-hours" in out.stdout and "on 8 GPUs" in out.stdout and "protocol holdout" in out.stdout
+    assert "== index" not in out.stdout and not (tmp_path / "index").exists()
+
+
+def test_bench_gpu_on_cpu_writes_what_the_plan_reads(tmp_path):
+    from bench.bench_gpu import main as bench_main
+
+    out = tmp_path / "cpu.json"
+    result = bench_main(["--cpu", "--quick", "--size", "64", "--batch", "4", "--workers", "0", "--steps", "1", "--warmup", "1", "--size-mb", "1",
+                         "--work", str(tmp_path), "--out", str(out), "--recipes", "dylan/mini_lite0", "bestfitting/mini_lite0_strip", "convoluted/mini_fuse_max"])
+    assert result["gpu"] is False and result["device"].startswith("cpu")
+    assert set(result["recipes"]) == {"dylan_mini_lite0", "bestfitting_mini_lite0_strip"}
+    assert "stored features" in result["skipped"]["convoluted_mini_fuse_max"]
+    for r in result["recipes"].values():
+        assert "error" not in r, r
+        assert r["input_size"] == 64 and r["micro_batch"] == 4
+        for what in ("train_img_s", "infer_img_s"):
+            assert r[what]["loader"] > 0 and r[what]["synthetic"] > 0 and 0 <= r[what]["loader_share"] <= 1
+    assert json.loads(out.read_text())["recipes"].keys() == result["recipes"].keys()
+    planned = by_source(run_plan(tmp_path, "--profile", "mini", "--throughput", str(out)))
+    assert planned["dylan_mini_lite0"]["rate"].startswith("bench_gpu.json on cpu") and "not a GPU figure" in planned["dylan_mini_lite0"]["rate"]
+    assert planned["convoluted_mini_base_lite0"]["rate"].startswith("scaled by FLOPs")  # not measured: the recorded figures stay
