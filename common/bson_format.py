@@ -51,7 +51,7 @@ def _valid_length(n: int, remaining: int) -> bool:
     return MIN_DOC_BYTES <= n <= min(MAX_DOC_BYTES, remaining)
 
 
-def _find_next_document(f: BinaryIO, start: int, size: int) -> int:
+def _find_next_document(f: BinaryIO, start: int, size: int, limit: int | None = None) -> int:
     """Offset of the next plausible document at or after `start`, or `size` if none.
 
     Why: a corrupt length prefix in the middle of a 58 GB file must not lose everything after
@@ -59,8 +59,8 @@ def _find_next_document(f: BinaryIO, start: int, size: int) -> int:
     and accept a candidate whose length is sane and whose last byte is the BSON terminator.
     """
     window = 1 << 20
-    pos = start
-    while pos < size:
+    pos, stop = start, size if limit is None else min(size, limit)
+    while pos < stop:
         f.seek(pos)
         data = f.read(window + 8)
         for marker in _ID_MARKERS:
@@ -82,8 +82,32 @@ def _plausible_document_at(f: BinaryIO, offset: int, size: int) -> bool:
     n = _INT32.unpack(head)[0]
     if not _valid_length(n, size - offset):
         return False
-    f.seek(offset + n - 1)
-    return f.read(1) == b"\x00"
+    f.seek(offset)
+    return structure_accounts_for(f.read(n), 0, n)
+
+
+def structure_accounts_for(buf: bytes, pos: int, n: int) -> bool:
+    """True when the top-level elements of the document at buf[pos:] end exactly at its claimed
+    length n (then its terminating NUL). Why: a corrupt length prefix that lands on a 0x00 byte
+    inside a later document looks like a document; its element chain does not fit it (an int32
+    `_id`, the `imgs` array's own length, `category_id`: a few hops, no payload touched)."""
+    end = pos + n - 1
+    if n < MIN_DOC_BYTES or end >= len(buf) or buf[end] != 0:
+        return False
+    i = pos + 4
+    try:
+        while i < end:
+            etype = buf[i]
+            name_end = buf.find(b"\x00", i + 1, end)
+            if name_end < 0:
+                return False
+            nxt = _skip_value(buf, etype, name_end + 1)
+            if nxt > end or nxt <= name_end or (etype in (0x03, 0x04) and buf[nxt - 1] != 0):
+                return False
+            i = nxt
+    except (ValueError, struct.error, IndexError):
+        return False
+    return i == end
 
 
 @dataclass(frozen=True)
@@ -109,8 +133,8 @@ def _walk_documents(buf: bytes) -> tuple[list[int], list[int], int, str | None]:
             return starts, lengths, pos, f"length prefix {n} is not a valid document size"
         if pos + n > end:
             break
-        if buf[pos + n - 1] != 0:
-            return starts, lengths, pos, "document does not end with a NUL byte"
+        if not structure_accounts_for(buf, pos, n):
+            return starts, lengths, pos, f"length prefix {n} does not match the document's elements"
         starts.append(pos)
         lengths.append(n)
         pos += n
@@ -139,8 +163,10 @@ def iter_document_batches(
                 yield DocumentBatch(offset, buf, np.asarray(starts, np.int64), np.asarray(lengths, np.int64))
             offset, want = offset + pos, chunk_size
             if problem:
-                _bad_prefix(path, offset, problem)
-                nxt = _find_next_document(f, offset + 1, size)
+                # a bad first document: BSON only if a valid document follows within one document's reach
+                nxt = _find_next_document(f, offset + 1, size, None if offset else MAX_DOC_BYTES + 4)
+                if offset == 0 and nxt >= min(size, MAX_DOC_BYTES + 4):
+                    _bad_prefix(path, 0, problem)
                 skips.add("corrupt_bytes", f"{path}: {problem} at offset {offset}; skipped {nxt - offset} bytes to offset {nxt}")
                 offset = nxt
             elif pos == 0:  # the document at `offset` does not fit in this read

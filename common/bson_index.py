@@ -133,7 +133,10 @@ def load_index(prefix: str | os.PathLike, mmap: bool = True) -> ProductIndex:
     if not meta_path.exists() or not rows_path.exists():
         raise FileNotFoundError(f"no index at {prefix} (.json/.npy); build it with python -m common.prepare")
     meta = json.loads(meta_path.read_text())
-    rows = np.load(rows_path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    try:
+        rows = np.load(rows_path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # a file cut short: name it, never a numpy traceback
+        raise DataError(f"{rows_path}: unreadable index ({e}); rebuild it with python -m common.prepare") from None
     if len(rows) != meta.get("products"):
         raise DataError(f"{rows_path} has {len(rows)} rows but {meta_path} says {meta.get('products')}: rebuild the index")
     return ProductIndex(rows, meta)

@@ -41,7 +41,7 @@ def test_half_written_index_is_not_valid(sample_bson, tmp_path):
     save_index(build_index(sample_bson, progress=False), prefix)
     npy = prefix.with_suffix(".npy")
     npy.write_bytes(npy.read_bytes()[: npy.stat().st_size // 2])
-    with pytest.raises((DataError, ValueError)):
+    with pytest.raises(DataError, match=r"train\.npy"):
         load_index(prefix)
 
 
@@ -151,6 +151,45 @@ def test_corrupt_length_mid_file_resynchronises(sample_bson, tmp_path):
     assert index.ids.tolist() == np.delete(full.ids, 30).tolist()
     assert index.meta["skipped"]["counts"] == {"corrupt_bytes": 1}
     assert f"offset {bad}" in index.meta["skipped"]["messages"][0]
+
+
+def _corrupt_prefix(data: bytes, offset: int, value: int, path) -> "ProductIndex":
+    out = bytearray(data)
+    out[offset : offset + 4] = int(value).to_bytes(4, "little", signed=True)
+    path.write_bytes(bytes(out))
+    return build_index(path, progress=False)
+
+
+def test_an_in_range_length_ending_on_a_nul_byte_is_not_trusted(sample_bson, tmp_path):
+    """The issue's case: product 30's prefix rewritten to jump ~200 KB onto a 0x00 byte used to
+    swallow the 27 documents inside it (55 of 82 kept); only product 30 may be lost."""
+    data, full = sample_bson.read_bytes(), build_index(sample_bson, progress=False)
+    bad = int(full.offsets[30])
+    target = bad + 200_000
+    n = data.index(b"\x00", target) + 1 - bad  # the claimed document ends on a NUL, like a real one
+    index = _corrupt_prefix(data, bad, n, tmp_path / "corrupt.bson")
+    assert index.ids.tolist() == np.delete(full.ids, 30).tolist()
+    assert index.meta["skipped"]["counts"] == {"corrupt_bytes": 1}
+
+
+def test_random_in_range_prefixes_never_lose_an_untouched_document(sample_bson, tmp_path):
+    """Property: a corrupted prefix at a random document with a random in-range value (half of
+    them chosen to end on a 0x00 byte) loses at most that document."""
+    data, full = sample_bson.read_bytes(), build_index(sample_bson, progress=False)
+    rng = np.random.default_rng(0)
+    nuls = np.flatnonzero(np.frombuffer(data, np.uint8) == 0)
+    for trial in range(40):
+        k = int(rng.integers(len(full)))
+        bad = int(full.offsets[k])
+        if trial % 2:
+            after = nuls[nuls > bad + 4]
+            n = int(rng.choice(after[: 5000])) + 1 - bad
+        else:
+            n = int(rng.integers(5, len(data) - bad + 1))
+        index = _corrupt_prefix(data, bad, n, tmp_path / f"c{trial}.bson")
+        if n == int(full.lengths[k]):
+            continue  # the true length: nothing was corrupted
+        assert set(np.delete(full.ids, k).tolist()) <= set(index.ids.tolist()), (trial, k, n)
 
 
 def test_document_without_imgs_is_kept_and_reported(write_bson, tmp_path):
