@@ -86,7 +86,8 @@ def test_truncated_file_keeps_complete_products(sample_bson, tree, tmp_path):
 
 def test_malformed_document_is_skipped_and_reported(sample_bson, tree, tmp_path):
     index = build_index(sample_bson, progress=False)
-    # sane length and terminator, but `_id` claims a 1000-byte string: bson.decode rejects it
+    # sane length and terminator, but `_id` claims a 1000-byte string: its elements do not account
+    # for its length, so the scan skips it as an unreadable region and resyncs on the next document
     bad = struct.pack("<i", 14) + b"\x02_id\x00" + struct.pack("<i", 1000) + b"\x00"
     data = sample_bson.read_bytes()
     split = int(index.offsets[10])
@@ -94,7 +95,7 @@ def test_malformed_document_is_skipped_and_reported(sample_bson, tree, tmp_path)
     path.write_bytes(data[:split] + bad + data[split:])
     stats = compute_stats(path, tree, tmp_path / "out", progress=False)
     assert stats["products"] == 82 and stats["images"] == 110
-    assert stats["skipped"]["counts"] == {"malformed_document": 1}
+    assert stats["skipped"]["counts"] == {"corrupt_bytes": 1}
 
 
 def test_planted_duplicates_give_exact_md5_counts(write_bson, tree, tmp_path):
