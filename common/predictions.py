@@ -91,7 +91,10 @@ def save_topk(path: str | os.PathLike, preds: TopK) -> None:
             np.savez(f, ids=preds.ids, labels=preds.labels, probs=preds.probs)
 
 
-def load_topk(path: str | os.PathLike) -> TopK:
+def load_topk(path: str | os.PathLike, n_classes: int | None = None, within: np.ndarray | None = None, split: str = "") -> TopK:
+    """A prediction file, refused (DataError naming it) unless valid: see validate_topk; with
+    `n_classes` every label is a class of the tree, with `within` (sorted ids) every id is a
+    product of the split the file claims (train ids in an oof.npz, test ids in a test.npz)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"prediction file {path} does not exist")
@@ -100,20 +103,37 @@ def load_topk(path: str | os.PathLike) -> TopK:
             preds = TopK(z["ids"], z["labels"], z["probs"])
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: not a valid top-K prediction file ({e})") from None
-    validate_topk(preds, str(path))
+    validate_topk(preds, str(path), n_classes)
+    if within is not None and len(preds):
+        outside = ~lookup(within, preds.ids)[1]
+        if outside.any():
+            raise DataError(f"{path}: {int(outside.sum())} of {len(preds)} ids are not {split or 'the split'} products "
+                            f"(first _id {int(preds.ids[outside][0])}): a file of the other split, or of other data")
     return preds
 
 
-def validate_topk(preds: TopK, where: str) -> None:
-    """Shapes, dtypes, sorted unique ids, finite probabilities: a broken source is named, not used."""
+PROB_TOLERANCE = 2e-3  # float16 rounding of probabilities near 1
+
+
+def validate_topk(preds: TopK, where: str, n_classes: int | None = None) -> None:
+    """Shapes, dtypes, sorted unique ids, labels inside the tree (PAD_LABEL pads), probabilities
+    finite, in [0, 1] and non-increasing along K: a broken source is named, not used."""
     if preds.ids.dtype != np.int64 or preds.labels.dtype != np.int16 or preds.probs.dtype != np.float16:
         raise DataError(f"{where}: dtypes {preds.ids.dtype}/{preds.labels.dtype}/{preds.probs.dtype}, expected int64/int16/float16")
     if preds.labels.ndim != 2 or preds.labels.shape != preds.probs.shape or len(preds.labels) != len(preds.ids):
         raise DataError(f"{where}: shapes ids {preds.ids.shape}, labels {preds.labels.shape}, probs {preds.probs.shape} disagree")
     if len(preds.ids) > 1 and not (np.diff(preds.ids) > 0).all():
         raise DataError(f"{where}: ids are not sorted and unique")
-    if not np.isfinite(preds.probs.astype(np.float32)).all():
-        raise DataError(f"{where}: {int((~np.isfinite(preds.probs.astype(np.float32))).any(axis=1).sum())} products have NaN/inf probabilities")
+    probs = preds.probs.astype(np.float32)
+    bad = [(~np.isfinite(probs)).any(axis=1), (preds.labels < PAD_LABEL).any(axis=1), ((probs < 0) | (probs > 1 + PROB_TOLERANCE)).any(axis=1),
+           (np.diff(probs, axis=1) > PROB_TOLERANCE).any(axis=1)]
+    if n_classes is not None:
+        bad.append((preds.labels >= n_classes).any(axis=1))
+    problems = ("NaN/inf probabilities", f"labels below {PAD_LABEL}", "probabilities outside [0, 1]", "probabilities increasing along K",
+                f"labels >= {n_classes} (the tree's class count)")
+    for mask, problem in zip(bad, problems):
+        if mask.any():
+            raise DataError(f"{where}: {int(mask.sum())} products have {problem} (first _id {int(preds.ids[mask][0])})")
 
 
 def concat_topk(parts: list[TopK], k: int | None = None) -> TopK:

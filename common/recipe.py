@@ -168,8 +168,9 @@ def run_one_fold(cfg: TrainConfig, data: FoldData, work: WorkDir, fold: int, run
 def merge_folds(cfg: TrainConfig, data: FoldData, work: WorkDir, folds: list[int], kind: RecipeKind) -> dict:
     """OOF = each fold's own products; test = mean over the fold models; summary.json beside."""
     dirs = [work.model_dir(cfg.solution, cfg.name, k) for k in folds]
-    oof = concat_topk([load_topk(d / "oof.npz") for d in dirs])
-    test = average_topk([load_topk(d / "test.npz") for d in dirs], cfg.topk)
+    n = len(data.tree)
+    oof = concat_topk([load_topk(d / "oof.npz", n) for d in dirs])
+    test = average_topk([load_topk(d / "test.npz", n) for d in dirs], cfg.topk)
     save_topk(work.preds(cfg.source) / "oof.npz", oof)
     save_topk(work.preds(cfg.source) / "test.npz", test)
     rows = data.train.index.positions_of(oof.ids)

@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
+import numpy as np
+
 from .atomic import write_json
 from .errors import DataError
 from .paths import WorkDir
@@ -95,3 +97,31 @@ def list_sources(work: WorkDir, kinds: Iterable[str] | None = None, solution: st
     names = sorted(p.name for p in root.iterdir() if p.is_dir() and done(work, p.name)) if root.exists() else []
     infos = [read_source(work, n) for n in names]
     return [s for s in infos if s.kind in kinds and (solution is None or s.solution == solution)]
+
+
+@dataclass(frozen=True)
+class SplitIds:
+    """What a source's predictions must fit: the tree's class count, the train and test ids (sorted)."""
+
+    n_classes: int
+    train: np.ndarray
+    test: np.ndarray
+
+    @classmethod
+    def load(cls, work: WorkDir) -> "SplitIds":
+        from .prepare import DatasetPaths
+
+        paths = DatasetPaths.load(work)
+        ids = {s: np.unique(np.asarray(paths.index(work, s).ids, np.int64)) for s in ("train", "test")}
+        return cls(len(paths.tree()), ids["train"], ids["test"])
+
+
+def load_predictions(work: WorkDir, name: str, splits: SplitIds | None = None) -> tuple:
+    """(oof, test) TopK of preds/<name>/, each refused by name unless its labels are classes of the
+    tree and its ids products of its own split (a swapped or foreign file never reaches a stage)."""
+    from .predictions import load_topk
+
+    splits = splits or SplitIds.load(work)
+    folder = work.preds(name)
+    return (load_topk(folder / "oof.npz", splits.n_classes, splits.train, "train"),
+            load_topk(folder / "test.npz", splits.n_classes, splits.test, "test"))

@@ -17,9 +17,9 @@ import numpy as np
 from common.cli import parse_stage
 from common.metrics import accuracy, class_prior_accuracy, product_report
 from common.paths import WorkDir
-from common.predictions import DEFAULT_K, TopK, load_topk, power_mean, save_topk
+from common.predictions import DEFAULT_K, TopK, power_mean, save_topk
 from common.prepare import DatasetPaths
-from common.sources import list_sources, write_summary
+from common.sources import SplitIds, list_sources, load_predictions, write_summary
 from common.submission import score_submission, submission_from_topk
 from common.workdata import Labels
 
@@ -67,13 +67,14 @@ def blend(work: WorkDir, spec: SolutionBlend, members: dict[str, float], k: int 
         raise FileNotFoundError(f"no {spec.solution} source to blend under {work.root / 'preds'} (train its recipes first)")
     names, weights = list(members), list(members.values())
     labels, paths = Labels.load(work), DatasetPaths.load(work)
-    oofs = [load_topk(work.preds(s) / "oof.npz") for s in names]
+    splits = SplitIds.load(work)
+    oofs, tests = zip(*(load_predictions(work, s, splits) for s in names))
     common_ids = oofs[0].ids
     for o in oofs[1:]:
         common_ids = np.intersect1d(common_ids, o.ids)
     oofs = [o.take(o.lookup(common_ids)[0]) for o in oofs]
     oof = power_mean(oofs, k, weights, spec.power)
-    test = power_mean([load_topk(work.preds(s) / "test.npz") for s in names], k, weights, spec.power)
+    test = power_mean(list(tests), k, weights, spec.power)
     save_topk(work.preds(spec.solution) / "oof.npz", oof)
     save_topk(work.preds(spec.solution) / "test.npz", test)
     tree = paths.tree()

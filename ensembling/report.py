@@ -28,9 +28,9 @@ from common.cli import parse_stage, run
 from common.folds import read_protocol
 from common.metrics import accuracy, product_report
 from common.paths import WorkDir
-from common.predictions import TopK, load_topk
+from common.predictions import TopK
 from common.prepare import DatasetPaths
-from common.sources import KINDS, SourceInfo, list_sources
+from common.sources import KINDS, SourceInfo, SplitIds, list_sources, load_predictions
 from common.submission import score_submission
 from common.workdata import Labels, known_test_labels
 
@@ -53,6 +53,7 @@ class Context:
     test_labels_csv: str | None
     data_label: str
     protocol: dict  # folds.json: the protocol that made every OOF number
+    splits: SplitIds  # what every prediction file must fit
 
 
 def protocol_text(protocol: dict) -> str:
@@ -72,7 +73,7 @@ def load_context(work: WorkDir) -> Context:
     mini = bool(paths.test_labels) or len(tree) < 5270
     data_label = f"mini (synthetic, {len(tree)} classes)" if mini else "Kaggle train OOF"
     return Context(work, tree, Labels.load(work), test_ids, known_test_labels(paths, tree, test_ids), paths.test_labels, data_label,
-                   read_protocol(work))
+                   read_protocol(work), SplitIds.load(work))
 
 
 def report_sources(work: WorkDir) -> list[SourceInfo]:
@@ -115,7 +116,7 @@ class SourceResult:
 
 
 def evaluate_source(ctx: Context, info: SourceInfo) -> SourceResult:
-    oof, test = load_topk(ctx.work.preds(info.name) / "oof.npz"), load_topk(ctx.work.preds(info.name) / "test.npz")
+    oof, test = load_predictions(ctx.work, info.name, ctx.splits)
     known = np.isin(oof.ids, ctx.labels.ids)
     rep = product_report(oof.top1[known], ctx.labels.of(oof.ids[known]), ctx.labels.n_imgs[ctx.labels.rows(oof.ids[known])], ctx.tree)
     return SourceResult(info.name, info.kind, info.summary, oof, rep, mean_image_accuracy(info.summary), test_accuracy(ctx, info.name, test))

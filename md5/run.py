@@ -38,8 +38,8 @@ from common.folds import EXCLUDED
 from common.ids import lookup
 from common.metrics import accuracy
 from common.paths import WorkDir
-from common.predictions import load_topk, save_topk
-from common.sources import BLENDS, list_sources, write_summary
+from common.predictions import save_topk
+from common.sources import BLENDS, list_sources, load_predictions, write_summary
 from common.submission import submission_from_topk
 from common.workdata import FoldData, Labels, load_fold_data
 
@@ -162,7 +162,7 @@ def votes_report(v: Votes, true: np.ndarray | None) -> dict:
 def base_report(work: WorkDir, base: str, oof_v: Votes, test_v: Votes, labels: Labels, data: FoldData,
                 truth: np.ndarray | None, write: bool) -> dict:
     """A source's OOF (and mini test) accuracy before and after the override; optional submission."""
-    oof, test = load_topk(work.preds(base) / "oof.npz"), load_topk(work.preds(base) / "test.npz")
+    oof, test = load_predictions(work, base)
     new_oof = override(oof, oof_v.ids[oof_v.unique_label], oof_v.unique_of[oof_v.unique_label])
     new_test = override(test, test_v.ids[test_v.unique_label], test_v.unique_of[test_v.unique_label])
     unique_ids = oof_v.ids[oof_v.unique_label]

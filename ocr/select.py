@@ -21,8 +21,8 @@ from common.errors import DataError, log
 from common.folds import EXCLUDED
 from common.ids import first_occurrence
 from common.paths import WorkDir
-from common.predictions import TopK, load_topk
-from common.sources import BLENDS, list_sources
+from common.predictions import TopK
+from common.sources import BLENDS, SplitIds, list_sources, load_predictions
 
 
 def media_labels(tree: CategoryTree, groups: list[str]) -> np.ndarray:
@@ -90,7 +90,9 @@ def load_sources(work: WorkDir, sources: list[str]) -> tuple[list[TopK], list[To
     if not sources:
         raise DataError(f"no CNN prediction source under {work.root / 'preds'} to choose the products to read: "
                         "run a solution first or pass --sources")
-    return [load_topk(work.preds(s) / "oof.npz") for s in sources], [load_topk(work.preds(s) / "test.npz") for s in sources]
+    splits = SplitIds.load(work)
+    pairs = [load_predictions(work, s, splits) for s in sources]
+    return [oof for oof, _ in pairs], [test for _, test in pairs]
 
 
 def selection_report(selected: np.ndarray, true_media: np.ndarray) -> dict:

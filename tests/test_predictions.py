@@ -156,3 +156,49 @@ def test_product_report_breakdowns(tree):
     assert report["level1_accuracy"] == pytest.approx(1.0 if tree.level1_of[0] == tree.level1_of[1] else 0.8)
     assert sum(v["products"] for v in report["by_level1"].values()) == 5
     assert class_prior_accuracy(np.array([3, 3, 1]), np.array([3, 1, 3, 3])) == 0.75
+
+
+def _file(tmp_path, ids, labels, probs, name="p.npz"):
+    path = tmp_path / name
+    save_topk(path, TopK(np.asarray(ids, np.int64), np.asarray(labels, np.int16), np.asarray(probs, np.float16)))
+    return path
+
+
+@pytest.mark.parametrize("labels, probs, problem", [
+    ([[0, 1]], [[0.6, 0.7]], "probabilities increasing along K"),
+    ([[0, 1]], [[1.5, 0.1]], "probabilities outside \\[0, 1\\]"),
+    ([[0, -3]], [[0.6, 0.1]], "labels below -1"),
+    ([[0, 1]], [[-0.1, -0.2]], "probabilities outside \\[0, 1\\]"),
+])
+def test_bad_prediction_contents_are_refused_on_write_naming_the_file(tmp_path, labels, probs, problem):
+    with pytest.raises(DataError, match=f"p.npz: 1 products have {problem}"):
+        _file(tmp_path, [7], labels, probs)
+
+
+def test_labels_outside_the_tree_and_ids_of_the_other_split_are_refused_on_read(tmp_path):
+    path = _file(tmp_path, [5, 9], [[8, 0], [1, -1]], [[0.9, 0.1], [1.0, 0.0]])
+    assert len(load_topk(path)) == 2
+    with pytest.raises(DataError, match=r"p.npz: 1 products have labels >= 5 .*first _id 5"):
+        load_topk(path, n_classes=5)
+    with pytest.raises(DataError, match=r"p.npz: 1 of 2 ids are not train products \(first _id 9\)"):
+        load_topk(path, 10, within=np.array([1, 5, 7]), split="train")
+
+
+def test_a_swapped_source_stops_the_stacker_naming_it(tmp_path):
+    """oof.npz and test.npz swapped used to give a submission of 100 % fallback rows, exit 0."""
+    from common.paths import WorkDir
+    from common.prepare import DatasetPaths
+    from common.sources import write_summary
+    from common.workdata import Labels
+    from ensembling.stack import StackConfig, run_stack
+    from tests.conftest import make_tiny_work
+
+    work = WorkDir(make_tiny_work(tmp_path))
+    train_ids = Labels.load(work).ids
+    test_ids = np.unique(np.asarray(DatasetPaths.load(work).index(work, "test").ids))
+    top = lambda ids: TopK(ids, np.zeros((len(ids), 2), np.int16), np.tile(np.array([0.6, 0.4], np.float16), (len(ids), 1)))  # noqa: E731
+    save_topk(work.preds("m") / "oof.npz", top(test_ids))  # swapped
+    save_topk(work.preds("m") / "test.npz", top(train_ids))
+    write_summary(work, "m", "model")
+    with pytest.raises(DataError, match=r"preds/m/oof.npz: .* ids are not train products"):
+        run_stack(work, StackConfig(rounds=5, nthread=1))

@@ -10,9 +10,9 @@ from common.categories import CategoryTree
 from common.errors import DataError
 from common.folds import fold_numbers, stratified_folds
 from common.paths import WorkDir
-from common.predictions import TopK, load_topk
+from common.predictions import TopK
 from common.prepare import DatasetPaths
-from common.sources import BLENDS, list_sources, read_source
+from common.sources import BLENDS, SplitIds, list_sources, load_predictions, read_source
 from common.workdata import Labels, known_test_labels
 
 from .config import StackConfig
@@ -38,8 +38,8 @@ class Source:
         return self.oof if split == "oof" else self.test
 
 
-def load_source(work: WorkDir, name: str) -> Source:
-    oof, test = load_topk(work.preds(name) / "oof.npz"), load_topk(work.preds(name) / "test.npz")
+def load_source(work: WorkDir, name: str, splits: SplitIds | None = None) -> Source:
+    oof, test = load_predictions(work, name, splits)
     info = read_source(work, name)
     return Source(name, info.kind, oof, test, info.members, info.weights, info.power)
 
@@ -125,7 +125,8 @@ def load_inputs(work: WorkDir, cfg: StackConfig) -> StackInputs:
     names = cfg.sources or [s.name for s in list_sources(work) if s.kind != "stack"]
     if not names:
         raise FileNotFoundError(f"no finished prediction source (oof.npz + test.npz + summary.json) under {work.root / 'preds'}")
-    all_sources = [load_source(work, n) for n in names]
+    splits = SplitIds.load(work)
+    all_sources = [load_source(work, n, splits) for n in names]
     stacked = all_sources if cfg.sources else choose_stack_sources(all_sources, cfg.include_blends)
     fold_ids = fold_numbers(labels.fold)
     prior = prior_tables(labels.labels, labels.fold, fold_ids, len(tree))
