@@ -2,6 +2,7 @@
 `python -m common.prepare` builds both splits' indexes into a work dir."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -10,8 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_json, write_npy
-from .bson_format import DocumentBatch, iter_document_batches, parse_header, parse_headers_fast
+from .bson_format import (
+    DocumentBatch,
+    iter_document_batches,
+    parse_header,
+    parse_headers_fast,
+)
 from .errors import BsonDocumentError, DataError, SkipLog, log
+from .fingerprint import fingerprint
 from .ids import lookup
 from .progress import bar
 
@@ -99,6 +106,8 @@ def build_index(bson_path: str | os.PathLike, progress: bool = True) -> ProductI
         "source": str(bson_path.resolve()),
         "size": size,
         "mtime_ns": bson_path.stat().st_mtime_ns,
+        "fingerprint": fingerprint(bson_path),  # content: a file rewritten in place with its mtime kept is not "current"
+        "rows_sha256": hashlib.sha256(rows.tobytes()).hexdigest(),  # what later stages record as "the index"
         "products": int(len(rows)),
         "images": int(rows["n_imgs"].sum()),
         "has_labels": bool((rows["category_id"] >= 0).any()),
@@ -143,13 +152,15 @@ def load_index(prefix: str | os.PathLike, mmap: bool = True) -> ProductIndex:
 
 
 def index_is_current(prefix: str | os.PathLike, bson_path: str | os.PathLike) -> bool:
-    """True when a saved index exists and was built from this very file (size and mtime)."""
+    """True when a saved index exists and was built from this very file: size, mtime and content
+    fingerprint (common/fingerprint.py: whole file up to 256 MB, sampled blocks above)."""
     meta_path = Path(prefix).with_suffix(".json")
     if not meta_path.exists():
         return False
     meta = json.loads(meta_path.read_text())
     st = Path(bson_path).stat()
-    return meta.get("size") == st.st_size and meta.get("mtime_ns") == st.st_mtime_ns
+    same_stat = meta.get("size") == st.st_size and meta.get("mtime_ns") == st.st_mtime_ns
+    return same_stat and meta.get("fingerprint") == fingerprint(bson_path)
 
 
 def get_index(bson_path: str | os.PathLike, prefix: str | os.PathLike, progress: bool = True) -> ProductIndex:

@@ -36,6 +36,27 @@ def test_index_save_reload_and_staleness(sample_bson, tmp_path):
     assert not index_is_current(prefix, copy)
 
 
+def test_a_file_rewritten_in_place_with_its_mtime_kept_is_not_current(sample_bson, tmp_path):
+    """Same size, same mtime, other category ids: size and mtime alone called the old index current."""
+    import os
+
+    path = tmp_path / "train.bson"
+    path.write_bytes(sample_bson.read_bytes())
+    prefix = tmp_path / "index" / "train"
+    old = get_index(path, prefix, progress=False)
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    end = int(old.offsets[5] + old.lengths[5])
+    other = int(old.category_ids[2])
+    assert other != old.category_ids[5]
+    data[end - 5 : end - 1] = other.to_bytes(4, "little")  # product 5's category_id, same length
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    assert not index_is_current(prefix, path)
+    assert get_index(path, prefix, progress=False).category_ids[5] == other
+
+
 def test_half_written_index_is_not_valid(sample_bson, tmp_path):
     prefix = tmp_path / "train"
     save_index(build_index(sample_bson, progress=False), prefix)
