@@ -11,7 +11,8 @@
 #   ./run_all.sh --profile full --fast-dev-run   # every full recipe, a few steps at a small input: the wiring in minutes (work/fast_dev_run)
 #   ./run_all.sh --from STAGE | --only STAGE | --force
 #   ./run_all.sh --profile full --plan [--data DIR] [--gpus N]   # what the run costs (GPU-hours, disk, RAM), then exit: no stage runs
-# A stage whose outputs exist is skipped, so an interrupted run continues where it stopped.
+# A stage whose output is newer than every earlier stage's (and than its recipes) is skipped, so an
+# interrupted run continues where it stopped; what a stage reuses inside is checked by content.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DATA="" WORK="" PRESET="default" PROFILE="mini" FROM="" ONLY="" FORCE=0 SEED=0 N_FOLDS="" NPROC="" PROTOCOL="" HOLDOUT_FRACTION="0.05" FAST_DEV=0
@@ -90,7 +91,7 @@ DEV_FLAG=(); [ "$FAST_DEV" = 1 ] && DEV_FLAG=(--fast-dev-run)
 # processes and its weight file found, before any stage runs (every problem named at once)
 python -m common.preflight --profile "$PROFILE" --nproc "$((NPROC > 1 ? NPROC : 1))" "${DEV_FLAG[@]}"
 train_solution() {  # train_solution SOLUTION: every recipe of the profile (each after those it requires), then the solution's blend
-  "${LAUNCH[@]}" -m "solutions.$1.train" --profile "$PROFILE" --work "$WORK" "${DEV_FLAG[@]}"
+  "${LAUNCH[@]}" -m "solutions.$1.train" --profile "$PROFILE" --work "$WORK" "${DEV_FLAG[@]}" $(force_flag)
   python -m "solutions.$1.submit" --work "$WORK"
 }
 
@@ -102,26 +103,41 @@ should_run() {  # should_run STAGE: honours --from / --only
   [ "$started" = 1 ]
 }
 declare -A WALL
-run_stage() {  # run_stage NAME DONE_FILE CMD...: skip when DONE_FILE exists (unless --force)
+# make's rule over the stage order: an output older than an earlier stage's output (or than the
+# solution's recipe YAMLs) is stale and its stage reruns; inside, each stage checks what it reuses
+# by content (folds, index, recipe: a changed one stops, naming it, unless --force)
+NEWEST=0
+mtime() { local t; t="$(stat -c %Y "$@" 2>/dev/null | sort -n | tail -1)"; echo "${t:-0}"; }
+note_output() { local t; t="$(mtime "$@")"; [ "$t" -le "$NEWEST" ] || NEWEST="$t"; }
+recipes_mtime() { if [ -d "$ROOT/solutions/$1/configs" ]; then mtime "$ROOT/solutions/$1/configs"/*.yaml; else echo 0; fi; }
+run_stage() {  # run_stage NAME DONE_FILE CMD...: skip when DONE_FILE is newer than what came before (unless --force)
   local name="$1" done_file="$2"; shift 2
   should_run "$name" || { echo "== $name: not selected"; return 0; }
+  local newest="$NEWEST" recipes; recipes="$(recipes_mtime "$name")"; [ "$recipes" -le "$newest" ] || newest="$recipes"
   if [ "$FORCE" = 0 ] && [ -n "$done_file" ] && [ -e "$done_file" ]; then
-    echo "== $name: done already ($done_file)"; WALL[$name]="skipped"; return 0
+    if [ "$(mtime "$done_file")" -ge "$newest" ]; then
+      echo "== $name: up to date ($done_file)"; WALL[$name]="skipped"; note_output "$done_file"; return 0
+    fi
+    echo "== $name: stale (an earlier stage's output or its recipes are newer than $done_file): rerun"
   fi
   echo "== $name"
   local t0=$SECONDS
   "$@"
   WALL[$name]="$((SECONDS - t0))s"
   echo "== $name: ${WALL[$name]}"
+  [ -z "$done_file" ] || note_output "$done_file"
 }
 force_flag() { [ "$FORCE" = 1 ] && echo --force || true; }
 
 if [ -z "$DATA" ]; then
   run_stage data "" python -m mini --work "$WORK" --out "$MINI" --preset "$PRESET" --seed "$SEED" $(force_flag)
+  note_output "$MINI/mini.json"
 fi
 run_stage index "" python -m common.prepare --work "$WORK" --train "$TRAIN" --test "$TEST" --categories "$CATEGORIES" "${TEST_LABELS[@]}"
+note_output "$WORK/index/train.json" "$WORK/index/test.json"
 # always run: it leaves matching folds alone and stops when the work dir's folds were made otherwise
 run_stage folds "" python -m common.folds --work "$WORK" --protocol "$PROTOCOL" --n-folds "$N_FOLDS" --holdout-fraction "$HOLDOUT_FRACTION" --seed "$SEED" $(force_flag)
+note_output "$WORK/folds.json"
 run_stage stats "$WORK/stats/test/stats.json" python -m common.stats --work "$WORK"
 
 run_stage dylan "$WORK/preds/dylan/summary.json" train_solution dylan

@@ -132,6 +132,17 @@ def for_world(cfg: TrainConfig, world: int) -> TrainConfig:
     return dataclasses.replace(cfg, global_batch=split.global_batch, batch_size=split.micro, accum_steps=split.accum)
 
 
+# fields that do not change what a fold learns (run length, loader and batch mechanics: the global
+# batch is compared, its per-process split is not): a finished fold or a checkpoint stays valid
+REUSE_IGNORES = {"epochs", "resume", "num_workers", "eval_batch_size", "folds", "val_products", "decode_on", "batch_size", "accum_steps"}
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """`field: old -> new` for every field that makes a saved fold or checkpoint another recipe's."""
+    keys = sorted((set(old) | set(new)) - REUSE_IGNORES)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
 def load_yaml(path: str | os.PathLike, cls: type = TrainConfig) -> dict:
     """A recipe YAML's values, every key a field of `cls` (DataError naming the file otherwise)."""
     return _load_yaml(path, cls)

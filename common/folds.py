@@ -195,9 +195,9 @@ def make_folds(work: WorkDir, opts: FoldsOptions) -> tuple[np.ndarray, np.ndarra
     return ids, folds, holdout
 
 
-def protocol_record(opts: FoldsOptions, holdout: str, ids: np.ndarray, folds: np.ndarray) -> dict:
+def protocol_record(opts: FoldsOptions, holdout: str, ids: np.ndarray, folds: np.ndarray, index_sha256: str | None = None) -> dict:
     protocol = "holdout" if opts.valid_ids else opts.protocol
-    record = {"protocol": protocol, "seed": opts.seed, "products": int(len(ids)),
+    record = {"protocol": protocol, "seed": opts.seed, "products": int(len(ids)), "train_index": index_sha256,
               "fold_sizes": {str(k): int(v) for k, v in zip(*np.unique(folds, return_counts=True))}}
     if protocol == "holdout":
         record["holdout"] = {"source": holdout, "products": int((folds == 0).sum())}
@@ -214,14 +214,16 @@ def check_unchanged(work: WorkDir, record: dict, opts: FoldsOptions) -> bool:
         return False
     if old == record:
         return True
-    raise DataError(f"{work.folds} was made with {old}, not the {record} asked now: every model under {work.root} learnt from "
-                    "those folds. Use another --work, or --force to rewrite them (and rerun every later stage)")
+    differs = ", ".join(f"{k}: {old.get(k)!r} -> {record.get(k)!r}" for k in sorted(set(old) | set(record)) if old.get(k) != record.get(k))
+    raise DataError(f"{work.folds} was made with other folds or data than asked now ({differs}): every model under {work.root} "
+                    "learnt from those folds. Use another --work, or --force to rewrite them (and rerun every later stage)")
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_stage(argv, __doc__, FoldsOptions)
     ids, folds, holdout = make_folds(args.work, args.options)
-    record = protocol_record(args.options, holdout, ids, folds)
+    index_sha256 = DatasetPaths.load(args.work).index(args.work, "train").meta.get("rows_sha256")
+    record = protocol_record(args.options, holdout, ids, folds, index_sha256)
     if check_unchanged(args.work, record, args.options):
         print(f"{args.work.folds}: up to date ({record['protocol']}, fold sizes {record['fold_sizes']})")
         return read_folds(args.work.folds)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -25,12 +26,20 @@ from torch import nn
 
 from .atomic import write_json
 from .cli import load_yaml, parse_stage, read_yaml
-from .config import TrainConfig, batch_split, for_world
+from .config import TrainConfig, batch_split, config_changes, for_world
 from .data import ImageDataset, collate_images, image_table
 from .errors import DataError, log
+from .fingerprint import changes, made_from
 from .infer import predict_images
 from .metrics import product_report
-from .models import ModelSpec, create_model, is_timm_model, normalization, resolve_weights, smallest_input
+from .models import (
+    ModelSpec,
+    create_model,
+    is_timm_model,
+    normalization,
+    resolve_weights,
+    smallest_input,
+)
 from .paths import REPO, WorkDir
 from .predictions import TopK, average_topk, concat_topk, load_topk, save_topk
 from .sources import write_summary
@@ -123,7 +132,7 @@ IMAGE = RecipeKind(TrainConfig, image_fold)
 # ----------------------------------------------------------------------------- folds -> source
 
 
-def run_recipe(cfg: TrainConfig, work: WorkDir, kind: RecipeKind) -> dict | None:
+def run_recipe(cfg: TrainConfig, work: WorkDir, kind: RecipeKind, force: bool = False) -> dict | None:
     """Every fold of cfg (or cfg.folds) through the kind's fold function, then merged into
     preds/<solution>_<name>/; returns the summary on the main process."""
     runtime = setup_runtime()
@@ -135,7 +144,7 @@ def run_recipe(cfg: TrainConfig, work: WorkDir, kind: RecipeKind) -> dict | None
     if not folds:
         raise DataError(f"{work.folds}: no fold to predict (every product is fold -1 or excluded)")
     for k in folds:
-        run_one_fold(cfg, data, work, k, runtime, kind)
+        run_one_fold(cfg, data, work, k, runtime, kind, force)
     summary = merge_folds(cfg, data, work, folds, kind) if runtime.is_main else None
     if runtime.distributed:
         torch.distributed.barrier()  # no rank starts the next recipe before this source is written
@@ -146,16 +155,44 @@ def run_recipe(cfg: TrainConfig, work: WorkDir, kind: RecipeKind) -> dict | None
     return summary
 
 
-def run_one_fold(cfg: TrainConfig, data: FoldData, work: WorkDir, fold: int, runtime: Runtime, kind: RecipeKind) -> None:
+def fold_inputs(work: WorkDir) -> dict:
+    """What every fold is made from besides its recipe: the folds and both indexes (their content)."""
+    return made_from({"folds": work.folds, "train index": work.index("train").with_suffix(".npy"),
+                      "test index": work.index("test").with_suffix(".npy")})
+
+
+def stale_fold(out: Path, cfg: TrainConfig, inputs: dict) -> list[str]:
+    """Why a started fold is not this recipe's on this data (empty when it is)."""
+    why = config_changes(read_yaml(out / "config.yaml"), dataclasses.asdict(cfg)) if (out / "config.yaml").exists() else []
+    if (out / "made_from.json").exists():
+        why += changes(json.loads((out / "made_from.json").read_text()), inputs)
+    return why
+
+
+def run_one_fold(cfg: TrainConfig, data: FoldData, work: WorkDir, fold: int, runtime: Runtime, kind: RecipeKind, force: bool = False) -> None:
+    """Skip a finished fold made by this recipe from these data; stop (or, with force, start over)
+    when the recipe or the data it was made from changed; else train and predict."""
     out = work.model_dir(cfg.solution, cfg.name, fold)
+    inputs = fold_inputs(work)
+    why = stale_fold(out, cfg, inputs)
+    if why and not force:
+        raise DataError(f"{out}: made by another recipe or from other data ({'; '.join(why)}). Rerun with --force to "
+                        "retrain this fold (its checkpoints and predictions are replaced), or use another --work")
+    if why:
+        if runtime.is_main:
+            log.warning("%s: %s; retrained from scratch (--force)", out, "; ".join(why))
+            shutil.rmtree(out)
+        if runtime.distributed:
+            torch.distributed.barrier()
     if (out / "oof.npz").exists() and (out / "test.npz").exists():
-        log.info("%s fold %d: predictions exist, skipped", cfg.name, fold)
+        log.info("%s fold %d: up to date (same recipe, same data), skipped", cfg.name, fold)
         return
     if not len(data.rows(fold)[1]):
         raise DataError(f"fold {fold} has no products in {work.folds}")
     out.mkdir(parents=True, exist_ok=True)
     if runtime.is_main:
         cfg.save(out / "config.yaml")
+        write_json(out / "made_from.json", inputs)
     torch.manual_seed(cfg.seed * 1000 + fold)
     result = kind.run_fold(FoldJob(cfg, data, work, fold, out, runtime))
     if runtime.is_main:
@@ -307,12 +344,13 @@ def train_main(solution: str, kinds: dict[str, RecipeKind], default: str, argv: 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--profile", choices=["mini", "full"])
     pre.add_argument("--fast-dev-run", action="store_true")
+    pre.add_argument("--force", action="store_true")  # retrain a fold made by another recipe or from other data, instead of stopping
     known, rest = pre.parse_known_args(argv)
     if known.profile:
         recipes = profile_recipes(solution, known.profile, kinds, default)
-        flags = ["--fast-dev-run"] if known.fast_dev_run else []
+        flags = ["--fast-dev-run"] * known.fast_dev_run + ["--force"] * known.force
         summaries = [train_main(solution, kinds, default, ["--config", str(p), *flags, *rest], description) for p in recipes]
         return summaries[-1] if summaries else None
     args = parse_stage(rest, description, kind_of(kinds, default), config_required=True)
     cfg = fast_dev_run(args.options) if known.fast_dev_run else args.options
-    return run_recipe(cfg, args.work, kinds[cfg.stage])
+    return run_recipe(cfg, args.work, kinds[cfg.stage], known.force)

@@ -30,9 +30,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .atomic import atomic_path
 from .augment import build_augment
-from .config import TrainConfig
+from .config import TrainConfig, config_changes
 from .data import EpochSampler, batch_pixels, normalize_on_device
-from .errors import log
+from .errors import DataError, log
 from .progress import bar
 
 # ----------------------------------------------------------------------------- registries
@@ -236,6 +236,10 @@ def fit(cfg: TrainConfig, model: nn.Module, train: DataLoader, val: DataLoader |
     start_epoch, history = 0, []
     if cfg.resume and last.exists():
         state = load_checkpoint(last)
+        changed = config_changes(state.get("config", {}), asdict(cfg))
+        if changed:
+            raise DataError(f"{last}: a checkpoint of another recipe ({'; '.join(changed)}): resuming would mix them. "
+                            "Rerun with --no-resume (or --force) to train this fold from scratch")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])

@@ -50,9 +50,19 @@ def test_run_all_tiny_end_to_end_and_rerun(straight_run):
     assert (work / "report" / "index.html").exists() and (work / "report" / "leaderboard.csv").exists()
     assert "Final submission" in out
     again = run_all("--preset", "tiny", "--work", str(work))
-    assert "folds.csv: up to date" in again and "== dylan: done already" in again
+    assert "folds.csv: up to date" in again and "== dylan: up to date" in again and "== report: up to date" in again
     only = run_all("--preset", "tiny", "--work", str(work), "--only", "stats", "--force")
     assert "== dylan: not selected" in only and "== stats:" in only
+    # stats rewrote its output: every later stage is stale (make's rule); the folds inside are reused
+    after = run_all("--preset", "tiny", "--work", str(work))
+    assert "== dylan: stale" in after and "== stack: stale" in after and "== report: stale" in after
+    # another seed regenerates the data and the index: the seed-0 folds (and every model on them)
+    # used to be served against the new data; now the folds stage stops, naming the difference
+    copy = work.parent / "reseeded"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("*.pt"))  # the module's other tests keep the seed-0 work dir
+    reseeded = subprocess.run(["bash", str(REPO / "run_all.sh"), "--preset", "tiny", "--work", str(copy), "--seed", "1"],
+                              cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert reseeded.returncode != 0 and "train_index" in reseeded.stderr and "--force" in reseeded.stderr
 
 
 def _run_until_killed(work: Path, stage: str, delay: float) -> str:
@@ -82,7 +92,7 @@ def test_run_all_killed_inside_stages_and_restarted_gives_the_same_submissions(s
         seen = _run_until_killed(work, stage, delay)
         assert f"== {stage}\n" in seen, f"run_all never reached {stage}:\n{seen[-2000:]}"
     out = run_all("--preset", "tiny", "--work", str(work))
-    assert "== dylan: done already" in out and "Final submission" in out
+    assert "== dylan: up to date" in out and "Final submission" in out
     for solution in SUBMISSIONS:
         a = pd.read_csv(straight / "submissions" / f"{solution}.csv.gz")
         b = pd.read_csv(work / "submissions" / f"{solution}.csv.gz")

@@ -132,6 +132,39 @@ def test_finished_folds_are_skipped(tiny_work):
     assert (work.model_dir("dylan", "skip", 0) / "oof.npz").stat().st_mtime_ns == stamp
 
 
+def test_a_changed_recipe_or_data_never_reuses_a_finished_fold(tiny_work):
+    """The recipe changed (another model) or the folds changed: the finished fold used to be served
+    under the new recipe's name; now the run stops naming the difference, and --force retrains."""
+    work = WorkDir(tiny_work)
+    cfg = small_cfg(solution="dylan", name="stale", epochs=1, folds=[0])
+    run_recipe(cfg, work, IMAGE)
+    fold = work.model_dir("dylan", "stale", 0)
+    stamp = (fold / "oof.npz").stat().st_mtime_ns
+    run_recipe(small_cfg(solution="dylan", name="stale", epochs=1, folds=[0], num_workers=1), work, IMAGE)  # loader only: reused
+    assert (fold / "oof.npz").stat().st_mtime_ns == stamp
+    other = small_cfg(solution="dylan", name="stale", epochs=1, folds=[0], model="mobilenetv3_small_050")
+    with pytest.raises(DataError, match=r"model: 'resnet10t' -> 'mobilenetv3_small_050'.*--force"):
+        run_recipe(other, work, IMAGE)
+    summary = run_recipe(other, work, IMAGE, force=True)
+    assert summary["model"] == "mobilenetv3_small_050" and (fold / "oof.npz").stat().st_mtime_ns != stamp
+    original = work.folds.read_bytes()
+    folds = pd.read_csv(work.folds)
+    folds.loc[:3, "fold"] = 1 - folds.loc[:3, "fold"]
+    folds.to_csv(work.folds, index=False)
+    try:
+        with pytest.raises(DataError, match=r"folds \(.*folds.csv\) changed"):
+            run_recipe(other, work, IMAGE)
+    finally:
+        work.folds.write_bytes(original)  # the fixture's folds, for the tests after this one
+
+
+def test_resume_refuses_a_checkpoint_of_another_recipe(tiny_work, tmp_path):
+    _fit(tmp_path, tiny_work, small_cfg(epochs=1, lr=1e-3))
+    _fit(tmp_path, tiny_work, small_cfg(epochs=2, lr=1e-3))  # a longer run of the same recipe: resumes
+    with pytest.raises(DataError, match=r"last.pt: a checkpoint of another recipe \(lr: 0.001 -> 0.01\)"):
+        _fit(tmp_path, tiny_work, small_cfg(epochs=3, lr=1e-2))
+
+
 def test_corrupt_images_are_masked_not_fatal(write_bson):
     from common.bson_index import build_index
     from common.bson_reader import BsonReader
