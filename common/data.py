@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, Sampler
 
 from .bson_reader import BsonReader
 from .errors import CorruptImageError
-from .images import decode_jpeg, resize
+from .images import PNG_START, decode_jpeg, image_problem, resize
 
 
 @dataclass(frozen=True)
@@ -118,15 +118,19 @@ def collate_images(batch: list) -> dict[str, torch.Tensor]:
 def decode_on_device(jpegs: list[torch.Tensor], flips: torch.Tensor, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched JPEG decode on `device` (nvjpeg on CUDA), resize, flip -> (uint8 NxCxSxS, ok[N]).
 
-    A batch with an undecodable image is retried image by image, so one corrupt JPEG costs only
-    itself (black, ok=False), as on the worker path.
+    Every image first passes `image_problem` (as on the worker path: the two paths accept and
+    refuse the same bytes); a PNG is decoded on the CPU and moved; a batch nvjpeg refuses is
+    retried image by image, so one corrupt JPEG costs only itself (black, ok=False).
     """
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    kinds = [_kind(j) for j in jpegs]
+    good = [j for j, k in zip(jpegs, kinds) if k == "jpeg"]
     try:
-        images = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+        decoded = iter(decode_jpeg(good, mode=ImageReadMode.RGB, device=device) if good else [])
     except RuntimeError:
-        images = [_decode_one(j, device) for j in jpegs]
+        decoded = iter([_decode_one(j, device) for j in good])
+    images = [next(decoded) if k == "jpeg" else _decode_png(j, device) if k == "png" else None for j, k in zip(jpegs, kinds)]
     ok = torch.tensor([img is not None for img in images], device=device)
     out = torch.zeros(len(jpegs), 3, size, size, dtype=torch.uint8, device=device)
     for i, img in enumerate(images):
@@ -137,6 +141,23 @@ def decode_on_device(jpegs: list[torch.Tensor], flips: torch.Tensor, size: int, 
             img = img.round().clamp(0, 255).to(torch.uint8)
         out[i] = torch.flip(img, dims=[2]) if bool(flips[i]) else img
     return out, ok
+
+
+def _kind(data: torch.Tensor) -> str:
+    """'jpeg', 'png' or 'bad' (common.images.image_problem decides, for both decode paths)."""
+    raw = data.numpy().tobytes()
+    if image_problem(raw):
+        return "bad"
+    return "png" if raw[:8] == PNG_START else "jpeg"
+
+
+def _decode_png(data: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        return decode_image(data, mode=ImageReadMode.RGB).to(device)
+    except RuntimeError:
+        return None
 
 
 def _decode_one(jpeg: torch.Tensor, device: torch.device) -> torch.Tensor | None:

@@ -12,10 +12,29 @@ TILE = 180  # every Cdiscount image is 180x180
 cv2.setNumThreads(1)  # decode runs in DataLoader workers: one thread each scales better
 
 
-def decode_jpeg(data: bytes, where: str = "") -> np.ndarray:
-    """JPEG bytes -> HxWx3 RGB uint8. Raises CorruptImageError naming `where` (file, _id, rank)."""
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
+PNG_START, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+TAIL_BYTES = 64  # an end marker may be followed by a little padding
+
+
+def image_problem(data: bytes) -> str | None:
+    """Why bytes are not a whole JPEG or PNG (None when they are). Both decode paths (OpenCV in the
+    workers, torchvision on the device) ask this first, so they accept and refuse the same images:
+    OpenCV alone would decode a JPEG cut in half (grey fill) where nvjpeg refuses it."""
     if not data:
-        raise CorruptImageError(f"{where}: empty image (0 bytes)")
+        return "empty image (0 bytes)"
+    if data[:2] == JPEG_START:
+        return None if JPEG_END in data[-TAIL_BYTES:] else "JPEG without its end marker (truncated)"
+    if data[:8] == PNG_START:
+        return None if PNG_END in data[-TAIL_BYTES:] else "PNG without its IEND chunk (truncated)"
+    return "neither a JPEG nor a PNG"
+
+
+def decode_jpeg(data: bytes, where: str = "") -> np.ndarray:
+    """JPEG (or PNG) bytes -> HxWx3 RGB uint8. Raises CorruptImageError naming `where` (file, _id, rank)."""
+    problem = image_problem(data)
+    if problem:
+        raise CorruptImageError(f"{where}: {len(data)} bytes: {problem}" if data else f"{where}: {problem}")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise CorruptImageError(f"{where}: {len(data)} bytes are not a decodable JPEG")

@@ -335,40 +335,63 @@ def test_bad_inputs_through_the_pipeline_every_test_product_gets_a_row(tmp_path)
 
 
 def _calls(tree, dotted: str):
+    """Calls of `module.name` however imported: `module.name(...)`, `import module as m; m.name(...)`,
+    `from module import name [as n]; n(...)` (the last form used to slip through)."""
     import ast
 
     module, _, name = dotted.rpartition(".")
+    modules, names = {module}, set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == name \
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == module:
+        if isinstance(node, ast.Import):
+            modules |= {a.asname or a.name for a in node.names if a.name == module}
+        elif isinstance(node, ast.ImportFrom) and node.module == module:
+            names |= {a.asname or a.name for a in node.names if a.name == name}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if (isinstance(f, ast.Attribute) and f.attr == name and isinstance(f.value, ast.Name) and f.value.id in modules) \
+                or (isinstance(f, ast.Name) and f.id in names):
             yield node
+
+
+def _unsafe_loads(text: str, where: str) -> list[str]:
+    """Every way a file crossing stages could carry code: torch.load without weights_only=True,
+    yaml.load, np.load(allow_pickle=True), importing pickle and its kin."""
+    import ast
+
+    tree, problems = ast.parse(text, where), []
+    for call in _calls(tree, "torch.load"):
+        kw = {k.arg: k.value for k in call.keywords}
+        if not (isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True):
+            problems.append(f"{where}:{call.lineno} torch.load without weights_only=True")
+    for call in _calls(tree, "yaml.load"):
+        problems.append(f"{where}:{call.lineno} yaml.load (use yaml.safe_load)")
+    for call in [*_calls(tree, "np.load"), *_calls(tree, "numpy.load")]:
+        kw = {k.arg: k.value for k in call.keywords}
+        if isinstance(kw.get("allow_pickle"), ast.Constant) and kw["allow_pickle"].value is True:
+            problems.append(f"{where}:{call.lineno} np.load(allow_pickle=True)")
+    for node in ast.walk(tree):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        problems += [f"{where}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in {"pickle", "cPickle", "joblib", "dill", "cloudpickle"}]
+    return problems
+
+
+@pytest.mark.parametrize("source", ["from torch import load\nload(p)\n", "from torch import load as tl\ntl(p, weights_only=False)\n",
+                                    "import torch as T\nT.load(p)\n", "from yaml import load\nload(s)\n", "import numpy\nnumpy.load(p, allow_pickle=True)\n",
+                                    "from pickle import loads\n"])
+def test_the_untrusted_file_check_sees_every_import_form(source):
+    assert _unsafe_loads(source, "x.py"), source
+    assert not _unsafe_loads("from torch import load\nload(p, weights_only=True)\n", "x.py")
 
 
 def test_no_code_path_unpickles_untrusted_files():
     """Every torch.load passes weights_only=True, YAML is read with safe_load, numpy never allows
     pickles, and nothing imports pickle/joblib/dill: a file crossing stages can carry no code."""
-    import ast
-
     packages = ["common", "solutions", "ocr", "md5", "mini", "ensembling", "bench", "scripts"]
     files = [p for pkg in packages for p in (REPO / pkg).rglob("*.py")]
     assert len(files) > 30
-    problems = []
-    for path in files:
-        tree = ast.parse(path.read_text(), str(path))
-        where = path.relative_to(REPO)
-        for call in _calls(tree, "torch.load"):
-            kw = {k.arg: k.value for k in call.keywords}
-            if not (isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True):
-                problems.append(f"{where}:{call.lineno} torch.load without weights_only=True")
-        for call in _calls(tree, "yaml.load"):
-            problems.append(f"{where}:{call.lineno} yaml.load (use yaml.safe_load)")
-        for call in [*_calls(tree, "np.load"), *_calls(tree, "numpy.load")]:
-            kw = {k.arg: k.value for k in call.keywords}
-            if isinstance(kw.get("allow_pickle"), ast.Constant) and kw["allow_pickle"].value is True:
-                problems.append(f"{where}:{call.lineno} np.load(allow_pickle=True)")
-        for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            problems += [f"{where}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in {"pickle", "cPickle", "joblib", "dill", "cloudpickle"}]
+    problems = [p for path in files for p in _unsafe_loads(path.read_text(), str(path.relative_to(REPO)))]
     assert problems == []
 
 

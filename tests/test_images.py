@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from common.errors import CorruptImageError
-from common.images import decode_jpeg, encode_jpeg, resize
+from common.images import decode_jpeg, encode_jpeg, image_problem, resize
 
 
 def test_decode_real_sample(sample_products):
@@ -28,14 +28,13 @@ def test_corrupt_jpeg_names_where(data):
         decode_jpeg(data, "train.bson _id=7 img 1")
 
 
-def test_truncated_jpeg_is_detected_or_decodes(sample_products):
-    """OpenCV decodes a JPEG cut in half with grey fill; either outcome is allowed, no crash."""
+def test_a_truncated_jpeg_is_refused_naming_it(sample_products):
+    """OpenCV alone decodes a JPEG cut in half (grey fill) where nvjpeg refuses it: both paths now
+    refuse it, by its missing end marker; every real sample image passes the same check."""
     data = sample_products[0].images[0]
-    try:
-        rgb = decode_jpeg(data[: len(data) // 2], "cut")
-        assert rgb.shape == (180, 180, 3)
-    except CorruptImageError:
-        pass
+    with pytest.raises(CorruptImageError, match="cut: .* JPEG without its end marker"):
+        decode_jpeg(data[: len(data) // 2], "cut")
+    assert all(image_problem(img) is None for p in sample_products for img in p.images)
 
 
 def test_resize_shapes():

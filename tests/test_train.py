@@ -216,18 +216,26 @@ def test_device_decode_path_matches_worker_path(write_bson):
     from common.data import batch_pixels
     from common.paths import TRAIN_EXAMPLE_BSON
 
+    import cv2
+
+    from common.images import decode_jpeg
+
     real = [p.images[0] for p in list(iter_products(TRAIN_EXAMPLE_BSON))[:6]]
-    path = write_bson("mix.bson", [(i, [img], None) for i, img in enumerate(real)] + [(6, [b"\xff\xd8 broken"], None), (7, [b""], None)])
+    png = cv2.imencode(".png", cv2.cvtColor(decode_jpeg(real[1]), cv2.COLOR_RGB2BGR))[1].tobytes()  # the device path used to drop it
+    odd = [b"\xff\xd8 broken", b"", real[0][: len(real[0]) // 2], png]  # a JPEG cut in half: OpenCV alone decoded it (grey fill)
+    path = write_bson("mix.bson", [(i, [img], None) for i, img in enumerate(real + odd)])
     reader = BsonReader(path, build_index(path, progress=False))
-    table = image_table(reader.index.n_imgs, np.arange(8))
-    workers = collate_images([ImageDataset(reader, table, None, 64)[i] for i in range(8)])
-    device = collate_images([ImageDataset(reader, table, None, 64, device_decode=True)[i] for i in range(8)])
+    n = len(real) + len(odd)
+    table = image_table(reader.index.n_imgs, np.arange(n))
+    workers = collate_images([ImageDataset(reader, table, None, 64)[i] for i in range(n)])
+    device = collate_images([ImageDataset(reader, table, None, 64, device_decode=True)[i] for i in range(n)])
     a, ok_a = batch_pixels(workers, 64, torch.device("cpu"))
     b, ok_b = batch_pixels(device, 64, torch.device("cpu"))
-    assert ok_a.tolist() == ok_b.tolist() == [True] * 6 + [False, False]
-    diff = (a[:6].float() - b[:6].float()).abs().mean()
-    assert a.shape == b.shape == (8, 3, 64, 64) and diff < 4  # OpenCV area vs antialiased bilinear resize
-    flipped = dict(device, flip=torch.ones(8, dtype=torch.bool))
+    assert ok_a.tolist() == ok_b.tolist() == [True] * 6 + [False, False, False, True]
+    good = [*range(6), 9]
+    diff = (a[good].float() - b[good].float()).abs().mean()
+    assert a.shape == b.shape == (n, 3, 64, 64) and diff < 4  # OpenCV area vs antialiased bilinear resize
+    flipped = dict(device, flip=torch.ones(n, dtype=torch.bool))
     c, _ = batch_pixels(flipped, 64, torch.device("cpu"))
     assert torch.equal(c[:6], torch.flip(b[:6], dims=[3]))
 
