@@ -23,7 +23,7 @@ from .ids import lookup
 from .progress import bar
 
 INDEX_DTYPE = np.dtype(
-    [("id", "<i8"), ("offset", "<i8"), ("length", "<i4"), ("n_imgs", "<i1"), ("category_id", "<i8")]
+    [("id", "<i8"), ("offset", "<i8"), ("length", "<i4"), ("n_imgs", "<i2"), ("category_id", "<i8")]
 )
 
 
@@ -63,7 +63,7 @@ class ProductIndex:
 
 def _batch_rows(batch: DocumentBatch, path: Path, skips: SkipLog) -> np.ndarray:
     """Index rows of one batch: the vectorised parse, and the general parser where it declines."""
-    ids, n_imgs, categories, ok = parse_headers_fast(batch)
+    ids, n_imgs, categories, empty, ok = parse_headers_fast(batch)
     keep = np.ones(len(ids), bool)
     for i in np.flatnonzero(~ok):
         start, offset = int(batch.starts[i]), batch.base + int(batch.starts[i])
@@ -73,12 +73,15 @@ def _batch_rows(batch: DocumentBatch, path: Path, skips: SkipLog) -> np.ndarray:
             skips.add("malformed_document", str(e))
             keep[i] = False
             continue
-        ids[i], n_imgs[i], categories[i] = head.product_id, max(head.n_imgs, 0), head.category_id
+        ids[i], n_imgs[i], categories[i], empty[i] = head.product_id, max(head.n_imgs, 0), head.category_id, head.empty_imgs
     rows = np.empty(int(keep.sum()), INDEX_DTYPE)
     rows["id"], rows["offset"], rows["length"] = ids[keep], batch.base + batch.starts[keep], batch.lengths[keep]
     rows["n_imgs"], rows["category_id"] = n_imgs[keep], categories[keep]
     for row in rows[rows["n_imgs"] == 0]:
         skips.add("no_images", f"{path}: product _id={row['id']} at offset {row['offset']} has no images (kept with n_imgs=0)")
+    for row, n in zip(rows[empty[keep] > 0], empty[keep][empty[keep] > 0]):
+        skips.add("empty_image", f"{path}: product _id={row['id']} at offset {row['offset']}: {n} of its {row['n_imgs']} image entries "
+                  "hold no picture bytes (unusable: its other images predict it, else the fallback label)")
     return rows
 
 

@@ -24,17 +24,19 @@ def product_from_document(doc: dict, path: str | os.PathLike, offset: int) -> Pr
     """Build a Product from a decoded document, naming the file and offset on a bad layout."""
     if "_id" not in doc:
         raise BsonDocumentError(f"{path}: document at offset {offset} has no _id")
+    for field in ("_id", "category_id"):  # the index skips these documents alike (bson_format.parse_header)
+        value = doc.get(field, 0)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise BsonDocumentError(f"{path}: malformed document at offset {offset}: {field} is a {type(value).__name__}, expected an integer")
     imgs = doc.get("imgs")
     if imgs is None:
         imgs = []
     if not isinstance(imgs, list):
         raise BsonDocumentError(f"{path}: product _id={doc['_id']} at offset {offset}: imgs is not an array")
     images = []
-    for k, img in enumerate(imgs):
+    for img in imgs:  # an entry without picture bytes is an unusable image (b""), as the index counts it
         picture = img.get("picture") if isinstance(img, dict) else None
-        if not isinstance(picture, (bytes, bytearray)):
-            raise BsonDocumentError(f"{path}: product _id={doc['_id']} at offset {offset}: imgs[{k}] has no picture bytes")
-        images.append(bytes(picture))
+        images.append(bytes(picture) if isinstance(picture, (bytes, bytearray)) else b"")
     category = doc.get("category_id")
     return Product(int(doc["_id"]), images, None if category is None else int(category), offset)
 

@@ -293,7 +293,7 @@ def test_fast_header_parse_agrees_with_general_parser(tmp_path):
     path = tmp_path / "odd.bson"
     path.write_bytes(b"".join(docs))
     (batch,) = list(iter_document_batches(path))
-    ids, n_imgs, categories, ok = parse_headers_fast(batch)
+    ids, n_imgs, categories, empty, ok = parse_headers_fast(batch)
     for i, raw in enumerate(docs):
         head = parse_header(raw)
         if ok[i]:
@@ -303,3 +303,49 @@ def test_fast_header_parse_agrees_with_general_parser(tmp_path):
     assert index.ids.tolist() == list(range(1, 10))
     assert index.n_imgs.tolist() == [1, 4, 0, 12, 1, 1, 1, 1, 0]
     assert index.category_ids.tolist() == [1000010653, -1, 1000010653, 1000010653, 1000010653, 1000010653, 1000010653, 1000010653, 1000010653]
+
+
+def _raw_bson(path, docs: list[dict]):
+    import bson
+
+    path.write_bytes(b"".join(bson.encode(d) for d in docs))
+    return path
+
+
+def test_image_entries_without_bytes_are_counted_by_the_index_and_read_as_unusable(tmp_path):
+    """An `imgs` entry without picture bytes passed the index and aborted inference hours later
+    (the reader raised); the index now counts it and the reader hands an unusable (empty) image."""
+    from common.bson_reader import BsonReader
+
+    jpeg = solid_jpeg(3)
+    path = _raw_bson(tmp_path / "t.bson", [{"_id": 1, "imgs": [{"picture": jpeg}, {}], "category_id": 5},
+                                           {"_id": 2, "imgs": [{"picture": b""}], "category_id": 5},
+                                           {"_id": 3, "imgs": [{"picture": jpeg}], "category_id": 5}])
+    index = build_index(path, progress=False)
+    assert index.n_imgs.tolist() == [2, 1, 1]
+    assert index.meta["skipped"]["counts"] == {"empty_image": 2}
+    assert "_id=1" in index.meta["skipped"]["messages"][0]
+    reader = BsonReader(path, index)
+    assert [len(im) for im in reader[0].images] == [len(jpeg), 0] and reader[1].images == [b""]
+
+
+def test_more_than_127_images_do_not_wrap(write_bson):
+    path = write_bson("many.bson", [(1, [solid_jpeg(1)] * 200, 5)])
+    assert build_index(path, progress=False).n_imgs.tolist() == [200]
+
+
+@pytest.mark.parametrize("bad_id", ["abc", "objectid"])
+def test_stats_and_index_skip_a_non_integer_id_alike(tmp_path, bad_id, category_csv):
+    """A string or ObjectId `_id`: the index skipped it, common.stats crashed with a traceback."""
+    import bson
+
+    from common.categories import CategoryTree
+    from common.stats import compute_stats
+
+    value = bson.ObjectId() if bad_id == "objectid" else bad_id
+    path = _raw_bson(tmp_path / "odd.bson", [{"_id": 1, "imgs": [{"picture": solid_jpeg(1)}], "category_id": 1000010653},
+                                             {"_id": value, "imgs": [{"picture": solid_jpeg(2)}], "category_id": 1000010653}])
+    index = build_index(path, progress=False)
+    stats = compute_stats(path, CategoryTree.from_csv(category_csv), tmp_path / "out", progress=False)
+    assert len(index) == stats["products"] == 1
+    assert index.meta["skipped"]["counts"] == stats["skipped"]["counts"] == {"malformed_document": 1}
