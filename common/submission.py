@@ -55,14 +55,23 @@ def validate_submission(path: str | os.PathLike, test_ids: np.ndarray, tree: Cat
     return frame
 
 
-def submission_from_topk(path: str | os.PathLike, preds, test_ids: np.ndarray, tree: CategoryTree, fallback_label: int) -> tuple[Path, int]:
+MAX_FALLBACK_SHARE = 0.5  # more fallback rows than this: the predictions miss the test set (a swapped or foreign source)
+
+
+def submission_from_topk(path: str | os.PathLike, preds, test_ids: np.ndarray, tree: CategoryTree, fallback_label: int,
+                         max_fallback_share: float = MAX_FALLBACK_SHARE) -> tuple[Path, int]:
     """Top-1 of each predicted test product; every other test product gets `fallback_label`
-    (the most frequent training category), so the submission always has every row.
+    (the most frequent training category), so the submission always has every row. Refused when
+    more than `max_fallback_share` of the rows would be the fallback (pass 1.0 to accept).
     Returns (path, number of fallback rows)."""
     test_ids = np.asarray(test_ids, np.int64)
     test_ids = test_ids[np.sort(np.unique(test_ids, return_index=True)[1])]  # a repeated _id gets one row
     labels = preds.top1_of(test_ids, missing=fallback_label)
     have = preds.lookup(test_ids)[1]
+    share = float((~have).mean()) if len(test_ids) else 0.0
+    if share > max_fallback_share:
+        raise DataError(f"{path}: {int((~have).sum())} of {len(test_ids)} rows ({share:.0%}) would be the fallback label: the predictions "
+                        f"cover too few test products (a swapped or foreign source?); --max-fallback-share 1 accepts it")
     write_submission(path, test_ids, tree.to_id(labels))
     validate_submission(path, test_ids, tree)
     return Path(path), int((~have).sum())

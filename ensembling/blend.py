@@ -43,6 +43,7 @@ class SolutionBlend:
 class BlendOptions:
     members: list[str] = field(default_factory=list)  # NAME or NAME=WEIGHT (default: the solution's members)
     topk: int = DEFAULT_K
+    max_fallback_share: float = 0.5  # refuse a submission with more fallback rows than this (1.0 accepts anything)
 
 
 def parse_members(pairs: list[str]) -> dict[str, float]:
@@ -60,7 +61,7 @@ def oof_accuracy(preds: TopK, labels: Labels) -> float:
     return accuracy(preds.top1, labels.of(preds.ids))
 
 
-def blend(work: WorkDir, spec: SolutionBlend, members: dict[str, float], k: int = DEFAULT_K) -> dict:
+def blend(work: WorkDir, spec: SolutionBlend, members: dict[str, float], k: int = DEFAULT_K, max_fallback_share: float = 0.5) -> dict:
     """Weighted (power) mean of the members on their common OOF products and on test; writes
     preds/<solution>/ and submissions/<solution>.csv.gz; returns the summary."""
     if not members:
@@ -78,7 +79,8 @@ def blend(work: WorkDir, spec: SolutionBlend, members: dict[str, float], k: int 
     save_topk(work.preds(spec.solution) / "oof.npz", oof)
     save_topk(work.preds(spec.solution) / "test.npz", test)
     tree = paths.tree()
-    sub, fallback = submission_from_topk(work.submissions / f"{spec.solution}.csv.gz", test, np.asarray(paths.index(work, "test").ids), tree, labels.fallback)
+    sub, fallback = submission_from_topk(work.submissions / f"{spec.solution}.csv.gz", test, np.asarray(paths.index(work, "test").ids), tree, labels.fallback,
+                                          max_fallback_share)
     return write_summary(
         work, spec.solution, spec.kind, solution=spec.solution, members=names, weights=weights, power=spec.power,
         recorded=spec.recorded, leaderboard=spec.leaderboard,
@@ -107,7 +109,7 @@ def blend_main(spec: SolutionBlend, argv: list[str] | None = None, description: 
     args = parse_stage(argv, description, BlendOptions)
     default = spec.members or solution_models(spec.solution)
     members = parse_members(args.options.members) if args.options.members else default(args.work)
-    report = blend(args.work, spec, members, args.options.topk)
+    report = blend(args.work, spec, members, args.options.topk, args.options.max_fallback_share)
     how = "mean" if spec.power == 1.0 else f"mean of p^{spec.power:g}"
     print(f"{spec.solution}: weighted {how} over {len(members)} sources")
     print_report(report)

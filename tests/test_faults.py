@@ -238,7 +238,9 @@ def test_partial_source_still_gives_every_test_product_a_valid_row(tiny_work, tm
     probs = np.zeros((len(covered), len(tree)), np.float32)
     probs[np.arange(len(covered)), np.arange(len(covered)) % len(tree)] = 1
     partial = topk_from_dense(covered, probs, k=3)
-    path, n_fallback = submission_from_topk(tmp_path / "sub.csv.gz", partial, test_ids, tree, fallback_label=4)
+    with pytest.raises(DataError, match=r"sub.csv.gz: \d+ of \d+ rows \(62%\) would be the fallback label"):
+        submission_from_topk(tmp_path / "sub.csv.gz", partial, test_ids, tree, fallback_label=4)  # 10 of 16 rows: refused
+    path, n_fallback = submission_from_topk(tmp_path / "sub.csv.gz", partial, test_ids, tree, fallback_label=4, max_fallback_share=1.0)
     frame = validate_submission(path, test_ids, tree).set_index("_id")
     assert n_fallback == len(test_ids) - len(covered) and len(frame) == len(test_ids)
     assert (frame.loc[covered, "category_id"].to_numpy() == tree.ids[partial.top1]).all()
@@ -246,7 +248,7 @@ def test_partial_source_still_gives_every_test_product_a_valid_row(tiny_work, tm
     stray = TopK(np.array([1, 2], np.int64), partial.labels[:2], partial.probs[:2])  # ids that are not test products
     empty = TopK(np.zeros(0, np.int64), np.zeros((0, 3), np.int16), np.zeros((0, 3), np.float16))
     for preds in (stray, empty):
-        path, n_fallback = submission_from_topk(tmp_path / "sub2.csv", preds, test_ids, tree, fallback_label=4)
+        path, n_fallback = submission_from_topk(tmp_path / "sub2.csv", preds, test_ids, tree, fallback_label=4, max_fallback_share=1.0)
         assert n_fallback == len(test_ids) and (validate_submission(path, test_ids, tree)["category_id"] == tree.ids[4]).all()
 
 

@@ -35,6 +35,7 @@ class StackConfig:
     topk: int = DEFAULT_K
     export_features: str = ""
     model: str = ""  # predict with this saved model instead of training (no CV)
+    max_fallback_share: float = 0.5  # refuse a submission with more fallback rows than this (1.0 accepts anything)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
