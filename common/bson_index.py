@@ -105,6 +105,12 @@ def build_index(bson_path: str | os.PathLike, progress: bool = True) -> ProductI
             done = end
     rows = np.concatenate(parts) if parts else np.empty(0, INDEX_DTYPE)
     _report_ids_and_labels(rows, bson_path, skips)
+    marked = count_marked_documents(bson_path)
+    reported = sum(skips.counts.get(k, 0) for k in ("malformed_document", "truncated_tail", "corrupt_bytes"))  # one document each
+    unread = marked - len(rows) - reported
+    if unread > 0:
+        skips.add("unread_documents", f"{bson_path}: {marked} documents carry an `imgs` key but {len(rows)} were indexed and {reported} "
+                  f"reported unreadable: {unread} more products are lost inside unreadable regions")
     meta = {
         "source": str(bson_path.resolve()),
         "size": size,
@@ -113,6 +119,7 @@ def build_index(bson_path: str | os.PathLike, progress: bool = True) -> ProductI
         "rows_sha256": hashlib.sha256(rows.tobytes()).hexdigest(),  # what later stages record as "the index"
         "products": int(len(rows)),
         "images": int(rows["n_imgs"].sum()),
+        "documents_marked": marked,  # the independent count (IMGS_MARKER), for comparison with "products"
         "has_labels": bool((rows["category_id"] >= 0).any()),
         "build_seconds": round(time.perf_counter() - start, 3),
         "skipped": skips.to_dict(),
@@ -120,6 +127,21 @@ def build_index(bson_path: str | os.PathLike, progress: bool = True) -> ProductI
     if skips.total:
         log.warning(skips.summary())
     return ProductIndex(rows, meta)
+
+
+IMGS_MARKER = b"\x04imgs\x00"  # once per product document (images are keyed "picture"): an independent count
+
+
+def count_marked_documents(path: Path, chunk: int = 64 << 20) -> int:
+    """Documents in the file counted without their length prefixes: occurrences of the `imgs`
+    key (a chance match inside a JPEG is ~1 in 2^48 positions). One more sequential read."""
+    count, tail = 0, b""
+    with open(path, "rb", buffering=0) as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            data = tail + block
+            count += data.count(IMGS_MARKER)
+            tail = data[-(len(IMGS_MARKER) - 1):]
+    return count
 
 
 def _report_ids_and_labels(rows: np.ndarray, path: Path, skips: SkipLog) -> None:

@@ -10,11 +10,13 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .atomic import write_json
 from .bson_index import ProductIndex, get_index, load_index
 from .categories import CategoryTree
 from .cli import parse_stage, run
-from .errors import DataError
+from .errors import DataError, log
 from .paths import CATEGORY_NAMES_CSV, WorkDir
 
 
@@ -47,6 +49,32 @@ class PrepareOptions:
     test_labels: str | None = None  # _id,category_id of the test products (mini data only: local scoring)
 
 
+OFFICIAL_PRODUCTS = {"train": 7_069_896, "test": 1_768_182}  # the Kaggle files (the dataset paper, Table 1)
+REAL_SIZED = 1_000_000  # a train index this large with the 5270-category tree is taken for the Kaggle data
+
+
+def check_splits(train: ProductIndex, test: ProductIndex, opts: "PrepareOptions", n_classes: int) -> list[str]:
+    """Refuse a labelled test file or one sharing products with train; warn (returned lines) when
+    real-sized files differ from the official counts or when documents went unread."""
+    if test.has_labels:
+        n = int((test.category_ids >= 0).sum())
+        raise DataError(f"--test {opts.test}: {n} of {len(test)} products carry a category_id: a train file? (Kaggle's test set has "
+                        "none; local test labels go in --test-labels)")
+    shared = np.intersect1d(np.asarray(train.ids), np.asarray(test.ids))
+    if len(shared):
+        raise DataError(f"--test {opts.test}: {len(shared)} _ids are also in --train {opts.train} (first _id {int(shared[0])}): "
+                        "the same file twice, or two splits of one file")
+    warnings = []
+    for split, index in (("train", train), ("test", test)):
+        if n_classes == 5270 and len(train) >= REAL_SIZED and len(index) != OFFICIAL_PRODUCTS[split]:
+            warnings.append(f"!!! {split}: {len(index):,} products where the official Kaggle file has {OFFICIAL_PRODUCTS[split]:,}: "
+                            "a partial or altered download? (every later number is on these products)")
+        unread = index.meta["skipped"]["counts"].get("unread_documents", 0)
+        if unread:
+            warnings.append(f"!!! {split}: {unread} documents with an `imgs` key were not indexed (see the index messages)")
+    return warnings
+
+
 def main(argv: list[str] | None = None) -> DatasetPaths:
     args = parse_stage(argv, __doc__, PrepareOptions)
     opts, work = args.options, args.work
@@ -55,9 +83,12 @@ def main(argv: list[str] | None = None) -> DatasetPaths:
         if not path or not Path(path).is_file():
             raise DataError(f"--{name} {path!r}: no such file")
     CategoryTree.from_csv(opts.categories)  # fail early on a bad CSV
+    indexes = {}
     for split in ("train", "test"):
-        index = get_index(getattr(opts, split), work.index(split), progress=args.progress)
+        index = indexes[split] = get_index(getattr(opts, split), work.index(split), progress=args.progress)
         print(f"{split}: {len(index)} products, {index.n_images} images, skipped {index.meta['skipped']['counts'] or 'nothing'}")
+    for line in check_splits(indexes["train"], indexes["test"], opts, len(CategoryTree.from_csv(opts.categories))):
+        log.warning(line)
     paths = DatasetPaths(*(str(Path(x).resolve()) for x in (opts.train, opts.test, opts.categories)),
                          test_labels=str(Path(opts.test_labels).resolve()) if opts.test_labels else None)
     write_json(work.root / "dataset.json", asdict(paths))

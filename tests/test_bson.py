@@ -349,3 +349,18 @@ def test_stats_and_index_skip_a_non_integer_id_alike(tmp_path, bad_id, category_
     stats = compute_stats(path, CategoryTree.from_csv(category_csv), tmp_path / "out", progress=False)
     assert len(index) == stats["products"] == 1
     assert index.meta["skipped"]["counts"] == stats["skipped"]["counts"] == {"malformed_document": 1}
+
+
+def test_documents_lost_inside_an_unreadable_region_are_counted_independently(sample_bson, tmp_path):
+    """Prefixes and `_id` keys of three documents wiped: the scan reports one unreadable region;
+    the independent count of `imgs` keys says two more products were lost in it."""
+    data, full = bytearray(sample_bson.read_bytes()), build_index(sample_bson, progress=False)
+    for k in (30, 31, 32):
+        at = int(full.offsets[k])
+        data[at : at + 9] = bytes(9)
+    path = tmp_path / "wiped.bson"
+    path.write_bytes(bytes(data))
+    index = build_index(path, progress=False)
+    assert len(index) == 79 and index.meta["documents_marked"] == 82
+    assert index.meta["skipped"]["counts"] == {"corrupt_bytes": 1, "unread_documents": 1}
+    assert "2 more products are lost" in " ".join(index.meta["skipped"]["messages"])

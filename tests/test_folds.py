@@ -83,7 +83,7 @@ def _prepared(tmp_path, train, test, categories):
 
 
 def test_cli_on_official_sample(sample_bson, category_csv, write_bson, tmp_path, capsys):
-    work = _prepared(tmp_path, sample_bson, write_bson("test.bson", [(1, [solid_jpeg(1)], None)]), category_csv)
+    work = _prepared(tmp_path, sample_bson, write_bson("test.bson", [(10**9, [solid_jpeg(1)], None)]), category_csv)
     main(["--work", str(work), "--n-folds", "3"])
     folds = read_folds(work / "folds.csv")
     assert len(folds) == 82 and folds["_id"].is_monotonic_increasing
@@ -102,7 +102,7 @@ def test_cli_on_official_sample(sample_bson, category_csv, write_bson, tmp_path,
 
 
 def test_holdout_protocol_is_a_stratified_fraction_without_the_50k_ids(sample_bson, category_csv, write_bson, tmp_path):
-    work = _prepared(tmp_path, sample_bson, write_bson("test.bson", [(1, [solid_jpeg(1)], None)]), category_csv)
+    work = _prepared(tmp_path, sample_bson, write_bson("test.bson", [(10**9, [solid_jpeg(1)], None)]), category_csv)
     folds = main(["--work", str(work), "--protocol", "holdout", "--holdout-fraction", "0.25"])
     assert sorted(folds["fold"].unique()) == [ALWAYS_TRAIN, 0]
     assert abs((folds["fold"] == 0).sum() - 82 * 0.25) <= 1
@@ -133,10 +133,26 @@ def test_holdout_is_the_50k_ids_when_the_data_holds_them():
 
 
 def test_cli_rejects_test_index(write_bson, category_csv, tmp_path):
-    path = write_bson("test.bson", [(1, [solid_jpeg(1)], None)])
-    work = _prepared(tmp_path, path, path, category_csv)
+    work = _prepared(tmp_path, write_bson("a.bson", [(1, [solid_jpeg(1)], None)]), write_bson("b.bson", [(2, [solid_jpeg(1)], None)]), category_csv)
     with pytest.raises(DataError, match="labelled"):
         main(["--work", str(work)])
+
+
+def test_prepare_refuses_a_labelled_test_file_or_one_sharing_products_with_train(sample_bson, write_bson, category_csv, tmp_path):
+    """prepare accepted a labelled test.bson, or train.bson given twice."""
+    with pytest.raises(DataError, match=r"--test .*: 82 of 82 products carry a category_id"):
+        _prepared(tmp_path / "a", sample_bson, sample_bson, category_csv)
+    with pytest.raises(DataError, match=r"1 _ids are also in --train .*first _id 1\)"):
+        _prepared(tmp_path / "b", sample_bson, write_bson("t.bson", [(1, [solid_jpeg(1)], None), (10**9, [solid_jpeg(2)], None)]), category_csv)
+
+
+def test_prepare_warns_when_real_sized_files_differ_from_the_official_counts(sample_bson, write_bson, category_csv, tmp_path, monkeypatch, caplog):
+    import common.prepare as prepare
+
+    monkeypatch.setattr(prepare, "REAL_SIZED", 50)  # the 82-product sample stands in for a real-sized file
+    _prepared(tmp_path, sample_bson, write_bson("t.bson", [(10**9, [solid_jpeg(1)], None)]), category_csv)
+    assert "train: 82 products where the official Kaggle file has 7,069,896" in caplog.text
+    assert "test: 1 products where the official Kaggle file has 1,768,182" in caplog.text
 
 
 def test_fold_of_ids_marks_absent_products_excluded():
