@@ -45,6 +45,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$PROFILE" in mini|full) ;; *) echo "run_all.sh: --profile must be mini or full" >&2; exit 2 ;; esac
+case "$PRESET" in tiny|default|dev) ;; *) echo "run_all.sh: --preset must be tiny, default or dev (mini/plan.py PRESETS)" >&2; exit 2 ;; esac
 # the winners trained each model once and validated on a holdout; k-fold keeps the mini run's OOF on every product
 [ -n "$PROTOCOL" ] || { [ "$PROFILE" = full ] && PROTOCOL=holdout || PROTOCOL=kfold; }
 case "$PROTOCOL" in kfold|holdout) ;; *) echo "run_all.sh: --protocol must be kfold or holdout" >&2; exit 2 ;; esac

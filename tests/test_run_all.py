@@ -143,6 +143,16 @@ def test_run_all_rejects_unknown_arguments(tmp_path):
     assert done.returncode == 2 and "unknown stage" in done.stderr
 
 
+@pytest.mark.parametrize("args, message", [(["--work"], "--work needs a value"), (["--preset"], "--preset needs a value"),
+                                           (["--n-folds", "abc"], "take a whole number, not 'abc'"),
+                                           (["--holdout-fraction", "2"], "between 0 and 1, not '2'"),
+                                           (["--protocol", "loo"], "--protocol must be kfold or holdout"), (["--preset", "huge"], "--preset must be tiny, default or dev"), (["--gpus", "x"], "--gpus takes a whole number")])
+def test_run_all_validates_every_option_when_parsed(tmp_path, args, message):
+    """Before any stage (or the environment set-up) runs: one line, exit 2 (a missing value used to die with "unbound variable")."""
+    done = subprocess.run(["bash", str(REPO / "run_all.sh"), *args], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and message in done.stderr and "unbound" not in done.stderr, done.stderr
+
+
 @pytest.mark.slow
 def test_run_all_under_torchrun_two_processes_covers_every_product_once(tmp_path):
     """`--nproc 2`: every training and predicting stage under torchrun (gloo on a CPU); every
