@@ -155,10 +155,15 @@ def run_recipe(cfg: TrainConfig, work: WorkDir, kind: RecipeKind, force: bool = 
     return summary
 
 
-def fold_inputs(work: WorkDir) -> dict:
-    """What every fold is made from besides its recipe: the folds and both indexes (their content)."""
-    return made_from({"folds": work.folds, "train index": work.index("train").with_suffix(".npy"),
-                      "test index": work.index("test").with_suffix(".npy")})
+def fold_inputs(work: WorkDir, cfg: TrainConfig, fold: int) -> dict:
+    """What a fold is made from besides its recipe: the folds, both indexes (their content), and
+    the same fold of every recipe it requires (a head's base nets: their config and predictions,
+    so a retrained base makes its heads stale)."""
+    files = {"folds": work.folds, "train index": work.index("train").with_suffix(".npy"), "test index": work.index("test").with_suffix(".npy")}
+    for dep in cfg.requires():
+        base = work.model_dir(cfg.solution, dep, fold)
+        files |= {f"{dep} fold {fold} config": base / "config.yaml", f"{dep} fold {fold} predictions": base / "oof.npz"}
+    return made_from(files)
 
 
 def stale_fold(out: Path, cfg: TrainConfig, inputs: dict) -> list[str]:
@@ -173,7 +178,7 @@ def run_one_fold(cfg: TrainConfig, data: FoldData, work: WorkDir, fold: int, run
     """Skip a finished fold made by this recipe from these data; stop (or, with force, start over)
     when the recipe or the data it was made from changed; else train and predict."""
     out = work.model_dir(cfg.solution, cfg.name, fold)
-    inputs = fold_inputs(work)
+    inputs = fold_inputs(work, cfg, fold)
     why = stale_fold(out, cfg, inputs)
     if why and not force:
         raise DataError(f"{out}: made by another recipe or from other data ({'; '.join(why)}). Rerun with --force to "

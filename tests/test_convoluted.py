@@ -19,7 +19,12 @@ from solutions.convoluted.base import BaseConfig, classifier_as_linear, ranks_in
 from solutions.convoluted.feature_store import FeatureStore, FeatureWriter, dequantise
 from solutions.convoluted.fuse import FuseConfig
 from solutions.convoluted.heads import create_head
-from solutions.convoluted.rank_count import COUNT_MODELS, RANK_MODELS, probs_by_route, route
+from solutions.convoluted.rank_count import (
+    COUNT_MODELS,
+    RANK_MODELS,
+    probs_by_route,
+    route,
+)
 
 CONFIGS = REPO / "solutions" / "convoluted" / "configs"
 
@@ -230,6 +235,11 @@ def test_tiny_run_base_heads_rank_count_and_team_blend(tiny_work, tmp_path, monk
     assert report["weights"] == [0.53, 0.23, 0.23] and report["power"] == 0.5 and report["kind"] == "team blend"
     sub = pd.read_csv(work.submissions / "convoluted.csv.gz")
     assert len(sub) == 16 and report["oof_product_accuracy"] > 0.5
+    # the base net retrained (another LR, --force): its heads are stale, never "up to date" over the old features
+    (tmp_path / "base.yaml").write_text(common + recipes["base"].replace("lr: 0.01", "lr: 0.02"))
+    main(["--config", str(tmp_path / "base.yaml"), "--work", str(tiny_work), "--force"])
+    with pytest.raises(DataError, match=r"tb fold 0 config \(.*\) changed"):
+        main(["--config", str(tmp_path / "gated.yaml"), "--work", str(tiny_work)])
 
 
 # ----------------------------------------------------------------------------- augmentations
