@@ -145,15 +145,35 @@ def _walk_documents(buf: bytes) -> tuple[list[int], list[int], int, str | None]:
     return starts, lengths, pos, None
 
 
+IMGS_MARKER = b"\x04imgs\x00"  # once per product document (images are keyed "picture")
+
+
+def count_marks(f: BinaryIO, start: int, end: int, chunk: int = 8 << 20) -> int:
+    """`imgs` keys in bytes [start, end) of the file: the products a skipped region held, counted
+    without trusting any length prefix (a chance match inside a JPEG: ~1 in 2^48 positions)."""
+    count, tail, pos = 0, b"", start
+    while pos < end:
+        f.seek(pos)
+        block = f.read(min(chunk, end - pos))
+        if not block:
+            break
+        data = tail + block
+        count += data.count(IMGS_MARKER)
+        tail, pos = data[-(len(IMGS_MARKER) - 1):], pos + len(block)
+    return count
+
+
 def iter_document_batches(
-    path: str | os.PathLike, skips: SkipLog | None = None, chunk_size: int = READ_CHUNK
+    path: str | os.PathLike, skips: SkipLog | None = None, chunk_size: int = READ_CHUNK, lost: list[int] | None = None
 ) -> Iterator[DocumentBatch]:
     """Read the file sequentially in chunks and yield the complete documents of each chunk.
 
     Memory stays flat (one chunk). A truncated last document is reported and skipped; an invalid
     document mid-file is reported and the scan resynchronises on the next document; a file whose
-    first document is invalid raises NotBsonError.
+    first document is invalid raises NotBsonError. `lost` (a one-item list) accumulates the
+    products the skipped bytes held (their `imgs` keys).
     """
+    lost = lost if lost is not None else [0]
     path = Path(path)
     skips = skips if skips is not None else SkipLog(str(path))
     size = path.stat().st_size
@@ -171,10 +191,14 @@ def iter_document_batches(
                 nxt = _find_next_document(f, offset + 1, size, None if offset else MAX_DOC_BYTES + 4)
                 if offset == 0 and nxt >= min(size, MAX_DOC_BYTES + 4):
                     _bad_prefix(path, 0, problem)
-                skips.add("corrupt_bytes", f"{path}: {problem} at offset {offset}; skipped {nxt - offset} bytes to offset {nxt}")
+                held = count_marks(f, offset, nxt)
+                lost[0] += held
+                skips.add("corrupt_bytes", f"{path}: {problem} at offset {offset}; skipped {nxt - offset} bytes to offset {nxt} "
+                          f"(they held {held} products' `imgs` keys)")
                 offset = nxt
             elif pos == 0:  # the document at `offset` does not fit in this read
                 remaining = size - offset
+                lost[0] += count_marks(f, offset, size)
                 if remaining < 4:
                     skips.add("truncated_tail", f"{path}: {remaining} stray bytes at offset {offset} after the last document; skipped")
                     return

@@ -98,19 +98,19 @@ def build_index(bson_path: str | os.PathLike, progress: bool = True) -> ProductI
     skips = SkipLog(str(bson_path))
     start, parts, done = time.perf_counter(), [], 0
     with bar(size, f"index {bson_path.name}", "B", enabled=progress, unit_scale=True) as progress_bar:
-        for batch in iter_document_batches(bson_path, skips):
+        lost = [0]  # products held by skipped bytes (their `imgs` keys): the scan's independent count
+        for batch in iter_document_batches(bson_path, skips, lost=lost):
             parts.append(_batch_rows(batch, bson_path, skips))
             end = batch.base + int(batch.starts[-1] + batch.lengths[-1])
             progress_bar.update(end - done)
             done = end
     rows = np.concatenate(parts) if parts else np.empty(0, INDEX_DTYPE)
     _report_ids_and_labels(rows, bson_path, skips)
-    marked = count_marked_documents(bson_path)
-    reported = sum(skips.counts.get(k, 0) for k in ("malformed_document", "truncated_tail", "corrupt_bytes"))  # one document each
-    unread = marked - len(rows) - reported
+    marked = len(rows) + skips.counts.get("malformed_document", 0) + lost[0]
+    unread = lost[0] - sum(skips.counts.get(k, 0) for k in ("truncated_tail", "corrupt_bytes"))  # beyond one per skipped region
     if unread > 0:
-        skips.add("unread_documents", f"{bson_path}: {marked} documents carry an `imgs` key but {len(rows)} were indexed and {reported} "
-                  f"reported unreadable: {unread} more products are lost inside unreadable regions")
+        skips.add("unread_documents", f"{bson_path}: {marked} documents carry an `imgs` key but {len(rows)} were indexed: "
+                  f"{unread} more products than the skipped regions are lost inside them")
     meta = {
         "source": str(bson_path.resolve()),
         "size": size,
@@ -119,7 +119,7 @@ def build_index(bson_path: str | os.PathLike, progress: bool = True) -> ProductI
         "rows_sha256": hashlib.sha256(rows.tobytes()).hexdigest(),  # what later stages record as "the index"
         "products": int(len(rows)),
         "images": int(rows["n_imgs"].sum()),
-        "documents_marked": marked,  # the independent count (IMGS_MARKER), for comparison with "products"
+        "documents_marked": marked,  # indexed + malformed + the `imgs` keys inside skipped bytes, for comparison with "products"
         "has_labels": bool((rows["category_id"] >= 0).any()),
         "build_seconds": round(time.perf_counter() - start, 3),
         "skipped": skips.to_dict(),
@@ -127,21 +127,6 @@ def build_index(bson_path: str | os.PathLike, progress: bool = True) -> ProductI
     if skips.total:
         log.warning(skips.summary())
     return ProductIndex(rows, meta)
-
-
-IMGS_MARKER = b"\x04imgs\x00"  # once per product document (images are keyed "picture"): an independent count
-
-
-def count_marked_documents(path: Path, chunk: int = 64 << 20) -> int:
-    """Documents in the file counted without their length prefixes: occurrences of the `imgs`
-    key (a chance match inside a JPEG is ~1 in 2^48 positions). One more sequential read."""
-    count, tail = 0, b""
-    with open(path, "rb", buffering=0) as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            data = tail + block
-            count += data.count(IMGS_MARKER)
-            tail = data[-(len(IMGS_MARKER) - 1):]
-    return count
 
 
 def _report_ids_and_labels(rows: np.ndarray, path: Path, skips: SkipLog) -> None:

@@ -24,10 +24,10 @@ def product_from_document(doc: dict, path: str | os.PathLike, offset: int) -> Pr
     """Build a Product from a decoded document, naming the file and offset on a bad layout."""
     if "_id" not in doc:
         raise BsonDocumentError(f"{path}: document at offset {offset} has no _id")
-    for field in ("_id", "category_id"):  # the index skips these documents alike (bson_format.parse_header)
-        value = doc.get(field, 0)
+    for key in ("_id", "category_id"):  # the index skips these documents alike (bson_format.parse_header)
+        value = doc.get(key, 0)
         if not isinstance(value, int) or isinstance(value, bool):
-            raise BsonDocumentError(f"{path}: malformed document at offset {offset}: {field} is a {type(value).__name__}, expected an integer")
+            raise BsonDocumentError(f"{path}: malformed document at offset {offset}: {key} is a {type(value).__name__}, expected an integer")
     imgs = doc.get("imgs")
     if imgs is None:
         imgs = []

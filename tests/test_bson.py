@@ -363,4 +363,4 @@ def test_documents_lost_inside_an_unreadable_region_are_counted_independently(sa
     index = build_index(path, progress=False)
     assert len(index) == 79 and index.meta["documents_marked"] == 82
     assert index.meta["skipped"]["counts"] == {"corrupt_bytes": 1, "unread_documents": 1}
-    assert "2 more products are lost" in " ".join(index.meta["skipped"]["messages"])
+    assert "2 more products than the skipped regions are lost" in " ".join(index.meta["skipped"]["messages"])
