@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from torch import nn
 
 from .atomic import write_json
 from .cli import load_yaml, parse_stage, read_yaml
-from .config import TrainConfig, batch_split, config_changes, for_world
+from .config import REUSE_IGNORES, TrainConfig, batch_split, config_changes, for_world
 from .data import ImageDataset, collate_images, image_table
 from .errors import DataError, log
 from .fingerprint import changes, made_from
@@ -160,10 +161,13 @@ def fold_inputs(work: WorkDir, cfg: TrainConfig, fold: int) -> dict:
     the same fold of every recipe it requires (a head's base nets: their config and predictions,
     so a retrained base makes its heads stale)."""
     files = {"folds": work.folds, "train index": work.index("train").with_suffix(".npy"), "test index": work.index("test").with_suffix(".npy")}
-    for dep in cfg.requires():
-        base = work.model_dir(cfg.solution, dep, fold)
-        files |= {f"{dep} fold {fold} config": base / "config.yaml", f"{dep} fold {fold} predictions": base / "oof.npz"}
-    return made_from(files)
+    inputs = made_from(files)
+    for dep in cfg.requires():  # the base's recipe (what REUSE_IGNORES leaves), not its file bytes: its split differs per world size
+        path = work.model_dir(cfg.solution, dep, fold) / "config.yaml"
+        recipe = {k: v for k, v in read_yaml(path).items() if k not in REUSE_IGNORES} if path.exists() else None
+        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest() if recipe else "missing"
+        inputs[f"{dep} fold {fold} config"] = {"path": str(path), "fingerprint": digest}
+    return inputs
 
 
 def stale_fold(out: Path, cfg: TrainConfig, inputs: dict) -> list[str]:
