@@ -38,13 +38,11 @@ def made_from(files: dict[str, str | os.PathLike]) -> dict[str, dict]:
     return {name: {"path": str(p), "fingerprint": fingerprint(p)} for name, p in files.items()}
 
 
-def changes(record: dict[str, dict], now: dict[str, dict] | None = None) -> list[str]:
-    """What differs between a recorded made_from and the files as they are now (or `now`)."""
+def changes(record: dict[str, dict], now: dict[str, dict]) -> list[str]:
+    """What differs between a recorded made_from and the one of the files as they are now."""
     out = []
     for name, was in record.items():
-        current = (now or {}).get(name, {}).get("fingerprint") if now is not None else fingerprint(was["path"])
+        current = now.get(name, {}).get("fingerprint")
         if current != was.get("fingerprint"):
             out.append(f"{name} ({was['path']}) changed" if current != "missing" else f"{name} ({was['path']}) is gone")
-    if now is not None:
-        out += [f"{name} ({v['path']}) is new" for name, v in now.items() if name not in record]
-    return out
+    return out + [f"{name} ({v['path']}) is new" for name, v in now.items() if name not in record]

@@ -9,13 +9,12 @@ run_all.sh runs it before any stage.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cli import parse_stage, run
 from .config import batch_split
-from .errors import DataError, log
+from .errors import DataError
 from .models import ModelSpec, check_model, is_timm_model
 from .recipe import fast_dev_run, load_recipe, profile_recipes, solution_kinds, solutions, weights_available
 
@@ -51,25 +50,13 @@ def check_recipe(solution: str, path: Path, kinds: dict, default: str, opts: Pre
         check.missing = (cfg.model, str(cfg.pretrained))
         if not opts.fast_dev_run:
             check.problems.append(f"weight file {cfg.pretrained} is missing")
-    with _quiet():
-        run_cfg = fast_dev_run(cfg) if opts.fast_dev_run else cfg
+    run_cfg = fast_dev_run(cfg, warn=False) if opts.fast_dev_run else cfg  # the missing files are said once, together
     try:
         check.facts.append(str(batch_split(run_cfg, opts.nproc)))
     except DataError as e:
         check.problems.append(str(e))
     check.facts.append(f"weights {run_cfg.pretrained or 'random init'}")
     return check
-
-
-class _quiet:
-    """fast_dev_run warns per recipe; here the missing files are said once, together."""
-
-    def __enter__(self):
-        self.level = log.level
-        log.setLevel(logging.ERROR)
-
-    def __exit__(self, *exc):
-        log.setLevel(self.level)
 
 
 def check_profile(opts: PreflightOptions) -> list[Check]:

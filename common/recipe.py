@@ -243,7 +243,6 @@ def _last_val_acc(fold_dir: Path) -> float | None:
 # ----------------------------------------------------------------------------- fast dev run
 
 FAST_DEV_GLOBAL_BATCH, FAST_DEV_MICRO, FAST_DEV_STEPS = 8, 4, 2  # 2 optimizer steps of 2 accumulated micro-batches
-FAST_DEV_SIZE = 32  # or the architecture's smallest input
 FAST_DEV_VAL_PRODUCTS = 16
 
 
@@ -254,7 +253,7 @@ def weights_available(spec: str | None) -> bool:
         return False
 
 
-def fast_dev_run(cfg: TrainConfig) -> TrainConfig:
+def fast_dev_run(cfg: TrainConfig, warn: bool = True) -> TrainConfig:
     """The recipe as it is (architecture, 5270-way head, optimiser, schedule, TTA, aggregation,
     every stage of its kind) but one epoch (and one per-K / fine-tune epoch) of a few steps at a
     small input, from random weights when the weight file is missing: the whole wiring, in
@@ -264,9 +263,10 @@ def fast_dev_run(cfg: TrainConfig) -> TrainConfig:
                    val_products=FAST_DEV_VAL_PRODUCTS, eval_batch_size=min(cfg.eval_batch_size, 64), num_workers=min(cfg.num_workers, 2),
                    warmup_epochs=0.0, fast_dev_run=True)
     if is_timm_model(cfg.model):
-        changes["input_size"] = smallest_input(cfg.model, tuple(s for s in (FAST_DEV_SIZE, 48, 64, 80, 96, 128) if s >= FAST_DEV_SIZE))
+        changes["input_size"] = smallest_input(cfg.model)  # 32 px, or the smallest the stem takes (Inceptions: 80)
     if not weights_available(cfg.pretrained):
-        log.warning("fast dev run: %s: no weight file %s, random initial weights", cfg.source, cfg.pretrained)
+        if warn:
+            log.warning("fast dev run: %s: no weight file %s, random initial weights", cfg.source, cfg.pretrained)
         changes["pretrained"] = None
     return dataclasses.replace(cfg, **changes)
 

@@ -174,7 +174,7 @@ def test_corrupt_length_mid_file_resynchronises(sample_bson, tmp_path):
     assert f"offset {bad}" in index.meta["skipped"]["messages"][0]
 
 
-def _corrupt_prefix(data: bytes, offset: int, value: int, path) -> "ProductIndex":
+def _corrupt_prefix(data: bytes, offset: int, value: int, path):
     out = bytearray(data)
     out[offset : offset + 4] = int(value).to_bytes(4, "little", signed=True)
     path.write_bytes(bytes(out))
