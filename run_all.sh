@@ -10,13 +10,14 @@
 #   ./run_all.sh --holdout-fraction F  # the holdout's share when the 2nd team's 50k ids are not in the data (default 0.05)
 #   ./run_all.sh --profile full --fast-dev-run   # every full recipe, a few steps at a small input: the wiring in minutes (work/fast_dev_run)
 #   ./run_all.sh --from STAGE | --only STAGE | --force
+#   ./run_all.sh --accept-lost-products   # write the submissions although the test index lost documents of a cut test.bson
 #   ./run_all.sh --profile full --plan [--data DIR] [--gpus N]   # what the run costs (GPU-hours, disk, RAM), then exit: no stage runs
 # A stage whose output is newer than every earlier stage's (and than its recipes) is skipped, so an
 # interrupted run continues where it stopped; what a stage reuses inside is checked by content.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DATA="" WORK="" PRESET="default" PROFILE="mini" FROM="" ONLY="" FORCE=0 SEED=0 N_FOLDS="" NPROC="" PROTOCOL="" HOLDOUT_FRACTION="0.05" FAST_DEV=0
-PLAN=0 GPUS=""  # --plan: python -m common.plan on --gpus N GPUs, no stage
+PLAN=0 GPUS="" ACCEPT_LOST=()  # --plan: python -m common.plan on --gpus N GPUs, no stage
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -38,6 +39,7 @@ while [ $# -gt 0 ]; do
     --protocol) PROTOCOL="$2"; shift 2 ;;
     --holdout-fraction) HOLDOUT_FRACTION="$2"; shift 2 ;;
     --fast-dev-run) FAST_DEV=1; shift ;;
+    --accept-lost-products) ACCEPT_LOST=(--accept-lost-products); shift ;;
     --plan) PLAN=1; shift ;;
     --gpus) [[ "${2:-}" =~ ^[0-9]+$ ]] || { echo "run_all.sh: --gpus takes a whole number" >&2; exit 2; }; GPUS="$2"; shift 2 ;;
     -h|--help) usage 0 ;;
@@ -93,7 +95,7 @@ DEV_FLAG=(); [ "$FAST_DEV" = 1 ] && DEV_FLAG=(--fast-dev-run)
 python -m common.preflight --profile "$PROFILE" --nproc "$((NPROC > 1 ? NPROC : 1))" "${DEV_FLAG[@]}"
 train_solution() {  # train_solution SOLUTION: every recipe of the profile (each after those it requires), then the solution's blend
   "${LAUNCH[@]}" -m "solutions.$1.train" --profile "$PROFILE" --work "$WORK" "${DEV_FLAG[@]}" $(force_flag)
-  python -m "solutions.$1.submit" --work "$WORK"
+  python -m "solutions.$1.submit" --work "$WORK" "${ACCEPT_LOST[@]}"
 }
 
 started=0
@@ -145,8 +147,8 @@ run_stage dylan "$WORK/preds/dylan/summary.json" train_solution dylan
 run_stage bestfitting "$WORK/preds/bestfitting/summary.json" train_solution bestfitting
 run_stage convoluted "$WORK/preds/convoluted/summary.json" train_solution convoluted
 run_stage ocr "$WORK/preds/ocr/summary.json" python -m ocr.run --work "$WORK"
-run_stage md5 "$WORK/preds/md5/summary.json" python -m md5.run --work "$WORK"
-run_stage stack "$WORK/preds/stack/summary.json" python -m ensembling.stack --work "$WORK"
+run_stage md5 "$WORK/preds/md5/summary.json" python -m md5.run --work "$WORK" "${ACCEPT_LOST[@]}"
+run_stage stack "$WORK/preds/stack/summary.json" python -m ensembling.stack --work "$WORK" "${ACCEPT_LOST[@]}"
 run_stage report "$WORK/report/index.html" python -m ensembling.report --work "$WORK"
 
 echo

@@ -51,6 +51,12 @@ class ProductIndex:
         return bool((self.rows["category_id"] >= 0).any())
 
     @property
+    def lost_products(self) -> int:
+        """Documents the scan saw (their `imgs` key) but could not index: malformed, or inside
+        skipped bytes. A submission over this index lacks them (see `submission_from_topk`)."""
+        return max(int(self.meta.get("documents_marked", len(self.rows))) - len(self.rows), 0)
+
+    @property
     def n_images(self) -> int:
         return int(np.clip(self.rows["n_imgs"], 0, None).sum())
 

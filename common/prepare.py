@@ -69,9 +69,9 @@ def check_splits(train: ProductIndex, test: ProductIndex, opts: "PrepareOptions"
         if n_classes == 5270 and len(train) >= REAL_SIZED and len(index) != OFFICIAL_PRODUCTS[split]:
             warnings.append(f"!!! {split}: {len(index):,} products where the official Kaggle file has {OFFICIAL_PRODUCTS[split]:,}: "
                             "a partial or altered download? (every later number is on these products)")
-        unread = index.meta["skipped"]["counts"].get("unread_documents", 0)
-        if unread:
-            warnings.append(f"!!! {split}: {unread} documents with an `imgs` key were not indexed (see the index messages)")
+        if index.lost_products:
+            warnings.append(f"!!! {split}: {index.lost_products} documents with an `imgs` key were not indexed (see the index messages)"
+                            + ("; a submission without them is refused unless --accept-lost-products" if split == "test" else ""))
     return warnings
 
 

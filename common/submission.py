@@ -10,7 +10,7 @@ import pandas as pd
 
 from .atomic import atomic_path
 from .categories import CategoryTree
-from .errors import DataError
+from .errors import DataError, log
 
 HEADER = ["_id", "category_id"]
 
@@ -58,14 +58,29 @@ def validate_submission(path: str | os.PathLike, test_ids: np.ndarray, tree: Cat
 MAX_FALLBACK_SHARE = 0.5  # more fallback rows than this: the predictions miss the test set (a swapped or foreign source)
 
 
+def check_lost_products(path: str | os.PathLike, n_rows: int, lost_products: int, accept: bool) -> None:
+    """Kaggle scores a missing row as wrong: a test file whose index lost documents (a cut or
+    corrupt download) gives a short submission, refused unless `--accept-lost-products`."""
+    if lost_products <= 0:
+        return
+    line = (f"{path}: {n_rows} rows, but the test file holds {n_rows + lost_products} products: {lost_products} could not be read "
+            "(see the index's messages; a cut or corrupt test.bson?)")
+    if not accept:
+        raise DataError(line + "; --accept-lost-products writes the submission without them")
+    log.warning("%s; written anyway (--accept-lost-products)", line)
+
+
 def submission_from_topk(path: str | os.PathLike, preds, test_ids: np.ndarray, tree: CategoryTree, fallback_label: int,
-                         max_fallback_share: float = MAX_FALLBACK_SHARE) -> tuple[Path, int]:
+                         max_fallback_share: float = MAX_FALLBACK_SHARE, lost_products: int = 0,
+                         accept_lost_products: bool = False) -> tuple[Path, int]:
     """Top-1 of each predicted test product; every other test product gets `fallback_label`
     (the most frequent training category), so the submission always has every row. Refused when
-    more than `max_fallback_share` of the rows would be the fallback (pass 1.0 to accept).
+    more than `max_fallback_share` of the rows would be the fallback (pass 1.0 to accept), and
+    when the test index lost `lost_products` documents of its file (unless accepted).
     Returns (path, number of fallback rows)."""
     test_ids = np.asarray(test_ids, np.int64)
     test_ids = test_ids[np.sort(np.unique(test_ids, return_index=True)[1])]  # a repeated _id gets one row
+    check_lost_products(path, len(test_ids), lost_products, accept_lost_products)
     labels = preds.top1_of(test_ids, missing=fallback_label)
     have = preds.lookup(test_ids)[1]
     share = float((~have).mean()) if len(test_ids) else 0.0

@@ -44,6 +44,7 @@ class BlendOptions:
     members: list[str] = field(default_factory=list)  # NAME or NAME=WEIGHT (default: the solution's members)
     topk: int = DEFAULT_K
     max_fallback_share: float = 0.5  # refuse a submission with more fallback rows than this (1.0 accepts anything)
+    accept_lost_products: bool = False  # write the submission although the test index lost documents of test.bson
 
 
 def parse_members(pairs: list[str]) -> dict[str, float]:
@@ -61,11 +62,12 @@ def oof_accuracy(preds: TopK, labels: Labels) -> float:
     return accuracy(preds.top1, labels.of(preds.ids))
 
 
-def blend(work: WorkDir, spec: SolutionBlend, members: dict[str, float], k: int = DEFAULT_K, max_fallback_share: float = 0.5) -> dict:
+def blend(work: WorkDir, spec: SolutionBlend, members: dict[str, float], opts: BlendOptions | None = None) -> dict:
     """Weighted (power) mean of the members on their common OOF products and on test; writes
     preds/<solution>/ and submissions/<solution>.csv.gz; returns the summary."""
     if not members:
         raise FileNotFoundError(f"no {spec.solution} source to blend under {work.root / 'preds'} (train its recipes first)")
+    opts = opts or BlendOptions()
     names, weights = list(members), list(members.values())
     labels, paths = Labels.load(work), DatasetPaths.load(work)
     splits = SplitIds.load(work)
@@ -74,13 +76,14 @@ def blend(work: WorkDir, spec: SolutionBlend, members: dict[str, float], k: int 
     for o in oofs[1:]:
         common_ids = np.intersect1d(common_ids, o.ids)
     oofs = [o.take(o.lookup(common_ids)[0]) for o in oofs]
-    oof = power_mean(oofs, k, weights, spec.power)
-    test = power_mean(list(tests), k, weights, spec.power)
+    oof = power_mean(oofs, opts.topk, weights, spec.power)
+    test = power_mean(list(tests), opts.topk, weights, spec.power)
     save_topk(work.preds(spec.solution) / "oof.npz", oof)
     save_topk(work.preds(spec.solution) / "test.npz", test)
     tree = paths.tree()
-    sub, fallback = submission_from_topk(work.submissions / f"{spec.solution}.csv.gz", test, np.asarray(paths.index(work, "test").ids), tree, labels.fallback,
-                                          max_fallback_share)
+    test_index = paths.index(work, "test")
+    sub, fallback = submission_from_topk(work.submissions / f"{spec.solution}.csv.gz", test, np.asarray(test_index.ids), tree, labels.fallback,
+                                         opts.max_fallback_share, test_index.lost_products, opts.accept_lost_products)
     return write_summary(
         work, spec.solution, spec.kind, solution=spec.solution, members=names, weights=weights, power=spec.power,
         recorded=spec.recorded, leaderboard=spec.leaderboard,
@@ -109,7 +112,7 @@ def blend_main(spec: SolutionBlend, argv: list[str] | None = None, description: 
     args = parse_stage(argv, description, BlendOptions)
     default = spec.members or solution_models(spec.solution)
     members = parse_members(args.options.members) if args.options.members else default(args.work)
-    report = blend(args.work, spec, members, args.options.topk, args.options.max_fallback_share)
+    report = blend(args.work, spec, members, args.options)
     how = "mean" if spec.power == 1.0 else f"mean of p^{spec.power:g}"
     print(f"{spec.solution}: weighted {how} over {len(members)} sources")
     print_report(report)

@@ -66,6 +66,7 @@ class Md5Options:
     workers: int = 0  # hashing processes; 0 = every core
     override_base: list[str] = field(default_factory=list)  # sources to apply the override to (default: every solution / team blend)
     write_submissions: bool = False  # write submissions/<base>_md5_override.csv.gz
+    accept_lost_products: bool = False  # write them although the test index lost documents of test.bson
 
 
 @dataclass
@@ -160,7 +161,7 @@ def votes_report(v: Votes, true: np.ndarray | None) -> dict:
 
 
 def base_report(work: WorkDir, base: str, oof_v: Votes, test_v: Votes, labels: Labels, data: FoldData,
-                truth: np.ndarray | None, write: bool) -> dict:
+                truth: np.ndarray | None, opts: Md5Options) -> dict:
     """A source's OOF (and mini test) accuracy before and after the override; optional submission."""
     oof, test = load_predictions(work, base)
     new_oof = override(oof, oof_v.ids[oof_v.unique_label], oof_v.unique_of[oof_v.unique_label])
@@ -175,8 +176,9 @@ def base_report(work: WorkDir, base: str, oof_v: Votes, test_v: Votes, labels: L
         out["test_accuracy_with_override"] = accuracy(new_test.top1_of(ids[known]), truth[known])
         sel = known & test_v.unique_label  # test_v is in index-row order
         out["test_base_accuracy_on_overridden"] = accuracy(test.top1_of(ids[sel]), truth[sel])
-    if write:
-        sub, _ = submission_from_topk(work.submissions / f"{base}_md5_override.csv.gz", new_test, np.asarray(data.test.index.ids), data.tree, labels.fallback)
+    if opts.write_submissions:
+        sub, _ = submission_from_topk(work.submissions / f"{base}_md5_override.csv.gz", new_test, np.asarray(data.test.index.ids), data.tree, labels.fallback,
+                                      lost_products=data.test.index.lost_products, accept_lost_products=opts.accept_lost_products)
         out["submission"] = str(sub)
     return out
 
@@ -200,7 +202,7 @@ def run_md5(work: WorkDir, opts: Md5Options, progress: bool = True) -> dict:
     return write_summary(
         work, SOURCE, "side source", recorded=RECORDED, options=asdict(opts), hashing=hashing,
         dictionary=dictionary_report(full, h, opts), oof=votes_report(oof_v, labels.of(oof_v.ids)), test=votes_report(test_v, truth),
-        override={b: base_report(work, b, oof_v, test_v, labels, data, truth, opts.write_submissions) for b in bases},
+        override={b: base_report(work, b, oof_v, test_v, labels, data, truth, opts) for b in bases},
         seconds=round(time.perf_counter() - t0, 1))
 
 

@@ -252,6 +252,29 @@ def test_partial_source_still_gives_every_test_product_a_valid_row(tiny_work, tm
         assert n_fallback == len(test_ids) and (validate_submission(path, test_ids, tree)["category_id"] == tree.ids[4]).all()
 
 
+def test_a_submission_over_a_cut_test_file_is_refused_unless_the_loss_is_accepted(sample_bson, category_csv, tmp_path, caplog):
+    """The official sample cut inside its 60th document, as a test file: the index keeps 59
+    products and counts the lost one; a 59-row submission used to pass its own validation (it is
+    checked against the same shrunken index); now it is refused naming the loss, and written only
+    with --accept-lost-products."""
+    from common.bson_index import build_index
+    from common.categories import CategoryTree
+
+    full = build_index(sample_bson, progress=False)
+    cut = tmp_path / "test.bson"
+    cut.write_bytes(sample_bson.read_bytes()[: int(full.offsets[59]) + 200])
+    index = build_index(cut, progress=False)
+    assert len(index) == 59 and index.lost_products == 1 and full.lost_products == 0
+    tree = CategoryTree.from_csv(category_csv)
+    ids = np.asarray(index.ids, np.int64)
+    preds = topk_from_dense(ids, np.eye(len(tree), dtype=np.float32)[np.zeros(len(ids), int)], k=3)
+    with pytest.raises(DataError, match=r"sub.csv: 59 rows, but the test file holds 60 products: 1 could not be read.*--accept-lost-products"):
+        submission_from_topk(tmp_path / "sub.csv", preds, ids, tree, 0, lost_products=index.lost_products)
+    assert not (tmp_path / "sub.csv").exists()
+    path, _ = submission_from_topk(tmp_path / "sub.csv", preds, ids, tree, 0, lost_products=index.lost_products, accept_lost_products=True)
+    assert len(validate_submission(path, ids, tree)) == 59 and "written anyway" in caplog.text
+
+
 # ----------------------------------------------------------------------------- bad input, end to end
 
 GOOD_CATEGORIES = [1000010653, 1000010667, 1000004079]
@@ -321,8 +344,13 @@ def test_bad_inputs_through_the_pipeline_every_test_product_gets_a_row(tmp_path)
     recipe.write_text(TINY_RECIPE.format(epochs=1).replace("folds: [0]", "folds: [0, 1]"))
     log = run("solutions.dylan.train", "--config", str(recipe), "--work", str(work))
     assert "inputs could not be used (undecodable images" in log  # the corrupt and zero-byte JPEGs are counted, not fatal
-    run("solutions.dylan.submit", "--work", str(work))
-    run("ensembling.stack", "--work", str(work), "--rounds", "5", "--nthread", "1")
+    # the test file's cut tail held one more product: its submission would be one row short, so
+    # it is refused until the user accepts the loss
+    short = subprocess.run([*py, "solutions.dylan.submit", "--work", str(work)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert short.returncode != 0 and "--accept-lost-products" in short.stderr and "Traceback" not in short.stderr, short.stderr[-2000:]
+    assert "1 could not be read" in short.stderr
+    assert "written anyway" in run("solutions.dylan.submit", "--work", str(work), "--accept-lost-products")
+    run("ensembling.stack", "--work", str(work), "--rounds", "5", "--nthread", "1", "--accept-lost-products")
     tree = CategoryTree.from_csv(categories)
     test_ids = np.unique(np.asarray(load_index(work / "index" / "test").ids))
     assert {9101, 9102, 9103, 9104, 9105} <= set(test_ids.tolist())

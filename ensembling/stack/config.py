@@ -36,6 +36,7 @@ class StackConfig:
     export_features: str = ""
     model: str = ""  # predict with this saved model instead of training (no CV)
     max_fallback_share: float = 0.5  # refuse a submission with more fallback rows than this (1.0 accepts anything)
+    accept_lost_products: bool = False  # write the submission although the test index lost documents of test.bson
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:

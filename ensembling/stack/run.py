@@ -121,9 +121,9 @@ def run_stack(work: WorkDir, cfg: StackConfig) -> dict:
     if oof_top is not None:
         save_topk(work.preds(STACK) / "oof.npz", oof_top)
     save_topk(work.preds(STACK) / "test.npz", test_top)
-    sub, n_fallback = submission_from_topk(work.submissions / f"{STACK}.csv.gz", test_top, inp.test_ids, inp.tree, inp.fallback,
-                                           cfg.max_fallback_share)
     paths = DatasetPaths.load(work)
+    sub, n_fallback = submission_from_topk(work.submissions / f"{STACK}.csv.gz", test_top, inp.test_ids, inp.tree, inp.fallback,
+                                           cfg.max_fallback_share, paths.index(work, "test").lost_products, cfg.accept_lost_products)
     return write_summary(
         work, STACK, "stack", recorded=RECORDED, sources=[s.name for s in inp.stacked], sources_kinds={s.name: s.kind for s in inp.all_sources},
         left_out=[s.name for s in inp.all_sources if s not in inp.stacked], features=names, config=asdict(cfg), device=device,
