@@ -95,7 +95,7 @@ DEV_FLAG=(); [ "$FAST_DEV" = 1 ] && DEV_FLAG=(--fast-dev-run)
 python -m common.preflight --profile "$PROFILE" --nproc "$((NPROC > 1 ? NPROC : 1))" "${DEV_FLAG[@]}"
 train_solution() {  # train_solution SOLUTION: every recipe of the profile (each after those it requires), then the solution's blend
   "${LAUNCH[@]}" -m "solutions.$1.train" --profile "$PROFILE" --work "$WORK" "${DEV_FLAG[@]}" $(force_flag)
-  python -m "solutions.$1.submit" --work "$WORK" "${ACCEPT_LOST[@]}"
+  python -m "solutions.$1.submit" --work "$WORK" --profile "$PROFILE" "${ACCEPT_LOST[@]}"
 }
 
 started=0

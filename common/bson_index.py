@@ -17,7 +17,7 @@ from .bson_format import (
     parse_header,
     parse_headers_fast,
 )
-from .errors import BsonDocumentError, DataError, SkipLog, log
+from .errors import BsonDocumentError, DataError, SkipLog
 from .fingerprint import fingerprint
 from .ids import lookup
 from .progress import bar
@@ -84,10 +84,10 @@ def _batch_rows(batch: DocumentBatch, path: Path, skips: SkipLog) -> np.ndarray:
     rows["id"], rows["offset"], rows["length"] = ids[keep], batch.base + batch.starts[keep], batch.lengths[keep]
     rows["n_imgs"], rows["category_id"] = n_imgs[keep], categories[keep]
     for row in rows[rows["n_imgs"] == 0]:
-        skips.add("no_images", f"{path}: product _id={row['id']} at offset {row['offset']} has no images (kept with n_imgs=0)")
+        skips.add("no_images", f"{path}: product _id={row['id']} at offset {row['offset']} has no images (kept with n_imgs=0)", row["id"])
     for row, n in zip(rows[empty[keep] > 0], empty[keep][empty[keep] > 0]):
         skips.add("empty_image", f"{path}: product _id={row['id']} at offset {row['offset']}: {n} of its {row['n_imgs']} image entries "
-                  "hold no picture bytes (unusable: its other images predict it, else the fallback label)")
+                  "hold no picture bytes (unusable: its other images predict it, else the fallback label)", row["id"])
     return rows
 
 
@@ -130,18 +130,20 @@ def build_index(bson_path: str | os.PathLike, progress: bool = True) -> ProductI
         "build_seconds": round(time.perf_counter() - start, 3),
         "skipped": skips.to_dict(),
     }
-    if skips.total:
-        log.warning(skips.summary())
+    skips.report()
     return ProductIndex(rows, meta)
 
 
 def _report_ids_and_labels(rows: np.ndarray, path: Path, skips: SkipLog) -> None:
-    n_dup = len(rows) - len(np.unique(rows["id"]))
-    if n_dup:
-        skips.add("duplicate_ids", f"{path}: {n_dup} products repeat an _id already seen (kept; later stages decide)")
+    ids = np.sort(rows["id"])
+    repeated = ids[1:][ids[1:] == ids[:-1]]
+    if len(repeated):
+        skips.add_ids("duplicate_ids", f"{path}: {len(repeated)} products repeat an _id already seen (kept; later stages decide)",
+                      repeated[: skips.max_ids], count=len(repeated))
     labelled = rows["category_id"] >= 0
     if labelled.any() and not labelled.all():
-        skips.add("missing_category", f"{path}: {(~labelled).sum()} of {len(rows)} products have no category_id")
+        skips.add_ids("missing_category", f"{path}: {(~labelled).sum()} of {len(rows)} products have no category_id",
+                      rows["id"][~labelled][: skips.max_ids], count=int((~labelled).sum()))
 
 
 def save_index(index: ProductIndex, prefix: str | os.PathLike) -> None:

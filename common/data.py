@@ -69,6 +69,11 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.table)
 
+    def product_ids(self, pos: np.ndarray) -> np.ndarray:
+        """The _ids of the products at positions `pos` (what a batch's "pos" holds), for reports."""
+        first_image = np.searchsorted(self.table.product_pos, np.asarray(pos))  # a product's images are consecutive
+        return np.asarray(self.reader.index.ids)[self.table.product_row[first_image]]
+
     def __getitem__(self, item: int | tuple[int, int]):
         i, sample_seed = item if isinstance(item, tuple) else (item, 0)
         row, rank = int(self.table.product_row[i]), int(self.table.rank[i])
@@ -92,6 +97,9 @@ class ProductDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def product_ids(self, pos: np.ndarray) -> np.ndarray:
+        return np.asarray(self.reader.index.ids)[self.rows[np.asarray(pos)]]
 
     def __getitem__(self, item: int | tuple[int, int]):
         i, sample_seed = item if isinstance(item, tuple) else (item, 0)

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .config import TrainConfig
 from .data import ImageDataset, collate_images, image_table
 from .bson_reader import BsonReader
-from .errors import log
+from .errors import SkipLog
 from .predictions import TopK, concat_topk
 from .progress import track
 from .train import Batch, BatchFn, Runtime, autocast, forward, image_batch
@@ -75,7 +75,7 @@ def product_batches(items: Items, budget: int, rank: int = 0, world: int = 1) ->
     """Item indices per batch for this rank: whole products, cost <= budget (a product costing more
     is a batch alone), one key per batch."""
     start = np.r_[0, np.cumsum(items.n_items)]
-    cost = np.asarray(items.n_items if items.cost is None else items.cost, np.int64)  # the index's n_imgs is int8
+    cost = np.asarray(items.n_items if items.cost is None else items.cost, np.int64)  # int64: the index's n_imgs is int16
     mine = shard(len(items), rank, world)
     if items.key is not None:
         mine = mine[np.argsort(np.asarray(items.key)[mine], kind="stable")]
@@ -139,19 +139,27 @@ def predict(model: nn.Module, dataset: Dataset, collate: Callable, items: Items,
     model.eval().to(runtime.device)
     batches = product_batches(items, cfg.eval_batch_size, runtime.rank, runtime.world)
     loader = DataLoader(dataset, batch_sampler=ListSampler(batches), collate_fn=collate, num_workers=cfg.num_workers, pin_memory=runtime.cuda)
-    parts, unusable = [], 0
+    parts, skips = [], SkipLog(f"{desc} {cfg.name}" + (f" (rank {runtime.rank})" if runtime.distributed else ""))
     for raw in track(loader, f"{desc} {cfg.name}", enabled=runtime.is_main, unit="batch"):
         batch = to_batch(raw, runtime)
         p = tta_probs(model, batch.inputs, cfg.tta, views, cfg, runtime)
         if after_batch is not None:
             after_batch(raw, batch)
-        unusable += int((~batch.ok).sum())
+        bad = (~batch.ok).cpu().numpy()
+        if bad.any():
+            ids = items.ids[raw["pos"].numpy()[bad]]
+            skips.add_ids("unusable_input", f"{int(bad.sum())} inputs could not be used (undecodable images, no stored view) and were "
+                          f"left out of their products, e.g. _id {int(ids[0])}", ids)
         pos, agg = aggregate(p, raw["pos"].to(runtime.device), batch.ok, cfg.aggregate)
         top = agg.topk(min(cfg.topk, agg.shape[1]), dim=1)
         parts.append(TopK(items.ids[pos.cpu().numpy()], top.indices.cpu().numpy().astype(np.int16), top.values.cpu().numpy().astype(np.float16)))
-    if unusable:
-        log.warning("%s %s: %d inputs could not be used (undecodable images, no stored view) and were left out of their products", desc, cfg.name, unusable)
-    return gather_topk(runtime, concat_topk(parts, min(cfg.topk, getattr(model, "num_classes", cfg.topk))))
+    preds = concat_topk(parts, min(cfg.topk, getattr(model, "num_classes", cfg.topk)))
+    unpredicted = np.setdiff1d(items.ids[shard(len(items), runtime.rank, runtime.world)], preds.ids)
+    if len(unpredicted):
+        skips.add_ids("no_usable_input", f"{len(unpredicted)} products have no usable input (no image, or none decodable): no prediction, "
+                      f"the fallback label in a submission", unpredicted[: skips.max_ids], count=len(unpredicted))
+    skips.report()
+    return gather_topk(runtime, preds)
 
 
 def predict_images(model: nn.Module, reader: BsonReader, rows: np.ndarray, cfg: TrainConfig, runtime: Runtime, mean, std,

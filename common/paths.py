@@ -49,3 +49,11 @@ class WorkDir:
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+
+PROFILES = ("mini", "full")  # run_all.sh --profile
+
+
+def recipe_profile(name: str) -> str:
+    """mini for a mini_* recipe (its file mini_*.yaml), full for every other."""
+    return "mini" if name.startswith("mini_") else "full"

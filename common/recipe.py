@@ -41,7 +41,7 @@ from .models import (
     resolve_weights,
     smallest_input,
 )
-from .paths import REPO, WorkDir
+from .paths import REPO, WorkDir, recipe_profile
 from .predictions import TopK, average_topk, concat_topk, load_topk, save_topk
 from .sources import write_summary
 from .train import Runtime, eval_loader, fit, image_batch, setup_runtime, train_loader
@@ -321,7 +321,7 @@ def profile_recipes(solution: str, profile: str, kinds: dict[str, RecipeKind], d
     chosen = {}
     for path in paths:
         values = read_yaml(path)
-        if values.get("ablation") or path.stem.startswith("mini_") != (profile == "mini"):
+        if values.get("ablation") or recipe_profile(path.stem) != profile:
             continue
         chosen[path.stem] = load_recipe(path, kinds, default)
     order: list[str] = []

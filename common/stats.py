@@ -69,9 +69,16 @@ class Scan:
         self.products += 1
         self.image_counts[len(product.images)] += 1
         self.category_counts[category] += 1
+        where = f"product _id={product.product_id}"
+        if not product.images:
+            self.skips.add("no_images", f"{where} has no images", product.product_id)
+        empty = sum(not jpeg for jpeg in product.images)
+        if empty:  # entries without picture bytes: no image to hash (their MD5s would all "match")
+            self.skips.add("empty_image", f"{where}: {empty} of its {len(product.images)} image entries hold no picture bytes", product.product_id)
         for jpeg in product.images:
-            self.md5.append(int.from_bytes(hashlib.md5(jpeg).digest()[:8], "little"))
-            self.md5_category.append(category)
+            if jpeg:
+                self.md5.append(int.from_bytes(hashlib.md5(jpeg).digest()[:8], "little"))
+                self.md5_category.append(category)
 
     @property
     def images(self) -> int:
@@ -324,7 +331,8 @@ def to_markdown(stats: dict) -> str:
                   f"({u['largest_category']['products']:,} products).", ""]
     lines += [f"Unknown category ids: {stats['unknown_category_ids']:,} products"
               + (f" (e.g. {stats['unknown_category_id_examples']})" if stats["unknown_category_ids"] else ""), "",
-              f"Skipped: {stats['skipped']['counts'] or 'nothing'}", "",
+              f"Skipped: {stats['skipped']['counts'] or 'nothing'}"
+              + "".join(f"; first {k} _ids {v}" for k, v in stats["skipped"].get("first_ids", {}).items()), "",
               "Figures: " + ", ".join(f"[{k}]({v})" for k, v in stats["figures"].items()), ""]
     return "\n".join(lines)
 
@@ -333,6 +341,7 @@ def compute_stats(bson: str | Path, tree: CategoryTree | None, out: str | Path, 
     """Collect, derive every table, draw the figures, write stats.json and stats.md."""
     start, out = time.perf_counter(), Path(out)
     scan = collect(bson, progress)
+    scan.skips.report()
     counts, md5 = category_counts(scan, tree), md5_counts(scan)
     if counts is not None and counts.unknown_products:
         log.warning("%s: %d products have a category_id missing from %s", bson, counts.unknown_products, tree.source)

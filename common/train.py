@@ -32,7 +32,7 @@ from .atomic import atomic_path
 from .augment import build_augment
 from .config import TrainConfig, config_changes
 from .data import EpochSampler, batch_pixels, normalize_on_device
-from .errors import DataError, log
+from .errors import DataError, SkipLog, log
 from .progress import bar
 
 # ----------------------------------------------------------------------------- registries
@@ -258,7 +258,7 @@ def fit(cfg: TrainConfig, model: nn.Module, train: DataLoader, val: DataLoader |
         seen = figures["samples"]
         history.append({"epoch": epoch, "lr": cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9), "train_loss": round(figures["train_loss"], 5),
                         "train_acc": round(figures["train_acc"], 5), "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "samples": seen,
-                        "samples_per_step": round(figures["samples_per_step"], 1),
+                        "samples_per_step": round(figures["samples_per_step"], 1), "unusable_inputs": figures["unusable_inputs"],
                         "samples_per_s": round(seen / seconds, 1), "seconds": round(seconds, 1)})
         if runtime.is_main:
             save_checkpoint(last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -282,6 +282,7 @@ def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runt
     net.train()
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.accum_steps))
     loss_sum, correct, seen, fed, steps = 0.0, 0, 0, 0, 0
+    skips = SkipLog(f"{cfg.name} epoch {epoch}" + (f" (rank {runtime.rank})" if runtime.distributed else ""), max_logged=0)
     progress = bar(len(loader), f"{cfg.name} epoch {epoch}", "batch", enabled=runtime.is_main, every=None)  # the epoch line is the log
     optimizer.zero_grad(set_to_none=True)
     for i, raw in enumerate(loader):
@@ -302,6 +303,7 @@ def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runt
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
+        _count_unusable(skips, batch, raw, loader.dataset)
         n = int(valid.sum())
         loss_sum += float(loss.detach()) * n
         correct += int(((logits.argmax(1) == batch.target) & valid).sum())
@@ -309,9 +311,23 @@ def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runt
         progress.update(1)
         progress.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}")
     progress.close()
+    skips.report()
     loss, acc, seen = _reduce(runtime, loss_sum / max(seen, 1), correct / max(seen, 1), seen)
     fed_all = _reduce(runtime, 0.0, 0.0, fed)[2]
-    return {"train_loss": loss, "train_acc": acc, "samples": seen, "samples_per_step": fed_all / max(steps, 1)}
+    unusable = _reduce(runtime, 0.0, 0.0, skips.counts["unusable_input"])[2]
+    return {"train_loss": loss, "train_acc": acc, "samples": seen, "samples_per_step": fed_all / max(steps, 1), "unusable_inputs": unusable}
+
+
+def _count_unusable(skips: SkipLog, batch: Batch, raw: dict, dataset) -> None:
+    """Samples whose input could not be used (a corrupt image, no decodable view): counted for the
+    epoch's line and CSV, named by _id where the dataset can say which product they belong to."""
+    bad = (~batch.ok).cpu().numpy()
+    if not bad.any():
+        return
+    pos = raw["pos"].numpy()[bad]
+    ids = dataset.product_ids(pos) if hasattr(dataset, "product_ids") else []
+    skips.add_ids("unusable_input", f"{int(bad.sum())} training inputs could not be used (undecodable images) and add nothing to the loss",
+                  ids, count=int(bad.sum()))
 
 
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, smoothing: float) -> torch.Tensor:

@@ -15,8 +15,9 @@ from typing import Callable
 import numpy as np
 
 from common.cli import parse_stage
+from common.errors import DataError
 from common.metrics import accuracy, class_prior_accuracy, product_report
-from common.paths import WorkDir
+from common.paths import PROFILES, WorkDir, recipe_profile
 from common.predictions import DEFAULT_K, TopK, power_mean, save_topk
 from common.prepare import DatasetPaths
 from common.sources import SplitIds, list_sources, load_predictions, write_summary
@@ -45,6 +46,21 @@ class BlendOptions:
     topk: int = DEFAULT_K
     max_fallback_share: float = 0.5  # refuse a submission with more fallback rows than this (1.0 accepts anything)
     accept_lost_products: bool = False  # write the submission although the test index lost documents of test.bson
+    profile: str = ""  # mini | full: blend only that profile's recipes (run_all.sh passes its own); "": every finished model
+
+
+def of_profile(work: WorkDir, solution: str, members: dict[str, float], profile: str) -> dict[str, float]:
+    """The members trained from `profile`'s recipes: a work dir that held a mini run and then a full
+    one never blends the two (a recipe's profile is its file name's: mini_*.yaml is mini)."""
+    if not profile:
+        return members
+    if profile not in PROFILES:
+        raise DataError(f"--profile {profile!r}: choose from {list(PROFILES)}")
+    recipe = {s.name: s.summary.get("recipe", {}).get("name", "") for s in list_sources(work, ["model"], solution)}
+    kept = {name: w for name, w in members.items() if recipe_profile(recipe.get(name, "")) == profile}
+    if len(kept) < len(members):
+        print(f"{solution}: {len(members) - len(kept)} finished models of another profile left out: {sorted(set(members) - set(kept))}")
+    return kept
 
 
 def parse_members(pairs: list[str]) -> dict[str, float]:
@@ -85,7 +101,7 @@ def blend(work: WorkDir, spec: SolutionBlend, members: dict[str, float], opts: B
     sub, fallback = submission_from_topk(work.submissions / f"{spec.solution}.csv.gz", test, np.asarray(test_index.ids), tree, labels.fallback,
                                          opts.max_fallback_share, test_index.lost_products, opts.accept_lost_products)
     return write_summary(
-        work, spec.solution, spec.kind, solution=spec.solution, members=names, weights=weights, power=spec.power,
+        work, spec.solution, spec.kind, solution=spec.solution, members=names, weights=weights, power=spec.power, profile=opts.profile or None,
         recorded=spec.recorded, leaderboard=spec.leaderboard,
         member_oof_accuracy={s: oof_accuracy(o, labels) for s, o in zip(names, oofs)},
         oof_products=int(len(oof)), oof_product_accuracy=oof_accuracy(oof, labels),
@@ -111,7 +127,7 @@ def print_report(report: dict) -> None:
 def blend_main(spec: SolutionBlend, argv: list[str] | None = None, description: str | None = None) -> dict:
     args = parse_stage(argv, description, BlendOptions)
     default = spec.members or solution_models(spec.solution)
-    members = parse_members(args.options.members) if args.options.members else default(args.work)
+    members = parse_members(args.options.members) if args.options.members else of_profile(args.work, spec.solution, default(args.work), args.options.profile)
     report = blend(args.work, spec, members, args.options)
     how = "mean" if spec.power == 1.0 else f"mean of p^{spec.power:g}"
     print(f"{spec.solution}: weighted {how} over {len(members)} sources")

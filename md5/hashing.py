@@ -13,10 +13,12 @@ import numpy as np
 
 from common.atomic import write_json, write_npy
 from common.bson_reader import BsonReader
+from common.errors import SkipLog
 from common.paths import WorkDir
 from common.progress import track
 
-HASH_DTYPE = np.dtype([("row", "<i8"), ("rank", "<i1"), ("md5", "S16")])
+HASH_DTYPE = np.dtype([("row", "<i8"), ("rank", "<i2"), ("md5", "S16")])  # rank as wide as the index's n_imgs
+HASHING = 2  # 2: entries without picture bytes are not hashed (their MD5s would all "match"); rank int16
 
 
 _READER: BsonReader | None = None
@@ -32,7 +34,8 @@ def _hash_range(span: tuple[int, int]) -> np.ndarray:
     out = []
     for row in range(*span):
         for rank, jpeg in enumerate(_READER[row].images):
-            out.append((row, rank, hashlib.md5(jpeg).digest()))
+            if jpeg:
+                out.append((row, rank, hashlib.md5(jpeg).digest()))
     return np.array(out, HASH_DTYPE)
 
 
@@ -58,11 +61,13 @@ def hashes_path(work: WorkDir, split: str) -> Path:
 def load_or_hash(work: WorkDir, split: str, reader: BsonReader, workers: int, progress: bool = True) -> tuple[np.ndarray, dict]:
     """The split's image hashes, recomputed only when the index changed since they were saved."""
     path, meta_path = hashes_path(work, split), hashes_path(work, split).with_suffix(".json")
-    index_meta = {k: reader.index.meta.get(k) for k in ("source", "size", "mtime_ns", "products", "images")}
+    index_meta = {k: reader.index.meta.get(k) for k in ("source", "fingerprint", "rows_sha256", "products", "images")}
+    index_meta["hashing"] = HASHING
     if path.exists() and meta_path.exists():
         saved = json.loads(meta_path.read_text())
         if saved.get("index") == index_meta:
-            return np.load(path, allow_pickle=False), {**saved, "reused": True}
+            hashes = np.load(path, allow_pickle=False)
+            return hashes, {**saved, "reused": True, "skipped": unhashed_products(reader, hashes, split)}
     t0 = time.perf_counter()
     hashes = hash_images(reader, workers, progress)
     seconds = time.perf_counter() - t0
@@ -70,7 +75,20 @@ def load_or_hash(work: WorkDir, split: str, reader: BsonReader, workers: int, pr
     meta = {"index": index_meta, "images": int(len(hashes)), "seconds": round(seconds, 2),
             "images_per_second": round(len(hashes) / seconds, 1) if seconds else None, "workers": workers}
     write_json(meta_path, meta)
-    return hashes, {**meta, "reused": False}
+    return hashes, {**meta, "reused": False, "skipped": unhashed_products(reader, hashes, split)}
+
+
+def unhashed_products(reader: BsonReader, hashes: np.ndarray, split: str) -> dict:
+    """Products with images of which some were not hashed (entries without picture bytes): they
+    vote with the rest of their images, or not at all; counted and named by their first _ids."""
+    n_imgs = np.clip(np.asarray(reader.index.n_imgs, np.int64), 0, None)
+    short = np.flatnonzero(np.bincount(hashes["row"], minlength=len(n_imgs))[: len(n_imgs)] < n_imgs)
+    skips = SkipLog(f"md5 {split}", max_logged=0)
+    ids = np.asarray(reader.index.ids)[short]
+    skips.add_ids("unhashed_image", f"{len(short)} products have image entries without picture bytes (not hashed)", ids[: skips.max_ids],
+                  count=len(short))
+    skips.report()
+    return skips.to_dict()
 
 
 def digest_keys(md5: np.ndarray) -> np.ndarray:

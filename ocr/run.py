@@ -26,7 +26,8 @@ import numpy as np
 
 from common.bson_reader import BsonReader
 from common.cli import parse_stage, run
-from common.errors import DataError
+from common.errors import DataError, SkipLog
+from common.images import image_problem
 from common.metrics import accuracy
 from common.paths import WorkDir
 from common.predictions import TopK, average_topk, concat_topk, save_topk
@@ -119,9 +120,20 @@ def shard_mask(ids: np.ndarray, shard: str) -> np.ndarray:
 # reading
 
 
-def queue_products(reader: BsonReader, rows: np.ndarray, texts: ImageTexts, max_images: int) -> list[list[bytes]]:
-    """Each product's image MD5s (first `max_images`), the images queued for reading."""
-    return [[texts.add(jpeg) for jpeg in reader[int(r)].images[:max_images]] for r in rows]
+def queue_products(reader: BsonReader, rows: np.ndarray, texts: ImageTexts, max_images: int, skips: SkipLog) -> list[list[bytes]]:
+    """Each product's image MD5s (first `max_images`), the images queued for reading; a product
+    without images or with an image no decoder reads (it reads as no text) goes in `skips`."""
+    out = []
+    for r in rows:
+        product = reader[int(r)]
+        if not product.images:
+            skips.add("no_images", f"product _id={product.product_id} has no images: no text", product.product_id)
+        for k, jpeg in enumerate(product.images[:max_images]):
+            problem = image_problem(jpeg)
+            if problem:
+                skips.add("unreadable_image", f"product _id={product.product_id} image {k}: {problem} (read as no text)", product.product_id)
+        out.append([texts.add(jpeg) for jpeg in product.images[:max_images]])
+    return out
 
 
 def product_texts(digests: list[list[bytes]], texts: dict[bytes, str]) -> list[str]:
@@ -136,13 +148,17 @@ def read_selected(data: FoldData, sel: Selection, opts: OcrOptions, cache_path: 
     try:
         with Readers(settings, opts.workers or os.cpu_count() or 1, opts.batch) as readers:
             texts = ImageTexts(cache, readers, opts.chunk_images, progress)
-            train_digests = queue_products(data.train, sel.train_rows, texts, opts.max_images)
-            test_digests = queue_products(data.test, sel.test_rows, texts, opts.max_images)
+            skips = {split: SkipLog(f"ocr {split}") for split in ("train", "test")}
+            train_digests = queue_products(data.train, sel.train_rows, texts, opts.max_images, skips["train"])
+            test_digests = queue_products(data.test, sel.test_rows, texts, opts.max_images, skips["test"])
             stats = texts.close()
         cached = len(cache)
     finally:
         cache.close()
-    report = {"tesseract": version, "settings": settings.key, "cache": str(cache_path), "cache_rows": cached, **stats.as_dict()}
+    for split_skips in skips.values():
+        split_skips.report()
+    report = {"tesseract": version, "settings": settings.key, "cache": str(cache_path), "cache_rows": cached, **stats.as_dict(),
+              "skipped": {split: split_skips.to_dict() for split, split_skips in skips.items()}}
     return product_texts(train_digests, texts.texts), product_texts(test_digests, texts.texts), report
 
 

@@ -364,3 +364,18 @@ def test_documents_lost_inside_an_unreadable_region_are_counted_independently(sa
     assert len(index) == 79 and index.meta["documents_marked"] == 82
     assert index.meta["skipped"]["counts"] == {"corrupt_bytes": 1, "unread_documents": 1}
     assert "2 more products than the skipped regions are lost" in " ".join(index.meta["skipped"]["messages"])
+
+
+def test_a_skip_log_names_the_first_ids_and_does_not_flood_the_log(caplog):
+    """10,000 products without images: counted exactly, the first 10 _ids kept, five warnings as
+    they happen, one 'further ... counted' line and one summary (not 10,000 lines)."""
+    skips = SkipLog("train.bson", max_logged=5)
+    for pid in range(100, 10_100):
+        skips.add("no_images", f"product _id={pid} has no images", pid)
+    skips.add_ids("unusable_input", "3 inputs", [5, 6, 7])
+    skips.report()
+    assert skips.counts == {"no_images": 10_000, "unusable_input": 3}
+    assert skips.to_dict()["first_ids"] == {"no_images": list(range(100, 110)), "unusable_input": [5, 6, 7]}
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 5 + 1 + 1 + 1 and "further no_images are counted" in lines[5]
+    assert lines[-1] == "train.bson: skipped no_images=10000 (first _ids 100, 101, 102, 103, 104, 105, 106, 107, 108, 109), unusable_input=3 (first _ids 5, 6, 7)"

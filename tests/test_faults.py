@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -337,6 +338,16 @@ def test_bad_inputs_through_the_pipeline_every_test_product_gets_a_row(tmp_path)
         assert skipped[split].get("no_images") == 1 and skipped[split].get("duplicate_ids") == 1, skipped
         assert skipped[split].get("truncated_tail", 0) + skipped[split].get("truncated", 0) >= 1 or any("trunc" in k for k in skipped[split]), skipped
     assert "skipped" in out
+    # every anomaly the stages go on past is named by its first _ids, not only counted
+    first = {split: load_index(work / "index" / split).meta["skipped"]["first_ids"] for split in ("train", "test")}
+    assert first["train"]["no_images"] == [9001] and first["train"]["empty_image"] == [9002] and first["train"]["duplicate_ids"] == [5]
+    assert first["test"]["no_images"] == [9101] and first["test"]["empty_image"] == [9102] and first["test"]["duplicate_ids"] == [10_003]
+    assert "no_images=1 (first _ids 9001)" in out
+    stats_log = run("common.stats", "--work", str(work))
+    for split, ids in (("train", (9001, 9002)), ("test", (9101, 9102))):
+        stats = json.loads((work / "stats" / split / "stats.json").read_text())["skipped"]
+        assert stats["first_ids"]["no_images"] == [ids[0]] and stats["first_ids"]["empty_image"] == [ids[1]], stats
+    assert "no_images=1 (first _ids 9101)" in stats_log
     run("common.folds", "--work", str(work), "--n-folds", "2", "--seed", "0")
     excluded = pd.read_csv(work / "folds_excluded.csv").set_index("_id")["reason"]
     assert {9001, 9005, 9006, 5} <= set(excluded.index) and "duplicate" in excluded[5]
@@ -344,6 +355,12 @@ def test_bad_inputs_through_the_pipeline_every_test_product_gets_a_row(tmp_path)
     recipe.write_text(TINY_RECIPE.format(epochs=1).replace("folds: [0]", "folds: [0, 1]"))
     log = run("solutions.dylan.train", "--config", str(recipe), "--work", str(work))
     assert "inputs could not be used (undecodable images" in log  # the corrupt and zero-byte JPEGs are counted, not fatal
+    # training: 9002's empty entry and 9003's corrupt JPEG, each in one fold's training set, counted per epoch
+    unusable = sum(pd.read_csv(work / "models" / "dylan" / "tiny" / f"fold{f}" / "summary.csv")["unusable_inputs"].sum() for f in (0, 1))
+    assert unusable == 2 and re.search(r"tiny epoch 0: skipped unusable_input=2 \(first _ids (9002, 9003|9003, 9002)\)", log), log[-3000:]
+    # predicting: the products left without a usable input are named (they get the fallback label)
+    assert "oof tiny: skipped no_usable_input=1 (first _ids 9003), unusable_input=2 (first _ids 9002, 9003)" in log
+    assert "test tiny: skipped no_usable_input=2 (first _ids 9102, 9103), unusable_input=2 (first _ids 9102, 9103)" in log
     # the test file's cut tail held one more product: its submission would be one row short, so
     # it is refused until the user accepts the loss
     short = subprocess.run([*py, "solutions.dylan.submit", "--work", str(work)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
@@ -437,3 +454,23 @@ def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
     torch.save({"epoch": 1, "payload": Payload()}, path)
     with pytest.raises(RuntimeError, match=r"last\.pt"):
         load_checkpoint(path)
+
+
+def test_a_profile_switch_in_one_work_dir_never_blends_the_two_profiles(tiny_work, capsys):
+    """A work dir that finished a mini run and then a full one holds both profiles' models: the
+    solution blend used to average all of them; with --profile (run_all.sh passes its own) it
+    blends only that profile's and says what it left out."""
+    from ensembling.blend import blend_main, SolutionBlend
+
+    wd = WorkDir(tiny_work)
+    for name, recipe in (("dylan_mini_a", "mini_a"), ("dylan_full_b", "full_b")):
+        _good_source(tiny_work, name)
+        write_summary(wd, name, "model", solution="dylan", recipe={"name": recipe})
+    spec = SolutionBlend("dylan")
+    assert blend_main(spec, ["--work", str(tiny_work)])["members"] == ["dylan_full_b", "dylan_mini_a"]
+    mini = blend_main(spec, ["--work", str(tiny_work), "--profile", "mini"])
+    assert mini["members"] == ["dylan_mini_a"] and mini["profile"] == "mini"
+    assert "1 finished models of another profile left out: ['dylan_full_b']" in capsys.readouterr().out
+    assert blend_main(spec, ["--work", str(tiny_work), "--profile", "full"])["members"] == ["dylan_full_b"]
+    with pytest.raises(DataError, match="--profile 'large'"):
+        blend_main(spec, ["--work", str(tiny_work), "--profile", "large"])

@@ -140,3 +140,26 @@ def test_stage_on_the_tiny_work_dir(tiny_work):
     assert len(oof) == len(test) == 0 and summary["test"]["share_with_any_match"] == 0.0
     assert summary["dictionary"]["train_images"] == len(np.load(hashes_path(WorkDir(tiny_work), "train")))
     assert summary["override"] == {}  # no solution blend in the tiny work dir
+
+
+def test_entries_without_picture_bytes_never_link_products(tmp_path, write_bson):
+    """`imgs` entries without bytes all have the MD5 of b'': they used to be one giant "duplicate"
+    group, so an empty test entry took the labels of every empty train entry. Now they are not
+    hashed, and the stage names the products that carry them."""
+    tree = CategoryTree.from_csv(CATEGORY_NAMES_CSV).subset(TINY_CATEGORIES)
+    data = tmp_path / "data"
+    data.mkdir()
+    tree.to_csv(data / "category_names.csv")
+    train = write_bson("train.bson", [(1, [b"", A], int(tree.ids[0])), (2, [b""], int(tree.ids[1])), (3, [A], int(tree.ids[0])),
+                                      (4, [B], int(tree.ids[1]))])
+    test = write_bson("test.bson", [(101, [b""], None), (102, [B], None)])
+    work = tmp_path / "work"
+    prepare_main(["--train", str(train), "--test", str(test), "--categories", str(data / "category_names.csv"), "--work", str(work)])
+    pd.DataFrame({"_id": [1, 2, 3, 4], "fold": [0, 1, 1, 0]}).to_csv(work / "folds.csv", index=False)
+    summary = run_md5(WorkDir(work), Md5Options(workers=1), progress=False)
+    test_preds = load_topk(work / "preds" / "md5" / "test.npz")
+    assert row_of(test_preds, 101) is None and row_of(test_preds, 102) == {1: 1.0}
+    assert row_of(load_topk(work / "preds" / "md5" / "oof.npz"), 2) is None  # 2's empty entry met 1's: no vote either way
+    assert summary["hashing"]["train"]["skipped"]["first_ids"] == {"unhashed_image": [1, 2]}
+    assert summary["hashing"]["test"]["skipped"]["counts"] == {"unhashed_image": 1}
+    assert len(np.load(hashes_path(WorkDir(work), "train"))) == 3

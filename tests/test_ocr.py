@@ -235,3 +235,25 @@ def test_shards_fill_caches_that_merge(tiny_work, monkeypatch):
     assert len(calls) == read_by_shards > 0 and summary["reading"]["images_read_now"] == 0
     assert summary["merged_cache_rows"] == summary["reading"]["unique_images"]
     assert (tiny_work / "preds" / "ocr" / "oof.npz").exists()
+
+
+def test_the_read_names_the_products_whose_images_cannot_be_read(caplog):
+    """A product without images and one whose second image is a cut JPEG: both read as no text
+    (nothing stops), and both are counted and named by _id in the stage's report."""
+    import hashlib
+    from types import SimpleNamespace
+
+    from common.errors import SkipLog
+    from ocr.run import queue_products
+
+    good = text_jpeg(["LIVRE"])
+    products = {0: SimpleNamespace(product_id=7, images=[]), 1: SimpleNamespace(product_id=8, images=[good, good[: len(good) // 2]]),
+                2: SimpleNamespace(product_id=9, images=[good])}
+    texts = SimpleNamespace(add=lambda jpeg: hashlib.md5(jpeg).digest())
+    skips = SkipLog("ocr test")
+    digests = queue_products(products, np.array([0, 1, 2]), texts, 4, skips)
+    assert [len(d) for d in digests] == [0, 2, 1]  # the cut image is still queued (it reads as '')
+    assert skips.counts == {"no_images": 1, "unreadable_image": 1}
+    assert skips.first_ids == {"no_images": [7], "unreadable_image": [8]}
+    skips.report()
+    assert "no_images=1 (first _ids 7), unreadable_image=1 (first _ids 8)" in caplog.text

@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -65,32 +64,45 @@ def test_run_all_tiny_end_to_end_and_rerun(straight_run):
     assert reseeded.returncode != 0 and "train_index" in reseeded.stderr and "--force" in reseeded.stderr
 
 
-def _run_until_killed(work: Path, stage: str, delay: float) -> str:
-    """Start run_all.sh, SIGKILL its whole process group `delay` s after `stage` starts."""
-    proc = subprocess.Popen(["bash", str(REPO / "run_all.sh"), "--preset", "tiny", "--work", str(work)], cwd=REPO, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-    seen = []
+# (stage, a line the stage logs while it runs, its done-file, a file that proves it was part-way)
+KILLS = (("dylan", "mini_lite0/fold0 epoch 1:", "preds/dylan/summary.json", "models/dylan/mini_lite0/fold0/last.pt"),
+         ("convoluted", "mini_base_lite0/fold1 epoch 0:", "preds/convoluted/summary.json", "models/convoluted/mini_base_lite0/fold0/oof.npz"),
+         ("ocr", "INFO OCR: ", "preds/ocr/summary.json", "ocr/cache.sqlite3"),
+         ("stack", "stacker CV: 1 fold", "preds/stack/summary.json", None))
+
+
+def _run_until_killed(work: Path, marker: str) -> tuple[str, bool]:
+    """Start run_all.sh; SIGKILL its whole process group the moment a log line holds `marker`.
+    Returns what it printed and whether the marker was seen (and the kill sent)."""
+    proc = subprocess.Popen(["bash", str(REPO / "run_all.sh"), "--preset", "tiny", "--work", str(work)], cwd=REPO,
+                            env={**_env(), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    seen, killed = [], False
     for line in proc.stdout:
         seen.append(line)
-        if line.strip() == f"== {stage}":
-            time.sleep(delay)
+        if marker in line:
             os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
             break
     proc.wait(timeout=60)
     proc.stdout.close()
-    return "".join(seen)
+    return "".join(seen), killed
 
 
 def test_run_all_killed_inside_stages_and_restarted_gives_the_same_submissions(straight_run, tmp_path):
-    """Killed mid-training (dylan, convoluted), mid-OCR and mid-stacking, each time restarted:
-    the last run finishes and every submission equals the uninterrupted run's, row for row."""
+    """SIGKILLed while a stage runs (on a line it logs part-way: mid-fold in dylan and convoluted,
+    after the OCR read, mid stacker CV), each time restarted: the stage's output was absent at the
+    kill (the kill landed inside it), the last run finishes and every submission equals the
+    uninterrupted run's, row for row."""
     straight, _ = straight_run
     work = tmp_path / "work"
     work.mkdir()
     shutil.copytree(straight / "mini", work / "mini")  # the same generated data (the data stage reuses it)
-    for stage, delay in (("dylan", 12.0), ("convoluted", 20.0), ("ocr", 2.0), ("stack", 2.0)):
-        seen = _run_until_killed(work, stage, delay)
-        assert f"== {stage}\n" in seen, f"run_all never reached {stage}:\n{seen[-2000:]}"
+    for stage, marker, done_file, part_way in KILLS:
+        seen, killed = _run_until_killed(work, marker)
+        assert killed, f"run_all never logged {marker!r} in {stage}:\n{seen[-3000:]}"
+        assert not (work / done_file).exists(), f"the kill landed after {stage} finished"
+        assert part_way is None or (work / part_way).exists(), f"{part_way}: {stage} was not part-way"
     out = run_all("--preset", "tiny", "--work", str(work))
     assert "== dylan: up to date" in out and "Final submission" in out
     for solution in SUBMISSIONS:
