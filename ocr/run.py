@@ -77,12 +77,13 @@ class OcrOptions:
     merge_caches: list[str] = field(default_factory=list)  # caches of other machines to merge first
     shard: str = ""  # "i/n": read only this machine's share (then stop)
     # the text model
-    classifier: str = "logreg"
+    classifier: str = "sgd"  # a key of ocr.text_model.CLASSIFIERS (logreg: the multinomial model, small data only)
     C: float = 10.0
     word_ngram_max: int = 2
     char_ngram_min: int = 2
     char_ngram_max: int = 5
-    min_df: int = 1
+    min_df: int = 1  # exact vocabulary only (n_features 0)
+    n_features: int = 2**18  # hashed TF-IDF columns per analyzer (bounded memory at any corpus size); 0 = exact vocabulary
     topk: int = 20
 
     def __post_init__(self) -> None:
@@ -96,7 +97,8 @@ class OcrOptions:
 
     @property
     def text_model(self) -> TextModelOptions:
-        return TextModelOptions(self.classifier, self.C, (1, self.word_ngram_max), (self.char_ngram_min, self.char_ngram_max), self.min_df)
+        return TextModelOptions(self.classifier, self.C, (1, self.word_ngram_max), (self.char_ngram_min, self.char_ngram_max), self.min_df,
+                                n_features=self.n_features)
 
 
 def parse_shard(shard: str) -> tuple[int, int]:

@@ -21,7 +21,7 @@ from common.workdata import load_fold_data
 from ocr.reader import ImageTexts, Readers, ReadSettings, TextCache, merge_caches
 from ocr.run import OcrOptions, run_ocr, shard_mask
 from ocr.select import media_labels, select_products
-from ocr.text_model import FoldTexts, TextClassifier, cross_fit, has_words
+from ocr.text_model import FoldTexts, TextClassifier, TextModelOptions, cross_fit, has_words
 
 needs_tesseract = pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract is not installed")
 
@@ -104,12 +104,14 @@ def test_text_classifier_learns_a_separable_toy_set():
         return " ".join(rng.permutation([*rng.choice(vocab[label], 2, replace=False), *rng.choice(filler, 2)]))
 
     labels = np.repeat(np.arange(3), 10)
-    model = TextClassifier(num_classes=5).fit([doc(y) for y in labels], labels)
-    held_out = ["le phare perdu", "AMPLI", "gateau petit", "la maree", "orage grand", "soupe"]  # accents dropped, case changed
-    probs = model.predict(held_out)
-    assert probs.shape == (6, 5) and np.allclose(probs.sum(1), 1, atol=1e-5) and (probs[:, 3:] == 0).all()
-    assert probs.argmax(1).tolist() == [0, 1, 2, 0, 1, 2]
-    assert not model.known(["zzz"])[0] and model.known(["phare"])[0]
+    texts = [doc(y) for y in labels]
+    held_out = ["le phare perdu", "AMPLI", "gateau petit", "la maree", "orage grand", "soupe", "zzz"]  # accents dropped, case changed
+    ids = np.arange(100, 107)
+    for opts in (TextModelOptions(), TextModelOptions(n_features=0), TextModelOptions(classifier="sgd"), TextModelOptions(predict_chunk=2)):
+        top = TextClassifier(num_classes=5, opts=opts).fit(texts, labels).predict_topk(ids, held_out, k=5)
+        assert top.ids.tolist() == ids[:6].tolist(), opts  # "zzz" shares no feature with the training texts: no row
+        assert top.labels[:, 0].tolist() == [0, 1, 2, 0, 1, 2], opts
+        assert np.allclose(top.probs.astype(np.float32).sum(1), 1, atol=1e-2) and (top.labels[:, 3:] == -1).all()  # only seen classes
     assert has_words("Océan") and not has_words("| . ;")
 
 

@@ -1,7 +1,7 @@
 """The XGBoost stacker: every prediction source's OOF top-K -> one candidate ranker -> the submission.
 
     python -m ensembling.stack --work work [--sources a b ...] [--max-train-products N]
-                               [--device auto|cpu|cuda] [--objective binary|rank] [--include-blends]
+                               [--device auto|cpu|cuda] [--objective binary|rank] [--include-blends] [--dask SCHEDULER|local[:N]]
                                [--any-StackConfig-field V] [--config stack.yaml]
 
 Candidates of a product = the union of its sources' top labels (`--candidates-per-source`, default
@@ -42,24 +42,11 @@ Memory: features are built per chunk of products (`--chunk-products`) and fed to
 a DataIter into a QuantileDMatrix (1 byte per value, chunks rebuilt on each pass instead of
 kept), prediction streams chunk by chunk, and `--max-train-products` bounds the training set.
 At full scale (7.07M products x ~30 candidates x ~35 features) that keeps one machine in budget;
-`--device cuda` (or auto) trains on the GPU. Past one machine, export the features
-(`--export-features DIR`: one .npz per chunk with X, y, qid; never pickled) and train with
-XGBoost's own distributed API, e.g. on a Dask cluster:
-
-    import glob, dask, dask.array as da, numpy as np, xgboost as xgb
-    from dask.distributed import Client
-    client = Client("scheduler:8786")
-    parts = sorted(glob.glob("DIR/chunk_*.npz"))
-    load = dask.delayed(lambda p, k: np.load(p)[k])
-    X = da.concatenate([da.from_delayed(load(p, "X"), (np.load(p)["X"].shape), np.float32) for p in parts])
-    y = da.concatenate([da.from_delayed(load(p, "y"), (np.load(p)["y"].shape), np.float32) for p in parts])
-    dtrain = xgb.dask.DaskQuantileDMatrix(client, X, y)
-    out = xgb.dask.train(client, {"objective": "binary:logistic", "tree_method": "hist", "device": "cuda"}, dtrain, 300)
-    out["booster"].save_model("work/stack/model.ubj")
-
-(xgboost.spark's SparkXGBClassifier is the Spark equivalent.) Then
-`python -m ensembling.stack --work W --model work/stack/model.ubj` predicts test with that model,
-writes the submission and scores the baselines (no CV: the model saw every OOF product).
+`--device cuda` (or auto) trains on the GPU. Past one machine, `--dask tcp://scheduler:8786` (or
+`--dask local:N`: a LocalCluster of N processes here) trains and predicts through xgboost.dask
+(engine.py); `--export-features DIR` writes the chunks (one .npz each: X, y, qid; never pickled)
+for another engine (xgboost.spark), and `--model model.ubj` predicts test with the model it trained
+(no CV: the model saw every OOF product).
 
 Writes work/preds/stack/{oof,test}.npz + summary.json, work/submissions/stack.csv.gz (validated:
 every test product once; products no source predicts get the most frequent train category),
@@ -67,7 +54,7 @@ work/stack/{model.ubj,features.json}.
 
 Modules: config.py (the options), inputs.py (sources and products), features.py (candidates and
 their features), baselines.py (every baseline on the same products), booster.py (XGBoost:
-streamed training, prediction, saved models), run.py (CV, final model, submission, summary).
+streamed training, prediction, saved models), engine.py (this process or dask), run.py (CV, final model, submission, summary).
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""XGBoost: chunked features streamed into a QuantileDMatrix, prediction chunk by chunk, models
-saved as UBJSON (never pickled), a model trained elsewhere loaded only when its features match."""
+"""XGBoost: chunked features through an engine (engine.py: this process or dask), prediction chunk
+by chunk, models saved as UBJSON (never pickled), a model trained elsewhere loaded only when its
+features match."""
 from __future__ import annotations
 
 import os
@@ -14,8 +15,11 @@ from common.errors import DataError
 from common.progress import track
 
 from .config import OBJECTIVES, StackConfig
+from .engine import DaskEngine, LocalEngine
 from .features import Chunk, candidate_recall
 from .inputs import Products
+
+Engine = LocalEngine | DaskEngine
 
 
 def resolve_device(device: str) -> str:
@@ -26,27 +30,6 @@ def resolve_device(device: str) -> str:
     hidden = os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1")
     has_gpu = Path("/dev/nvidiactl").exists() and not hidden
     return "cuda" if xgb.build_info().get("USE_CUDA") and has_gpu else "cpu"
-
-
-class ChunkIter(xgb.DataIter):
-    """Feeds chunks to a QuantileDMatrix, rebuilding each on every pass: features are never held
-    all at once (the quantised matrix is ~1 byte per value)."""
-
-    def __init__(self, make: Callable[[int], Chunk], n_chunks: int, with_qid: bool):
-        super().__init__()
-        self.make, self.n_chunks, self.with_qid, self.i = make, n_chunks, with_qid, 0
-
-    def next(self, input_data: Callable) -> bool:
-        if self.i >= self.n_chunks:
-            return False
-        ch = self.make(self.i)
-        kwargs = {"qid": ch.qid} if self.with_qid else {}
-        input_data(data=ch.X, label=ch.y, **kwargs)
-        self.i += 1
-        return True
-
-    def reset(self) -> None:
-        self.i = 0
 
 
 def default_threads() -> int:
@@ -61,22 +44,21 @@ def xgb_params(cfg: StackConfig, device: str) -> dict:
             "max_bin": cfg.max_bin, "nthread": cfg.nthread or default_threads(), "seed": cfg.seed, "verbosity": 1}
 
 
-def train_booster(products: Products, build: Callable[[Products, int], Chunk], cfg: StackConfig, device: str) -> xgb.Booster:
+def train_booster(products: Products, build: Callable[[Products, int], Chunk], cfg: StackConfig, device: str, engine: Engine) -> xgb.Booster:
     """One model on `products` (chunked), the rows of unlearnable products dropped."""
     parts = list(products.chunks(cfg.chunk_products))
     offsets = np.r_[0, np.cumsum([len(p) for p in parts])]
-    it = ChunkIter(lambda i: build(parts[i], int(offsets[i])), len(parts), cfg.objective == "rank")
-    dtrain = xgb.QuantileDMatrix(it, max_bin=cfg.max_bin)
-    return xgb.train(xgb_params(cfg, device), dtrain, num_boost_round=cfg.rounds)
+    return engine.train(lambda i: build(parts[i], int(offsets[i])), len(parts), cfg.objective == "rank", xgb_params(cfg, device), cfg.rounds)
 
 
-def predict_products(booster: xgb.Booster, products: Products, build: Callable[[Products], Chunk], cfg: StackConfig, desc: str) -> tuple[TopK, np.ndarray]:
+def predict_products(booster: xgb.Booster, products: Products, build: Callable[[Products], Chunk], cfg: StackConfig, desc: str,
+                     engine: Engine) -> tuple[TopK, np.ndarray]:
     """Top-K per product and whether its true label was a candidate, chunk by chunk."""
     tops, hits = [], []
     for part in track(list(products.chunks(cfg.chunk_products)), desc, enabled=len(products) > cfg.chunk_products, unit="chunk"):
         ch = build(part)
-        margin = booster.inplace_predict(ch.X, predict_type="margin") if len(ch.X) else np.zeros(0, np.float32)
-        tops.append(group_topk(ch.ids, ch.group, ch.labels, np.asarray(margin), cfg.topk))
+        margin = engine.margin(booster, ch.X) if len(ch.X) else np.zeros(0, np.float32)
+        tops.append(group_topk(ch.ids, ch.group, ch.labels, margin, cfg.topk))
         hits.append(candidate_recall(ch.group, ch.labels, part.y))
     return concat_topk(tops, cfg.topk), np.concatenate(hits) if hits else np.zeros(0, bool)
 

@@ -1,6 +1,7 @@
 """The stacker's options: every field is also a command-line flag (common/cli.py)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from common.errors import DataError
@@ -11,6 +12,7 @@ OBJECTIVES: dict[str, dict] = {
     "rank": {"objective": "rank:pairwise"},
 }
 DEVICES = ("auto", "cpu", "cuda")
+LOCAL_CLUSTER = re.compile(r"local(?::([1-9]\d*))?$")
 
 
 @dataclass
@@ -30,6 +32,7 @@ class StackConfig:
     chunk_products: int = 100_000
     device: str = "auto"
     nthread: int = 0  # 0 = every core
+    dask: str = ""  # train and predict through a dask Client: a scheduler address (tcp://host:8786) or local[:N] (N worker processes here)
     seed: int = 0
     cv_folds: int = 5  # the holdout protocol (one predicted fold): the stacker's own stratified K-fold CV over the holdout products
     topk: int = DEFAULT_K
@@ -41,5 +44,7 @@ class StackConfig:
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise DataError(f"stack option objective={self.objective!r}: choose from {sorted(OBJECTIVES)}")
+        if self.dask.startswith("local") and not LOCAL_CLUSTER.match(self.dask):
+            raise DataError(f"stack option dask={self.dask!r}: local or local:N (N worker processes, N >= 1), or a scheduler address")
         if self.device not in DEVICES:
             raise DataError(f"stack option device={self.device!r}: choose from {list(DEVICES)}")

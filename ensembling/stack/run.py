@@ -21,8 +21,9 @@ from common.sources import write_summary
 from common.submission import score_submission, submission_from_topk
 
 from .baselines import score_baselines
-from .booster import importance, load_model, predict_products, resolve_device, sample, train_booster, xgb_params
+from .booster import Engine, importance, load_model, predict_products, resolve_device, sample, train_booster, xgb_params
 from .config import StackConfig
+from .engine import open_engine
 from .features import Chunk, build_chunk, feature_names
 from .inputs import Products, StackInputs, load_inputs
 
@@ -38,15 +39,15 @@ def builder(inp: StackInputs, split: str, cfg: StackConfig, only_learnable: bool
     return build
 
 
-def cross_validate(inp: StackInputs, cfg: StackConfig, device: str) -> tuple[TopK, dict]:
+def cross_validate(inp: StackInputs, cfg: StackConfig, device: str, engine: Engine) -> tuple[TopK, dict]:
     """Stacker CV over the folds (inner folds of the holdout under that protocol): fold k's model
     never sees fold k's products."""
     tops, per_fold, hits = [], {}, np.zeros(len(inp.oof), bool)
     for k_pos, k in enumerate(track(inp.cv_folds, "stacker CV", unit="fold")):
         held = inp.oof.fold == k
         train = sample(inp.oof.take(np.flatnonzero(~held)), cfg.max_train_products, cfg.seed + k_pos)
-        booster = train_booster(train, builder(inp, "oof", cfg, True), cfg, device)
-        top, hit = predict_products(booster, inp.oof.take(np.flatnonzero(held)), builder(inp, "oof", cfg, False), cfg, f"predict fold {k}")
+        booster = train_booster(train, builder(inp, "oof", cfg, True), cfg, device, engine)
+        top, hit = predict_products(booster, inp.oof.take(np.flatnonzero(held)), builder(inp, "oof", cfg, False), cfg, f"predict fold {k}", engine)
         hits[held] = hit
         pred = top.top1_of(inp.oof.ids[held], inp.fallback)
         per_fold[str(k)] = {"products": int(held.sum()), "train_products": len(train), "accuracy": accuracy(pred, inp.oof.y[held]),
@@ -70,24 +71,24 @@ def export_features(inp: StackInputs, cfg: StackConfig, out: Path) -> int:
     return n
 
 
-def fit_final(inp: StackInputs, cfg: StackConfig, device: str) -> xgb.Booster:
+def fit_final(inp: StackInputs, cfg: StackConfig, device: str, engine: Engine) -> xgb.Booster:
     """The submitted model: trained on every OOF product (or a sample), saved as UBJSON with its
     feature names and gains beside it (work/stack/), never pickled."""
     train = sample(inp.oof, cfg.max_train_products, cfg.seed + 1000)
-    booster = train_booster(train, builder(inp, "oof", cfg, True), cfg, device)
+    booster = train_booster(train, builder(inp, "oof", cfg, True), cfg, device, engine)
     with atomic_path(inp.work.root / STACK / "model.ubj") as tmp:
         tmp.write_bytes(bytes(booster.save_raw(raw_format="ubj")))
     return booster
 
 
-def train_or_load(inp: StackInputs, cfg: StackConfig, device: str, n_features: int) -> tuple[xgb.Booster, TopK | None, dict | None]:
+def train_or_load(inp: StackInputs, cfg: StackConfig, device: str, n_features: int, engine: Engine) -> tuple[xgb.Booster, TopK | None, dict | None]:
     """(the model predicting test, the CV's OOF predictions, the CV figures). A model trained
     elsewhere on these products gets no OOF score here: in sample, it would flatter it."""
     if cfg.model:
         (inp.work.preds(STACK) / "oof.npz").unlink(missing_ok=True)
         return load_model(cfg.model, n_features), None, None
-    oof_top, cv = cross_validate(inp, cfg, device)
-    return fit_final(inp, cfg, device), oof_top, cv
+    oof_top, cv = cross_validate(inp, cfg, device, engine)
+    return fit_final(inp, cfg, device, engine), oof_top, cv
 
 
 def cv_figures(inp: StackInputs, oof_top: TopK | None, cv: dict | None, baselines: dict) -> dict:
@@ -110,14 +111,19 @@ def run_stack(work: WorkDir, cfg: StackConfig) -> dict:
     t0, device = time.time(), resolve_device(cfg.device)
     inp = load_inputs(work, cfg)
     names = feature_names(inp.stacked)
-    print(f"stacking {len(inp.stacked)} sources: {', '.join(s.name for s in inp.stacked)}")
-    print(f"  {len(names)} features, {len(inp.oof)} OOF products in {len(inp.cv_folds)} {'inner folds of the holdout' if inp.protocol == 'holdout' else 'folds'}, {len(inp.test)} test products, device {device}")
-    if cfg.export_features:
-        print(f"  exported {export_features(inp, cfg, Path(cfg.export_features))} feature chunks to {cfg.export_features}")
-    booster, oof_top, cv = train_or_load(inp, cfg, device, len(names))
+    engine = open_engine(cfg.dask)
+    try:
+        print(f"stacking {len(inp.stacked)} sources: {', '.join(s.name for s in inp.stacked)}")
+        print(f"  {len(names)} features, {len(inp.oof)} OOF products in {len(inp.cv_folds)} {'inner folds of the holdout' if inp.protocol == 'holdout' else 'folds'}, "
+              f"{len(inp.test)} test products, device {device}, engine {engine.name}")
+        if cfg.export_features:
+            print(f"  exported {export_features(inp, cfg, Path(cfg.export_features))} feature chunks to {cfg.export_features}")
+        booster, oof_top, cv = train_or_load(inp, cfg, device, len(names), engine)
+        test_top, _ = predict_products(booster, inp.test, builder(inp, "test", cfg, False), cfg, "predict test", engine)
+    finally:
+        engine.close()
     gains = importance(booster, names)
     write_json(work.root / STACK / "features.json", {"features": names, "total_gain": gains, "params": xgb_params(cfg, device), "rounds": cfg.rounds})
-    test_top, _ = predict_products(booster, inp.test, builder(inp, "test", cfg, False), cfg, "predict test")
     if oof_top is not None:
         save_topk(work.preds(STACK) / "oof.npz", oof_top)
     save_topk(work.preds(STACK) / "test.npz", test_top)
@@ -126,7 +132,7 @@ def run_stack(work: WorkDir, cfg: StackConfig) -> dict:
                                            cfg.max_fallback_share, paths.index(work, "test").lost_products, cfg.accept_lost_products)
     return write_summary(
         work, STACK, "stack", recorded=RECORDED, sources=[s.name for s in inp.stacked], sources_kinds={s.name: s.kind for s in inp.all_sources},
-        left_out=[s.name for s in inp.all_sources if s not in inp.stacked], features=names, config=asdict(cfg), device=device,
+        left_out=[s.name for s in inp.all_sources if s not in inp.stacked], features=names, config=asdict(cfg), device=device, engine=engine.name,
         **cv_figures(inp, oof_top, cv, score_baselines(inp, cfg)), feature_importance_gain=gains, test_products=int(len(inp.test_ids)),
         test_rows_from_fallback=n_fallback, submission=str(sub),
         test_accuracy=score_submission(sub, paths.test_labels) if paths.test_labels else None, seconds=round(time.time() - t0, 1))
