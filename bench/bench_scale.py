@@ -1,34 +1,42 @@
-"""Scale benchmark: the CPU stages on a large BSON in the official format, measured at several
-sizes, then projected to the full dataset.
+"""Scale benchmark: every CPU stage of the full profile on a large BSON in the official format,
+measured at several sizes, then projected to the full dataset.
 
-    python bench/bench_scale.py [--products 200000] [--steps 3] [--work work/bench_scale] [--stack-rounds 50]
-                                [--stack-max-train-products 0] [--report work/bench_scale/bench_scale.json]
+    python bench/bench_scale.py --quick                       # 40,000-160,000 train products, text 10k-100k: < 10 min here
+    python bench/bench_scale.py [--products 200000] [--steps 3] [--protocol holdout|kfold] [--stack-rounds 200]
+                                [--text-sizes 100000 300000 1000000] [--work work/bench_scale]
+    python bench/bench_scale.py --report work/bench_scale/bench_scale.json    # re-print the tables
 
 Data: train products cycle the real JPEGs of train_example.bson (so their image counts and sizes
 are the sample's) with fresh _ids and category ids drawn from the real per-category image counts
 of the 5270 categories; test products (a quarter as many) carry no category_id. At each size
-(--products / 2**(steps-1) ... --products) every stage runs as its own process, exactly as
-run_all.sh runs it, and its wall time and peak RSS (os.wait4) are recorded:
+(--products / 2**(steps-1) ... --products) every stage runs as its own process, in run_all.sh's
+order and as run_all.sh runs it, and its wall time and peak RSS (os.wait4) are recorded:
 
   read       plain sequential read of train.bson + test.bson in 8 MB chunks (the I/O baseline)
   index      python -m common.prepare (index train and test)
   stats      python -m common.stats on train.bson (md5 of every image, counts, figures)
-  folds      python -m common.folds
-  select     the OCR stage's product selection (ocr.run.select) over 3 synthetic CNN sources
-  stack      python -m ensembling.stack over those sources (--stack-rounds rounds, CV + final model;
-             --stack-max-train-products caps the products each booster trains on, as at full scale)
+  folds      python -m common.folds, the full profile's protocol by default: one holdout of the
+             2nd team's share (50,000 of 7,069,896 products), every other product fold -1
+  select     the OCR stage's product selection (ocr.run.select) over the solution blends
+  md5        python -m md5.run (hash every image, fold-honest dictionary, votes, override)
+  stack      python -m ensembling.stack over the sources (--stack-rounds, default 200 as the stage; CV + final model)
+  report     python -m ensembling.report
+  ocr_text   the OCR text model (the stage's defaults) on --text-sizes synthetic French cover texts
+             over the real media categories: one fold model, then top-K for a quarter as many
 
-The synthetic sources are top-20 lists whose first label is right with probability 0.75, so the
-stacker works on realistic candidate counts. Peak memory is fitted as a + b x products (least
-squares over the sizes); the slope b (MB per million products) is what grows at full scale.
+The sources are those the full profile leaves for the stacker, counted from the recipe registry
+(every prediction recipe, each solution's blend, OCR; MD5's is real): synthetic top-20 lists over
+the products each stage predicts (OOF: the holdout; OCR: the media share), whose first label is
+right with probability 0.75. Peak memory and time are fitted as a + b x products (least squares
+over the sizes); the slope is what grows at full scale.
 
 Then, once, at the largest size: the training loader's images/s with 1 and 2 workers against a
 bare decode+resize loop on the same JPEGs (180 px and 48 px), CPU inference products/s of the
 mini model (tf_efficientnet_lite0 at 48 px), and tesseract's images/s per core on these real
 product photos. Everything is printed and saved to <work>/bench_scale.json; the projection
-table for the full dataset (7,069,896 train + 1,768,182 test products) is printed last. GPU
-training and inference cells are left "not measured" unless --gpu-images-per-s is given from a
-measured run (bench/bench_train.py --device cuda).
+table for the full dataset (7,069,896 train + 1,768,182 test products), with each stage's peak
+memory against a 32 GB machine, is printed last. GPU training and inference cells are left "not
+measured" unless --gpu-images-per-s is given from a measured run (bench/bench_train.py --device cuda).
 """
 from __future__ import annotations
 
@@ -50,13 +58,14 @@ from common.bson_reader import iter_products  # noqa: E402
 from common.categories import CategoryTree  # noqa: E402
 from common.paths import CATEGORY_NAMES_CSV, IMAGE_COUNTS, REPO, TRAIN_EXAMPLE_BSON, WorkDir, default_work_dir  # noqa: E402
 from common.predictions import DEFAULT_K, TopK, save_topk  # noqa: E402
+from common.sources import write_summary  # noqa: E402
+from ensembling.stack.config import StackConfig  # noqa: E402
 
 MB = 1 << 20
 # the full dataset (../shared/reference/winning-solutions.md)
 FULL = {"train_products": 7_069_896, "test_products": 1_768_182, "train_images": 12_371_293, "test_images": 3_095_080,
         "train_bytes": 58.2e9, "test_bytes": 14.5e9}
-SOURCES = ("cnn_a", "cnn_b", "cnn_c")
-STAGES = ("read", "index", "stats", "folds", "select", "stack")
+STAGES = ("read", "index", "stats", "folds", "select", "md5", "stack", "report", "ocr_text")
 
 
 @dataclass
@@ -97,21 +106,40 @@ def write_bsons(work: Path, n_train: int, tree: CategoryTree, seed: int = 0) -> 
     return paths
 
 
-def write_sources(work: WorkDir, seed: int = 0) -> None:
-    """Three CNN-like top-K sources over every train (OOF) and test product."""
-    from common.prepare import DatasetPaths
-    from common.sources import write_summary
-    from common.workdata import Labels
+def full_profile_sources() -> dict[str, str]:
+    """name -> kind of every source the full profile's run_all.sh leaves for the stacker, from the
+    recipe registry (so it grows with the recipes): each prediction recipe, each solution's blend,
+    and OCR (MD5 runs as its own measured stage and adds its real source)."""
+    from common.recipe import profile_configs
 
-    labels = Labels.load(work)
-    paths = DatasetPaths.load(work)
-    test_ids = np.sort(np.asarray(paths.index(work, "test").ids, np.int64))
-    n_classes = len(paths.tree())
+    import importlib
+
+    configs = [c for c in profile_configs("full") if c.stage != "base"]  # base nets store features, not predictions
+    sources = {f"{c.solution}_{c.name}": "model" for c in configs}
+    blends = {c.solution: importlib.import_module(f"solutions.{c.solution}.submit").BLEND.kind for c in configs}
+    return sources | blends | {"ocr": "side source"}
+
+
+def write_sources(work: WorkDir, sources: dict[str, str], seed: int = 0) -> None:
+    """Synthetic top-K for every source over the products its stage predicts: the OOF products of
+    the folds (under the holdout protocol: the holdout only) and every test product; OCR only
+    over the share of products that are media."""
+    from common.prepare import DatasetPaths
+    from common.workdata import Labels, load_fold_data
+
+    labels, data = Labels.load(work), load_fold_data(work)
+    predicted = np.isin(labels.ids, data.train.index.ids[data.fold >= 0])
+    test_ids = np.sort(np.asarray(DatasetPaths.load(work).index(work, "test").ids, np.int64))
+    n_classes = len(data.tree)
     rng = np.random.default_rng(seed)
-    for name in SOURCES:
-        for split, ids, truth in (("oof", labels.ids, labels.labels), ("test", test_ids, rng.integers(0, n_classes, len(test_ids)))):
-            save_topk(work.preds(name) / f"{split}.npz", synthetic_topk(np.asarray(ids, np.int64), truth, n_classes, rng))
-        write_summary(work, name, "model", solution="bench")
+    test_truth = rng.integers(0, n_classes, len(test_ids))
+    for name, kind in sources.items():
+        share = media_image_share() if name == "ocr" else 1.0
+        for split, ids, truth in (("oof", labels.ids[predicted], labels.labels[predicted]), ("test", test_ids, test_truth)):
+            keep = rng.random(len(ids)) < share
+            save_topk(work.preds(name) / f"{split}.npz", synthetic_topk(np.asarray(ids[keep], np.int64), truth[keep], n_classes, rng))
+        members = [m for m, k in sources.items() if k == "model" and m.startswith(f"{name}_")] if kind == "solution blend" else []
+        write_summary(work, name, kind, solution="bench", members=members)
 
 
 def synthetic_topk(ids: np.ndarray, truth: np.ndarray, n_classes: int, rng: np.random.Generator, k: int = DEFAULT_K) -> TopK:
@@ -167,41 +195,103 @@ def select_main(work: str) -> None:
     from ocr.run import OcrOptions, select
 
     data = load_fold_data(WorkDir(work))
-    sel = select(WorkDir(work), data, OcrOptions(sources=list(SOURCES)))[0]
+    sel = select(WorkDir(work), data, OcrOptions())[0]  # the default sources: every solution / team blend
     print(f"selected {len(sel.train_rows)} train, {len(sel.test_rows)} test products")
 
 
-def stage_commands(work: Path, paths: tuple[Path, Path], rounds: int, max_train: int = 0) -> dict[str, list[str]]:
+# The full profile's holdout: the 2nd team's 50,000 products of 7,069,896 (common/plan.py OFFICIAL),
+# but never under MIN_HOLDOUT products (the stacker's inner CV needs some in every fold).
+HOLDOUT_SHARE, MIN_HOLDOUT = 50_000 / 7_069_896, 200
+
+
+def holdout_fraction(n_train: int) -> float:
+    return max(HOLDOUT_SHARE, min(0.5, MIN_HOLDOUT / n_train))
+
+
+def stage_commands(work: Path, paths: tuple[Path, Path], n_train: int, rounds: int, max_train: int = 0, protocol: str = "holdout") -> dict[str, list[str]]:
     py = sys.executable
+    folds = ["--protocol", "holdout", "--holdout-fraction", f"{holdout_fraction(n_train):.6f}"] if protocol == "holdout" else ["--n-folds", "3"]
     return {
         "index": [py, "-m", "common.prepare", "--train", str(paths[0]), "--test", str(paths[1]), "--work", str(work), "--no-progress"],
-        "stats": [py, "-m", "common.stats", "--bson", str(paths[0]), "--out", str(work / "stats"), "--no-progress"],
-        "folds": [py, "-m", "common.folds", "--work", str(work), "--n-folds", "3"],
+        "stats": [py, "-m", "common.stats", "--bson", str(paths[0]), "--out", str(work / "stats" / "train"), "--no-progress"],
+        "folds": [py, "-m", "common.folds", "--work", str(work), *folds],
+        "md5": [py, "-m", "md5.run", "--work", str(work)],
         "select": [py, "-c", f"from bench.bench_scale import select_main; select_main({str(work)!r})"],
-        "stack": [py, "-m", "ensembling.stack", "--work", str(work), "--rounds", str(rounds), "--sources", *SOURCES,
-                  "--max-train-products", str(max_train)],
+        "stack": [py, "-m", "ensembling.stack", "--work", str(work), "--rounds", str(rounds), "--max-train-products", str(max_train)],
+        "report": [py, "-m", "ensembling.report", "--work", str(work)],
     }
 
 
-def measure_size(work: Path, n_train: int, tree: CategoryTree, rounds: int, max_train: int = 0) -> list[Measure]:
-    """Every stage at one size, on fresh files and a fresh work dir."""
+def measure_size(work: Path, n_train: int, tree: CategoryTree, rounds: int, max_train: int = 0, protocol: str = "holdout") -> list[Measure]:
+    """Every stage at one size, on fresh files and a fresh work dir, in run_all.sh's order."""
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     paths = write_bsons(work, n_train, tree)
     n_all = n_train + n_train // 4
-    cmds = stage_commands(work, paths, rounds, max_train)
+    cmds = stage_commands(work, paths, n_train, rounds, max_train, protocol)
     sequential_read(paths)  # warm the page cache: every figure is from memory, as in bench_bson
     results = [Measure("read", n_all, *sequential_read(paths))]
     for stage in ("index", "stats", "folds"):
         results.append(Measure(stage, n_all if stage == "index" else n_train, *run_measured(cmds[stage], work)))
-    write_sources(WorkDir(work))
-    for stage in ("select", "stack"):
+    write_sources(WorkDir(work), full_profile_sources())
+    for stage in ("select", "md5", "stack", "report"):
         results.append(Measure(stage, n_all, *run_measured(cmds[stage], work)))
     for m in results:
         print(f"  {m.stage:7s} {m.products:9,d} products {m.seconds:8.1f} s {m.products_per_s:11,.0f} products/s  peak {m.peak_mb:7.0f} MB")
     return results
+
+
+# ------------------------------------------------------------------------------ OCR text model
+
+
+MEDIA = ("LIBRAIRIE", "MUSIQUE", "DVD - BLU-RAY", "JEUX VIDEO")
+
+
+def synthetic_titles(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """n French cover texts over the real media categories: words of the real category names (each
+    class draws half its words from its own 40), two invented author / label names, real class
+    frequencies (the level-3 image counts)."""
+    import re
+
+    tree = CategoryTree.from_csv(CATEGORY_NAMES_CSV)
+    names = np.concatenate([tree.level1_names, tree.level2_names, tree.level3_names])
+    words = np.array(sorted({w for v in names for w in re.findall(r"(?u)\b\w{3,}\b", v.lower())}))
+    media = np.flatnonzero(np.isin(tree.level1_names, MEDIA))
+    weights = category_weights(tree)[media]
+    rng = np.random.default_rng(seed)
+    syllables = np.array(["ba", "ro", "mi", "lu", "ve", "ta", "ne", "so", "qui", "par", "ter", "mon", "lan", "dre", "cha"])
+    people = np.array(["".join(rng.choice(syllables, rng.integers(2, 4))) for _ in range(20_000)])
+    own = rng.integers(0, len(words), (len(media), 40))
+    labels = rng.choice(len(media), n, p=weights / weights.sum())
+    texts = []
+    for y, k in zip(labels, rng.integers(3, 9, n)):
+        parts = [words[own[y, rng.integers(0, 40, k // 2 + 1)]], words[rng.integers(0, len(words), k - k // 2)], people[rng.integers(0, len(people), 2)]]
+        texts.append(" ".join(rng.permutation(np.concatenate(parts))))
+    return texts, media[labels]
+
+
+def text_model_main(n: int) -> None:
+    """One fold model of the OCR text model (the stage's defaults) on n read products, then top-K
+    for a quarter as many (run as a child: its peak RSS is the stage's)."""
+    from ocr.run import OcrOptions
+    from ocr.text_model import TextClassifier
+
+    texts, labels = synthetic_titles(n + n // 4)
+    model = TextClassifier(5270, OcrOptions().text_model).fit(texts[:n], labels[:n])
+    top = model.predict_topk(np.arange(n // 4), texts[n:], DEFAULT_K)
+    right = top.labels[:, 0] == labels[n:][top.ids]
+    print(f"text model: {n} texts, top-1 on {len(top)} held-out texts {right.mean():.3f}")
+
+
+def measure_text_model(work: Path, sizes: tuple[int, ...]) -> list[Measure]:
+    out = []
+    for n in sizes:
+        cmd = [sys.executable, "-c", f"from bench.bench_scale import text_model_main; text_model_main({n})"]
+        out.append(Measure("ocr_text", n, *run_measured(cmd, work)))
+        print(f"  ocr_text {n:9,d} read products {out[-1].seconds:8.1f} s  peak {out[-1].peak_mb:7.0f} MB")
+    return out
 
 
 def fit_line(results: list[Measure], stage: str, field: str) -> tuple[float, float]:
@@ -221,8 +311,21 @@ def fit_memory(results: list[Measure], stage: str) -> tuple[float, float]:
 
 
 def fit_time(results: list[Measure], stage: str) -> tuple[float, float]:
-    """(start-up seconds, seconds per million products): the slope leaves process start-up out."""
-    return fit_line(results, stage, "seconds")
+    """(start-up seconds, seconds per million products): the slope leaves process start-up out.
+    Where start-up noise hides the growth (slope <= 0), the largest size's own rate through the
+    origin is used instead: an upper bound, never a stage that gets faster with more data."""
+    t0, slope = fit_line(results, stage, "seconds")
+    if slope > 0 or not np.isfinite(slope):
+        return t0, slope
+    largest = max((m for m in results if m.stage == stage), key=lambda m: m.products)
+    return 0.0, largest.seconds / (largest.products / 1e6)
+
+
+def projected_peak_mb(results: list[Measure], stage: str, units: float) -> float:
+    """The fitted line at `units`, never below the largest peak measured (a noisy or flat fit)."""
+    a, b = fit_memory(results, stage)
+    measured = max(m.peak_mb for m in results if m.stage == stage)
+    return max(measured, a + (b if np.isfinite(b) else 0.0) * units / 1e6)
 
 
 # ------------------------------------------------------------------------ throughput, once
@@ -295,28 +398,52 @@ def media_image_share() -> float:
     return float(counts.loc[counts["group"].isin(REAL_MEDIA_GROUPS), "images"].sum() / counts["images"].sum())
 
 
-def projection(results: list[Measure], rates: dict[str, float], cores: int, machines: int, gpu_images_per_s: float | None) -> list[list[str]]:
-    """Rows: stage, what it scales with, hours on one machine, on N machines, peak memory, disk."""
+MACHINE_GB = 32  # the budget every CPU stage must fit at full scale (issue: a 32 GB machine)
+MULTI_MACHINE = {"ocr read": "--shard i/{n}, then --merge-caches", "md5": "--shard i/{n}, then one run merges",
+                 "stack": "--dask tcp://scheduler:8786 (xgboost.dask)"}
+
+
+def full_units(stage: str) -> tuple[float, str]:
+    """What a stage's fit is evaluated at on the real data, and its label."""
     all_products = FULL["train_products"] + FULL["test_products"]
-    all_images = FULL["train_images"] + FULL["test_images"]
-    per_stage_products = {"read": all_products, "index": all_products, "stats": all_products, "folds": FULL["train_products"],
-                          "select": all_products, "stack": all_products}
+    if stage == "folds":
+        return FULL["train_products"], f"{FULL['train_products']:,} train products"
+    if stage == "ocr_text":
+        n = media_image_share() * FULL["train_products"]  # read train products, one fold model (holdout) + predict a quarter as many
+        return n, f"{n:,.0f} read train products (one fold model)"
+    return all_products, f"{all_products:,} products"
+
+
+PARALLEL = {"md5": "hashing processes", "stack": "XGBoost threads", "ocr_text": "one-vs-rest jobs"}  # use every core
+
+
+def projection(results: list[Measure], rates: dict[str, float], cores: int, machines: int, gpu_images_per_s: float | None) -> list[list[str]]:
+    """Rows: stage, what it scales with, hours measured here, hours on a `cores`-core machine
+    (stages in PARALLEL divided by cores / cores here: linear scaling assumed, not measured), on N
+    machines, peak memory, and whether it fits MACHINE_GB."""
+    here = os.cpu_count() or 1
     rows = []
     for stage in STAGES:
+        if not any(m.stage == stage for m in results):
+            continue
+        units, label = full_units(stage)
         t0, per_million = fit_time(results, stage)
-        hours = (t0 + per_million * per_stage_products[stage] / 1e6) / 3600
-        a, b = fit_memory(results, stage)
-        memory = "-" if stage == "read" else f"{(a + b * per_stage_products[stage] / 1e6) / 1024:.1f} GB"
-        rows.append([stage, f"{per_stage_products[stage]:,} products", f"{hours:.2f}", f"{hours:.2f} (one process)", memory])
-    ocr_images = media_image_share() * all_images
+        hours = (t0 + per_million * units / 1e6) / 3600
+        big = f"{hours * here / cores:.2f} ({PARALLEL[stage]} x {cores}, assumed linear)" if stage in PARALLEL else f"{hours:.2f} (one process)"
+        gb = projected_peak_mb(results, stage, units) / 1024
+        memory = "-" if stage == "read" else f"{gb:.1f} GB"
+        fits = "-" if stage == "read" else ("yes" if gb <= MACHINE_GB else "NO")
+        many = MULTI_MACHINE.get(stage, "same (one process)").format(n=machines)
+        rows.append([stage, label, f"{hours:.2f}", big, many, memory, fits])
+    ocr_images = media_image_share() * (FULL["train_images"] + FULL["test_images"])
     ocr_hours = ocr_images / rates["ocr_images_per_s_per_core"] / 3600
-    rows.append(["ocr read", f"{ocr_images:,.0f} media images", f"{ocr_hours / cores:.1f} ({cores} cores)",
-                 f"{ocr_hours / cores / machines:.1f} (--shard i/{machines})", "per worker ~ tesseract"])
+    rows.append(["ocr read", f"{ocr_images:,.0f} media images", f"{ocr_hours / here:.1f}", f"{ocr_hours / cores:.1f} (tesseract x {cores})",
+                 f"{ocr_hours / cores / machines:.1f} ({MULTI_MACHINE['ocr read'].format(n=machines)})", "per worker ~ tesseract", "yes"])
     if gpu_images_per_s:
         epoch = FULL["train_images"] / gpu_images_per_s / 3600
-        rows.append(["train epoch (GPU)", f"{FULL['train_images']:,} images", f"{epoch:.1f}", f"{epoch / machines:.1f} (torchrun)", "-"])
+        rows.append(["train epoch (GPU)", f"{FULL['train_images']:,} images", "-", f"{epoch:.1f}", f"{epoch / machines:.1f} (torchrun)", "-", "-"])
     else:
-        rows.append(["train / infer (GPU)", "images", "not measured", "not measured", "not measured"])
+        rows.append(["train / infer (GPU)", "images", "-", "not measured", "not measured", "not measured", "-"])
     return rows
 
 
@@ -329,7 +456,8 @@ def preds_bytes_per_product(data: Path) -> float:
     """One source's OOF + test files over the products they hold."""
     from common.predictions import load_topk
 
-    files = [data / "preds" / SOURCES[0] / f for f in ("oof.npz", "test.npz")]
+    first = next(iter(full_profile_sources()))
+    files = [data / "preds" / first / f for f in ("oof.npz", "test.npz")]
     return sum(f.stat().st_size for f in files) / sum(len(load_topk(f).ids) for f in files)
 
 
@@ -354,14 +482,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--products", type=int, default=200_000, help="train products at the largest size (test: a quarter)")
     p.add_argument("--steps", type=int, default=3, help="sizes: --products / 2**k for k < steps")
     p.add_argument("--work", default=None, help="default: <work>/bench_scale")
-    p.add_argument("--stack-rounds", type=int, default=50)
+    p.add_argument("--stack-rounds", type=int, default=StackConfig().rounds, help="the stacker's default: its time is the stage's")
     p.add_argument("--stack-max-train-products", type=int, default=0, help="the stacker's --max-train-products (0: every product)")
-    p.add_argument("--cores", type=int, default=16, help="cores of the projected machine (for OCR)")
+    p.add_argument("--cores", type=int, default=16, help="cores of the projected machine")
     p.add_argument("--machines", type=int, default=4, help="N for the N-machine column")
     p.add_argument("--gpu-images-per-s", type=float, default=None, help="a measured training rate (bench_train.py --device cuda)")
+    p.add_argument("--protocol", default="holdout", choices=("holdout", "kfold"), help="the folds (holdout: the full profile's)")
+    p.add_argument("--text-sizes", type=int, nargs="*", default=[100_000, 300_000, 1_000_000], help="read products for the OCR text model")
+    p.add_argument("--quick", action="store_true", help="40,000 to 160,000 train products, text 10k-100k: under 10 min on 2 cores")
     p.add_argument("--skip-throughput", action="store_true", help="only the per-size stages")
     p.add_argument("--report", default=None, help="re-print the projection from a saved bench_scale.json (no measuring)")
     args = p.parse_args(argv)
+    if args.quick:
+        args.products, args.steps, args.text_sizes = 160_000, 3, [10_000, 30_000, 100_000]
     if args.report:
         return report(Path(args.report), args)
     work = Path(args.work) if args.work else default_work_dir() / "bench_scale"
@@ -370,10 +503,14 @@ def main(argv: list[str] | None = None) -> dict:
     for k in reversed(range(args.steps)):
         n = args.products >> k
         print(f"size {n:,} train + {n // 4:,} test products")
-        results += measure_size(work / "data", n, tree, args.stack_rounds, args.stack_max_train_products)
+        results += measure_size(work / "data", n, tree, args.stack_rounds, args.stack_max_train_products, args.protocol)
+    print("OCR text model (synthetic French titles over the real media categories)")
+    results += measure_text_model(work, tuple(args.text_sizes))
     rates: dict[str, float] = {}
     if not args.skip_throughput:
-        rates = {**loader_rates(work), "mini_inference_products_per_s": inference_rate(work / "data"), "ocr_images_per_s_per_core": ocr_rate()}
+        scale = 4 if args.quick else 1
+        rates = {**loader_rates(work, n_images=2048 // scale), "mini_inference_products_per_s": inference_rate(work / "data", 2000 // scale),
+                 "ocr_images_per_s_per_core": ocr_rate(256 // scale)}
         for key, value in rates.items():
             print(f"{key:40s} {value:10.1f}")
     summary = {"results": [vars(m) | {"products_per_s": m.products_per_s} for m in results], "rates": rates,
@@ -386,17 +523,19 @@ def main(argv: list[str] | None = None) -> dict:
 def print_projection(results: list[Measure], rates: dict[str, float], sizes: dict, args) -> dict:
     """The fitted lines, then (with the throughput rates) the full-dataset tables."""
     fits = {s: dict(zip(("intercept_mb", "mb_per_million_products", "startup_s", "s_per_million_products"),
-                        (*fit_memory(results, s), *fit_time(results, s)))) for s in STAGES}
+                        (*fit_memory(results, s), *fit_time(results, s)))) for s in STAGES if any(m.stage == s for m in results)}
     print("\nfitted over the sizes: peak memory = a + b x products, wall time = t0 + c x products")
     for stage, fit in fits.items():
-        print(f"  {stage:7s} a {fit['intercept_mb']:6.0f} MB  b {fit['mb_per_million_products']:7.0f} MB/M products   "
+        print(f"  {stage:8s} a {fit['intercept_mb']:6.0f} MB  b {fit['mb_per_million_products']:7.0f} MB/M products   "
               f"t0 {fit['startup_s']:6.1f} s  c {fit['s_per_million_products']:8.1f} s/M products")
     out: dict = {"fits": fits}
     if rates:
         proj = projection(results, rates, args.cores, args.machines, args.gpu_images_per_s)
         disk = disk_rows(sizes["index_bytes_per_product"], sizes["preds_bytes_per_product"])
         print("\nFull dataset (7,069,896 train + 1,768,182 test products), projected from the figures above:\n")
-        print(markdown(["stage", "scales with", "hours, one machine", f"hours, {args.machines} machines", "peak memory"], proj))
+        here = os.cpu_count() or 1
+        print(markdown(["stage", "scales with", f"hours here ({here} cores)", f"hours, {args.cores} cores", f"{args.machines} machines",
+                        "peak memory", f"fits {MACHINE_GB} GB"], proj))
         print()
         print(markdown(["disk", "size"], disk))
         out |= {"projection": proj, "disk": disk}

@@ -125,3 +125,14 @@ def run(main: Callable[[], Any]) -> None:
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    """--shard i/n (OCR reading, MD5 hashing: machine i of n does its share, one run merges)."""
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise DataError(f"--shard {shard!r}: expected i/n, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise DataError(f"--shard {shard!r}: need 0 <= i < n")
+    return i, n

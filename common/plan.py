@@ -39,18 +39,27 @@ OFFICIAL = {"train_products": 7_069_896, "train_images": 12_371_293, "test_produ
             "bson_bytes": 58.2e9 + 14.5e9, "by_k": {1: 4_369_441, 2: 1_128_588, 3: 542_792, 4: 1_029_075},
             "heng_products": 50_000, "heng_images": 87_648}  # winning-solutions.md (paper Table 3); ../shared/data/SOURCES.txt
 
-# The CPU stages, fitted by bench/bench_scale.py over 62,500-250,000 products (bench/README.md):
-# peak MB = a + b x millions of products; seconds = s x millions of products + fixed (stacker at 50 rounds).
-BENCH_README = "bench/README.md (bench_scale.py: a + b x products fitted over 62,500-250,000 products, 2 cores)"
+# The CPU stages, fitted by `python bench/bench_scale.py --quick` (bench/README.md) over 50,000-200,000
+# products (train + test; ocr_text: 10,000-100,000 read products) on 2 cores, the full profile's shape:
+# peak MB = a + b x millions of units; seconds = s x millions of units + fixed.
+BENCH_README = "bench/README.md (bench_scale.py --quick: a + b x products fitted over 50,000-200,000 products, 2 cores)"
+BENCH_CORES = 2
 CPU_FITS = {
-    "index": (95, 38, 2.6, 0.0),
-    "stats": (128, 87, 16.2, 0.0),
-    "ocr_select": (175, 441, 1.5, 0.0),
-    "stack_all": (844, 5567, 2203.0, 0.0),  # every OOF product trains the booster
-    "stack_capped": (901, 1287, 400.0, 98.0),  # --max-train-products 50000: training capped, prediction grows
+    "index": (153, 23, 3.9, 0.6),
+    "stats": (183, 85, 17.1, 1.5),
+    "ocr_select": (259, 132, 7.2, 0.0),
+    "ocr_text": (688, 8754, 1212.1, 1.8),  # per read train product, one fold model: fit + top-K of a quarter as many
+    "md5": (150, 224, 12.4, 0.6),
+    "stack_holdout": (1018, 1691, 496.6, 3.3),  # the holdout's CV + final model, every product predicted
+    "report": (214, 53, 3.5, 1.7),
+    "stack_all": (844, 5567, 2203.0, 0.0),  # kfold: every OOF product trains (an older bench: 3 sources, 50 rounds)
 }
+STACK_FIT_ROUNDS = {"stack_holdout": 200, "stack_all": 50}  # the rounds each stack fit ran; time scaled linearly (an upper bound)
+STACK_SOURCES_NOTE = "16 synthetic top-20 sources: 12 prediction recipes, 3 solution / team blends, OCR; + MD5"
+MACHINE_GB_NOTE = "32 GB"  # the machine every CPU stage of the full profile (holdout) fits, bench/README.md
+PARALLEL_STAGES = {"ocr_text", "md5", "stack_holdout", "stack_all"}  # use every core: time x BENCH_CORES / cores, linear scaling assumed
 COLD_READ_MB_S = 1710.0  # bench/README.md: plain sequential read from disk (bench_bson.py --cold)
-TESSERACT_IMAGES_S_CORE = 70.9  # bench/README.md: tesseract on these product photos, per core
+TESSERACT_IMAGES_S_CORE = 60.8  # bench/README.md: tesseract on these product photos, per core (bench_scale.py --quick)
 MEDIA_IMAGE_SHARE = 0.114  # bench/README.md: images of the products the OCR stage reads
 INDEX_BYTES, HASH_BYTES = 29, 25  # common.bson_index.INDEX_DTYPE, md5.hashing.HASH_DTYPE per product / image
 
@@ -313,11 +322,19 @@ def recipe_costs(recipes: list, split: Split, c: Counts, table: dict, read_mb_s:
 # ----------------------------------------------------------------------------- CPU stages and disk
 
 
-def fitted(stage: str, products: float, rounds: int = 50) -> tuple[float, float]:
-    """(peak bytes, seconds) of a stage from bench_scale's fit; the stacker's time scaled by its rounds."""
+def times(fit: tuple[float, float], models: int) -> tuple[float, float]:
+    """Models trained one after another: the same peak, the time x models."""
+    return fit[0], fit[1] * models
+
+
+def fitted(stage: str, units: float, cores: int, rounds: int = 200) -> tuple[float, float]:
+    """(peak bytes, seconds) of a stage from bench_scale's fit at `units` (millions x 1e6): a stage
+    that uses every core is scaled from the bench's cores to `cores`, the stacker by its rounds."""
     a, b, s, fixed = CPU_FITS[stage]
-    scale = rounds / 50 if stage.startswith("stack") else 1.0
-    return (a + b * products / 1e6) * 1e6, (s * products / 1e6 + fixed) * scale
+    scale = rounds / STACK_FIT_ROUNDS[stage] if stage in STACK_FIT_ROUNDS else 1.0
+    if stage in PARALLEL_STAGES:
+        scale *= BENCH_CORES / cores
+    return (a + b * units / 1e6) * 1e6, (s * units / 1e6 + fixed) * scale
 
 
 def cpu_stages(c: Counts, split: Split, cores: int, rounds: int) -> list[dict]:
@@ -325,18 +342,23 @@ def cpu_stages(c: Counts, split: Split, cores: int, rounds: int) -> list[dict]:
     every = c.train_products + c.test_products
     images = c.train_images + c.test_images
     held = split.models * split.oof_products + c.test_products  # the rows the stacker holds
-    stack = "stack_capped" if split.protocol == "holdout" else "stack_all"
-    rows = [("index", *fitted("index", every), f"{BENCH_README}; time = both BSON files at the {COLD_READ_MB_S:,.0f} MB/s cold read"),
-            ("stats", *fitted("stats", every), BENCH_README),
-            ("ocr (selection)", *fitted("ocr_select", every), BENCH_README),
+    stack, stack_units = ("stack_holdout", every) if split.protocol == "holdout" else ("stack_all", held)
+    cored = f"time: every core, {BENCH_CORES} measured -> {cores} assumed, linear scaling assumed"
+    read = MEDIA_IMAGE_SHARE * c.train_products
+    rows = [("index", *fitted("index", every, cores), f"{BENCH_README}; time = both BSON files at the {COLD_READ_MB_S:,.0f} MB/s cold read"),
+            ("stats", *fitted("stats", every, cores), BENCH_README),
+            ("ocr (selection)", *fitted("ocr_select", every, cores), BENCH_README),
             ("ocr (tesseract)", None, MEDIA_IMAGE_SHARE * images / (TESSERACT_IMAGES_S_CORE * cores),
              f"bench/README.md: {TESSERACT_IMAGES_S_CORE} images/s per core on {MEDIA_IMAGE_SHARE:.1%} of the images, {cores} cores assumed; "
              "RAM: one tesseract process per core, not measured"),
-            ("md5", None, None, f"not measured (bench_scale has no MD5 stage); its hash table alone is {HASH_BYTES} B per image = "
-                                f"{HASH_BYTES * images / GB:.2f} GB, a lower bound"),
-            ("stack", *fitted(stack, held, rounds), f"{BENCH_README}, {'capped training (holdout rows)' if stack == 'stack_capped' else 'every OOF product trains'}"
-                                                   f", {held:,.0f} products held (OOF + test), time x {rounds}/50 rounds"),
-            ("report", None, None, "not measured")]
+            ("ocr (text model)", *times(fitted("ocr_text", read, cores), split.models),
+             f"{BENCH_README}: one fold model on {read:,.0f} read train products ({MEDIA_IMAGE_SHARE:.1%}), x {split.models} model(s); {cored}"),
+            ("md5", *fitted("md5", every, cores), f"{BENCH_README}; {cored}"),
+            ("stack", *fitted(stack, stack_units, cores, rounds), f"{BENCH_README}, " + (
+                f"the holdout protocol's shape ({STACK_SOURCES_NOTE}), {every:,.0f} products" if stack == "stack_holdout" else
+                f"every OOF product trains, {held:,.0f} products held (OOF + test); fit from an older run with 3 synthetic sources, "
+                f"not the full profile's: more than {MACHINE_GB_NOTE} at full scale, cap it with --max-train-products") + f", time x {rounds}/{STACK_FIT_ROUNDS[stack]} rounds; {cored}"),
+            ("report", *fitted("report", every, cores), BENCH_README)]
     out = [{"stage": s, "peak_bytes": ram, "seconds": t, "source": src} for s, ram, t, src in rows]
     out[0]["seconds"] = c.bson_bytes / (COLD_READ_MB_S * 1e6)
     return out
@@ -367,7 +389,7 @@ class PlanOptions:
     throughput: str = ""  # bench/bench_gpu.py's JSON (default bench/results/gpu_throughput.json when present)
     json: str = ""  # also write the plan as JSON here
     build_index: bool = False  # with --data: build the missing index (what common.prepare does) instead of stopping
-    cores: int = 16  # CPU cores assumed for OCR
+    cores: int = 16  # CPU cores of the machine the CPU stages run on (OCR, MD5, the text model and the stacker use every core)
     read_mb_s: float = COLD_READ_MB_S  # disk read rate for the heads on stored features
     stack_rounds: int = 200  # the stacker's boosting rounds (ensembling/stack/config.py default)
 

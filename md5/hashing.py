@@ -39,10 +39,11 @@ def _hash_range(span: tuple[int, int]) -> np.ndarray:
     return np.array(out, HASH_DTYPE)
 
 
-def hash_images(reader: BsonReader, workers: int, progress: bool = True, span: int = 2048) -> np.ndarray:
-    """Every image of the file, in index order; products are read one by one (never the whole file)."""
-    n = len(reader)
-    spans = [(s, min(s + span, n)) for s in range(0, n, span)]
+def hash_images(reader: BsonReader, workers: int, progress: bool = True, span: int = 2048, rows: tuple[int, int] | None = None) -> np.ndarray:
+    """Every image of index rows [start, stop) (default: the file), in index order; products are
+    read one by one (never the whole file)."""
+    start, n = rows or (0, len(reader))
+    spans = [(s, min(s + span, n)) for s in range(start, n, span)]
     bar = dict(desc=f"md5 {reader.path.name}", total=len(spans), enabled=progress, unit="chunk")
     if workers <= 1 or len(spans) <= 1:
         _init_hasher(reader)
@@ -58,23 +59,71 @@ def hashes_path(work: WorkDir, split: str) -> Path:
     return work.root / "md5" / f"{split}_hashes.npy"
 
 
-def load_or_hash(work: WorkDir, split: str, reader: BsonReader, workers: int, progress: bool = True) -> tuple[np.ndarray, dict]:
-    """The split's image hashes, recomputed only when the index changed since they were saved."""
-    path, meta_path = hashes_path(work, split), hashes_path(work, split).with_suffix(".json")
-    index_meta = {k: reader.index.meta.get(k) for k in ("source", "fingerprint", "rows_sha256", "products", "images")}
-    index_meta["hashing"] = HASHING
-    if path.exists() and meta_path.exists():
-        saved = json.loads(meta_path.read_text())
-        if saved.get("index") == index_meta:
-            hashes = np.load(path, allow_pickle=False)
-            return hashes, {**saved, "reused": True, "skipped": unhashed_products(reader, hashes, split)}
+def index_key(reader: BsonReader) -> dict:
+    """What a saved hash file was made from: the index's content and the hashing version."""
+    return {**{k: reader.index.meta.get(k) for k in ("source", "fingerprint", "rows_sha256", "products", "images")}, "hashing": HASHING}
+
+
+def shard_rows(n_rows: int, shard: tuple[int, int]) -> tuple[int, int]:
+    """Machine i of n hashes a contiguous share of the index rows, so the shards concatenated in
+    order are exactly the single-machine array."""
+    bounds = np.linspace(0, n_rows, shard[1] + 1).astype(np.int64)
+    return int(bounds[shard[0]]), int(bounds[shard[0] + 1])
+
+
+def shard_path(work: WorkDir, split: str, shard: tuple[int, int]) -> Path:
+    return work.root / "md5" / "shards" / f"{split}_{shard[0]}of{shard[1]}.npy"
+
+
+def hash_and_save(path: Path, reader: BsonReader, workers: int, progress: bool, rows: tuple[int, int] | None = None, **meta) -> tuple[np.ndarray, dict]:
     t0 = time.perf_counter()
-    hashes = hash_images(reader, workers, progress)
+    hashes = hash_images(reader, workers, progress, rows=rows)
     seconds = time.perf_counter() - t0
     write_npy(path, hashes)
-    meta = {"index": index_meta, "images": int(len(hashes)), "seconds": round(seconds, 2),
+    meta = {"index": index_key(reader), **meta, "images": int(len(hashes)), "seconds": round(seconds, 2),
             "images_per_second": round(len(hashes) / seconds, 1) if seconds else None, "workers": workers}
-    write_json(meta_path, meta)
+    write_json(path.with_suffix(".json"), meta)
+    return hashes, meta
+
+
+def hash_shard(work: WorkDir, split: str, reader: BsonReader, workers: int, shard: tuple[int, int], progress: bool = True) -> dict:
+    """This machine's share of a split (--shard i/n): md5/shards/<split>_<i>of<n>.npy."""
+    rows = shard_rows(len(reader), shard)
+    return hash_and_save(shard_path(work, split, shard), reader, workers, progress, rows=rows, rows_hashed=list(rows))[1]
+
+
+def saved_if_current(path: Path, key: dict) -> np.ndarray | None:
+    meta_path = path.with_suffix(".json")
+    if path.exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("index") == key:
+        return np.load(path, allow_pickle=False)
+    return None
+
+
+def merged_shards(work: WorkDir, split: str, key: dict) -> tuple[np.ndarray, int] | None:
+    """Every shard of one i/n set, all made from this index: concatenated in order (else None)."""
+    for n in sorted({int(p.stem.rsplit("of", 1)[1]) for p in (work.root / "md5" / "shards").glob(f"{split}_*of*.npy")}):
+        parts = [saved_if_current(shard_path(work, split, (i, n)), key) for i in range(n)]
+        if all(p is not None for p in parts):
+            return np.concatenate(parts), n
+    return None
+
+
+def load_or_hash(work: WorkDir, split: str, reader: BsonReader, workers: int, progress: bool = True) -> tuple[np.ndarray, dict]:
+    """The split's image hashes: the saved file while the index is the same, else the merged
+    shards of other machines (--shard), else hashed here."""
+    path, key = hashes_path(work, split), index_key(reader)
+    hashes = saved_if_current(path, key)
+    if hashes is not None:
+        saved = json.loads(path.with_suffix(".json").read_text())
+        return hashes, {**saved, "reused": True, "skipped": unhashed_products(reader, hashes, split)}
+    merged = merged_shards(work, split, key)
+    if merged is not None:
+        hashes, n = merged
+        write_npy(path, hashes)
+        meta = {"index": key, "images": int(len(hashes)), "merged_shards": n}
+        write_json(path.with_suffix(".json"), meta)
+        return hashes, {**meta, "reused": False, "skipped": unhashed_products(reader, hashes, split)}
+    hashes, meta = hash_and_save(path, reader, workers, progress)
     return hashes, {**meta, "reused": False, "skipped": unhashed_products(reader, hashes, split)}
 
 

@@ -1,6 +1,8 @@
 """The MD5 dictionary stage: fold-honest duplicate look-ups as a side source (preds/md5), the 3rd place's override.
 
     python -m md5.run --work work [--alpha 2] [--max-labels 5] [--override-base dylan] [--write-submissions]
+    python -m md5.run --work work --shard i/n      # machine i of n: hash its share into work/md5/shards/, stop;
+                                                   # with every shard copied there, the plain run merges them
 
 Sellers reuse pictures: on the real data 12.37M train images have 7.77M distinct MD5s, and the
 3rd place gave a test image whose MD5 appears in train that train label (+0.003..0.005 LB).
@@ -33,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from common.cli import parse_stage, run
+from common.cli import parse_shard, parse_stage, run
 from common.folds import EXCLUDED
 from common.ids import lookup
 from common.metrics import accuracy
@@ -51,7 +53,7 @@ from .dictionary import (
     unique_pairs,
     vote,
 )
-from .hashing import digest_keys, group_ids, load_or_hash
+from .hashing import digest_keys, group_ids, hash_shard, load_or_hash
 
 SOURCE = "md5"
 RECORDED = {"value": None, "what": "MD5 dictionary: +0.003..0.005 on dylan's ensemble (0.78998 -> 0.79046)", "measured_on": "Kaggle private LB"}
@@ -67,6 +69,11 @@ class Md5Options:
     override_base: list[str] = field(default_factory=list)  # sources to apply the override to (default: every solution / team blend)
     write_submissions: bool = False  # write submissions/<base>_md5_override.csv.gz
     accept_lost_products: bool = False  # write them although the test index lost documents of test.bson
+    shard: str = ""  # "i/n": hash only this machine's share of train and test into md5/shards/, then stop
+
+    def __post_init__(self) -> None:
+        if self.shard:
+            parse_shard(self.shard)
 
 
 @dataclass
@@ -187,10 +194,21 @@ def base_report(work: WorkDir, base: str, oof_v: Votes, test_v: Votes, labels: L
 # the stage
 
 
+def run_shard(work: WorkDir, data: FoldData, opts: Md5Options, progress: bool) -> dict:
+    """Machine i of n: hash its share; the unsharded run finds every shard and concatenates them."""
+    shard, workers = parse_shard(opts.shard), opts.workers or os.cpu_count() or 1
+    made = {split: hash_shard(work, split, reader, workers, shard, progress) for split, reader in (("train", data.train), ("test", data.test))}
+    print(f"md5 shard {opts.shard}: hashed {made['train']['images']:,} train + {made['test']['images']:,} test images into "
+          f"{work.root / 'md5' / 'shards'}; copy every machine's shards there and run md5.run without --shard")
+    return {"shard": opts.shard, "hashing": made}
+
+
 def run_md5(work: WorkDir, opts: Md5Options, progress: bool = True) -> dict:
     """Hash, build the dictionaries, vote, write preds/md5/ and its summary; returns the summary."""
     t0 = time.perf_counter()
     data = load_fold_data(work)
+    if opts.shard:
+        return run_shard(work, data, opts, progress)
     h, hashing = hash_data(work, data, opts.workers or os.cpu_count() or 1, progress)
     full, per_fold = train_dictionaries(h)
     oof_v, test_v = oof_votes(h, full, per_fold, opts), test_votes(h, full, opts)
@@ -231,7 +249,8 @@ def print_summary(s: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_stage(argv, __doc__, Md5Options)
     summary = run_md5(args.work, args.options, progress=args.progress)
-    print_summary(summary)
+    if not args.options.shard:
+        print_summary(summary)
     return summary
 
 

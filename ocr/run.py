@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from common.bson_reader import BsonReader
-from common.cli import parse_stage, run
-from common.errors import DataError, SkipLog
+from common.cli import parse_shard, parse_stage, run
+from common.errors import SkipLog
 from common.images import image_problem
 from common.metrics import accuracy
 from common.paths import WorkDir
@@ -99,16 +99,6 @@ class OcrOptions:
     def text_model(self) -> TextModelOptions:
         return TextModelOptions(self.classifier, self.C, (1, self.word_ngram_max), (self.char_ngram_min, self.char_ngram_max), self.min_df,
                                 n_features=self.n_features)
-
-
-def parse_shard(shard: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in shard.split("/"))
-    except ValueError:
-        raise DataError(f"--shard {shard!r}: expected i/n, e.g. 0/4") from None
-    if not 0 <= i < n:
-        raise DataError(f"--shard {shard!r}: need 0 <= i < n")
-    return i, n
 
 
 def shard_mask(ids: np.ndarray, shard: str) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The data-layer benchmark runs end to end on a tiny file and prints positive figures."""
 from __future__ import annotations
 
+import os
 import re
 
 from bench.bench_bson import main, plan
@@ -43,10 +44,12 @@ def test_bench_scale_runs_every_stage_as_a_measured_process(tmp_path):
     from bench.bench_scale import STAGES
     from bench.bench_scale import main as scale_main
 
-    summary = scale_main(["--products", "1200", "--steps", "1", "--stack-rounds", "3", "--work", str(tmp_path), "--skip-throughput"])
+    summary = scale_main(["--products", "1200", "--steps", "1", "--stack-rounds", "3", "--text-sizes", "400", "--work", str(tmp_path),
+                          "--skip-throughput"])
     by_stage = {r["stage"]: r for r in summary["results"]}
     assert set(by_stage) == set(STAGES)
     assert by_stage["index"]["products"] == 1200 + 300 and by_stage["folds"]["products"] == 1200
+    assert by_stage["ocr_text"]["products"] == 400
     for stage in STAGES[1:]:  # each a real child process: a Python interpreter alone is over 10 MB
         assert by_stage[stage]["seconds"] > 0 and by_stage[stage]["peak_mb"] > 10, stage
     assert (tmp_path / "data" / "preds" / "stack" / "summary.json").exists()  # the stacker really ran to its end
@@ -79,8 +82,22 @@ def test_projection_scales_measured_rates_and_never_invents_gpu_figures():
     rates = {"ocr_images_per_s_per_core": 50.0}
     rows = {r[0]: r for r in projection(results, rates, cores=16, machines=4, gpu_images_per_s=None)}
     all_products = FULL["train_products"] + FULL["test_products"]
-    assert math.isclose(float(rows["index"][2]), all_products / 1000 / 3600, abs_tol=0.01)
-    assert rows["stack"][4] == f"{(100 + 200 * all_products / 1e6) / 1024:.1f} GB"
-    assert rows["train / infer (GPU)"][2:] == ["not measured"] * 3
+    hours = all_products / 1000 / 3600
+    assert math.isclose(float(rows["index"][2]), hours, abs_tol=0.01)
+    assert rows["index"][3] == f"{hours:.2f} (one process)"  # a single process: no faster on 16 cores
+    here = os.cpu_count() or 1
+    assert rows["stack"][3].startswith(f"{hours * here / 16:.2f} (XGBoost threads x 16")  # every core: scaled, and said so
+    assert rows["stack"][5] == f"{(100 + 200 * all_products / 1e6) / 1024:.1f} GB"
+    assert rows["train / infer (GPU)"][3:6] == ["not measured"] * 3
     measured = {r[0]: r for r in projection(results, rates, 16, 4, gpu_images_per_s=1000.0)}
-    assert math.isclose(float(measured["train epoch (GPU)"][2]), FULL["train_images"] / 1000 / 3600, abs_tol=0.1)
+    assert math.isclose(float(measured["train epoch (GPU)"][3]), FULL["train_images"] / 1000 / 3600, abs_tol=0.1)
+
+
+def test_a_noisy_fit_never_projects_below_what_was_measured():
+    from bench.bench_scale import Measure, fit_time, projected_peak_mb
+
+    # the larger size ran faster and smaller (start-up noise): no negative slope reaches the projection
+    results = [Measure("index", 50_000, 0.9, 154.0), Measure("index", 100_000, 0.8, 150.0)]
+    t0, per_million = fit_time(results, "index")
+    assert per_million > 0 and t0 + per_million * 10.0 >= 0.8  # through the largest size's own rate: 8 s per million
+    assert projected_peak_mb(results, "index", 10e6) == 154.0

@@ -163,3 +163,37 @@ def test_entries_without_picture_bytes_never_link_products(tmp_path, write_bson)
     assert summary["hashing"]["train"]["skipped"]["first_ids"] == {"unhashed_image": [1, 2]}
     assert summary["hashing"]["test"]["skipped"]["counts"] == {"unhashed_image": 1}
     assert len(np.load(hashes_path(WorkDir(work), "train"))) == 3
+
+
+def test_two_shards_merge_into_exactly_the_single_machine_result(tiny_work, tmp_path):
+    """Machines 0/2 and 1/2 hash their share (and stop); the plain run, with both shards copied
+    into md5/shards/, hashes nothing and gives byte-for-byte the single-machine hashes and votes.
+    A shard made from another index is never merged."""
+    import shutil
+
+    single = tmp_path / "single"
+    shutil.copytree(tiny_work, single)
+    run_md5(WorkDir(single), Md5Options(workers=1), progress=False)
+    for i in range(2):
+        out = run_md5(WorkDir(tiny_work), Md5Options(workers=1, shard=f"{i}/2"), progress=False)
+        assert out["shard"] == f"{i}/2" and not (tiny_work / "preds" / "md5").exists() and out["hashing"]["train"]["images"] > 0
+    merged = run_md5(WorkDir(tiny_work), Md5Options(workers=1), progress=False)
+    assert merged["hashing"]["train"]["merged_shards"] == merged["hashing"]["test"]["merged_shards"] == 2
+    for split in ("train", "test"):
+        assert np.array_equal(np.load(hashes_path(WorkDir(tiny_work), split)), np.load(hashes_path(WorkDir(single), split)))
+    for split in ("oof", "test"):
+        a, b = load_topk(tiny_work / "preds" / "md5" / f"{split}.npz"), load_topk(single / "preds" / "md5" / f"{split}.npz")
+        assert np.array_equal(a.ids, b.ids) and np.array_equal(a.labels, b.labels) and np.array_equal(a.probs, b.probs)
+
+    meta = tiny_work / "md5" / "shards" / "train_1of2.json"  # as if shard 1 had been made from another index
+    meta.write_text(meta.read_text().replace('"fingerprint": "', '"fingerprint": "other-'))
+    hashes_path(WorkDir(tiny_work), "train").unlink()
+    again = run_md5(WorkDir(tiny_work), Md5Options(workers=1), progress=False)
+    assert "merged_shards" not in again["hashing"]["train"] and again["hashing"]["train"]["images"] == merged["hashing"]["train"]["images"]
+
+
+def test_a_bad_shard_is_one_clear_line():
+    from common.errors import DataError
+
+    with pytest.raises(DataError, match="need 0 <= i < n"):
+        Md5Options(shard="2/2")

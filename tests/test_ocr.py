@@ -223,20 +223,29 @@ def test_stage_with_text_writes_honest_predictions(tiny_work, monkeypatch):
     assert summary["media_accuracy_oof"]["products"] > 0
 
 
-def test_shards_fill_caches_that_merge(tiny_work, monkeypatch):
-    """Two machines read half each into their own caches; after the merge nothing is read again."""
+def test_shards_fill_caches_that_merge(tiny_work, monkeypatch, tmp_path):
+    """Two machines read half each into their own caches; after the merge nothing is read again,
+    and the predictions are exactly a single machine's."""
+    import shutil
+
     calls = count_calls(monkeypatch)
     fake_cnn_source(tiny_work)
     work, opts = WorkDir(tiny_work), dict(workers=1, preprocess=[])
+    single = tmp_path / "single"
+    shutil.copytree(tiny_work, single)
+    run_ocr(WorkDir(single), OcrOptions(**opts), progress=False)
+    read_by_single = len(calls)
     caches = [str(tiny_work / "ocr" / f"cache_shard_{i}.sqlite3") for i in range(2)]
     for i in range(2):
         out = run_ocr(work, OcrOptions(shard=f"{i}/2", cache=caches[i], **opts), progress=False)
         assert out["shard"] == f"{i}/2" and not (tiny_work / "preds" / "ocr").exists()
-    read_by_shards = len(calls)
+    read_by_shards = len(calls) - read_by_single
     summary = run_ocr(work, OcrOptions(merge_caches=caches, **opts), progress=False)
-    assert len(calls) == read_by_shards > 0 and summary["reading"]["images_read_now"] == 0
+    assert len(calls) - read_by_single == read_by_shards == read_by_single > 0 and summary["reading"]["images_read_now"] == 0
     assert summary["merged_cache_rows"] == summary["reading"]["unique_images"]
-    assert (tiny_work / "preds" / "ocr" / "oof.npz").exists()
+    for split in ("oof", "test"):
+        a, b = load_topk(tiny_work / "preds" / "ocr" / f"{split}.npz"), load_topk(single / "preds" / "ocr" / f"{split}.npz")
+        assert len(a) > 0 and np.array_equal(a.ids, b.ids) and np.array_equal(a.labels, b.labels) and np.array_equal(a.probs, b.probs)
 
 
 def test_the_read_names_the_products_whose_images_cannot_be_read(caplog):

@@ -29,7 +29,8 @@ class StackConfig:
     colsample_bytree: float = 0.8
     max_bin: int = 256
     max_train_products: int = 0  # 0 = every OOF product
-    chunk_products: int = 100_000
+    chunk_products: int = 0  # products per feature chunk; 0 = as many as keep a chunk within chunk_rows candidate rows
+    chunk_rows: int = 2_000_000  # candidate rows per chunk at most when chunk_products is 0 (x ~70 features x 4 B: ~0.5 GB)
     device: str = "auto"
     nthread: int = 0  # 0 = every core
     dask: str = ""  # train and predict through a dask Client: a scheduler address (tcp://host:8786) or local[:N] (N worker processes here)
@@ -48,3 +49,10 @@ class StackConfig:
             raise DataError(f"stack option dask={self.dask!r}: local or local:N (N worker processes, N >= 1), or a scheduler address")
         if self.device not in DEVICES:
             raise DataError(f"stack option device={self.device!r}: choose from {list(DEVICES)}")
+
+    def products_per_chunk(self, n_sources: int) -> int:
+        """A chunk's rows grow with the sources (each adds up to K candidates per product): with
+        ~16 sources of top-20, 100,000 products would be 32M rows, 9 GB of features at once."""
+        if self.chunk_products:
+            return self.chunk_products
+        return max(1_000, self.chunk_rows // max(1, n_sources * (self.candidates_per_source or self.topk)))

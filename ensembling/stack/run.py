@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -110,12 +110,13 @@ def run_stack(work: WorkDir, cfg: StackConfig) -> dict:
     """CV, baselines, final model, predictions, submission, summary.json; returns the summary."""
     t0, device = time.time(), resolve_device(cfg.device)
     inp = load_inputs(work, cfg)
+    cfg = replace(cfg, chunk_products=cfg.products_per_chunk(len(inp.all_sources)))
     names = feature_names(inp.stacked)
     engine = open_engine(cfg.dask)
     try:
         print(f"stacking {len(inp.stacked)} sources: {', '.join(s.name for s in inp.stacked)}")
         print(f"  {len(names)} features, {len(inp.oof)} OOF products in {len(inp.cv_folds)} {'inner folds of the holdout' if inp.protocol == 'holdout' else 'folds'}, "
-              f"{len(inp.test)} test products, device {device}, engine {engine.name}")
+              f"{len(inp.test)} test products, chunks of {cfg.chunk_products:,} products, device {device}, engine {engine.name}")
         if cfg.export_features:
             print(f"  exported {export_features(inp, cfg, Path(cfg.export_features))} feature chunks to {cfg.export_features}")
         booster, oof_top, cv = train_or_load(inp, cfg, device, len(names), engine)
