@@ -46,7 +46,21 @@ def load_yaml(path: str | os.PathLike, cls: type) -> dict:
     unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
         raise DataError(f"{path}: unknown options {sorted(unknown)}")
-    return data
+    hints = typing.get_type_hints(cls)
+    wrong = [f"{k}: {v!r}" for k, v in data.items() if hints.get(k) in (int, float) and (isinstance(v, (str, bool)) or v is None)
+             and not (hints[k] is float and isinstance(v, str) and _is_float(v))]
+    if wrong:
+        raise DataError(f"{path}: not a number: {', '.join(wrong)}")
+    return {k: float(v) if hints.get(k) is float and isinstance(v, str) else v for k, v in data.items()}
+
+
+def _is_float(s: str) -> bool:
+    """YAML 1.1 reads 4e-05 (no dot) as a string: accepted as the number it spells."""
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
 
 
 def _optional(s: str) -> str | None:

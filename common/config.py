@@ -15,7 +15,7 @@ from .cli import load_yaml as _load_yaml
 from .errors import DataError
 
 CHOICES = {
-    "optimizer": {"sgd", "nadam", "adam", "adamw"},
+    "optimizer": {"sgd", "nag", "nadam", "adam", "adamw"},
     "schedule": {"step", "cosine", "constant"},
     "amp": {"bf16", "fp16", "none"},
     "aggregate": {"mean", "geomean"},
@@ -47,7 +47,7 @@ class TrainConfig:
     global_batch: int = 0  # samples per optimizer step over all processes, as recorded (0 = batch_size x accum_steps)
     batch_size: int = 64  # the largest micro-batch one process holds (memory); the trainer derives the split
     accum_steps: int = 1  # used only when global_batch is 0; else derived for the world size
-    optimizer: str = "nadam"  # sgd | nadam | adam | adamw
+    optimizer: str = "nadam"  # sgd | nag (SGD with Nesterov momentum) | nadam | adam | adamw
     lr: float = 1e-4
     momentum: float = 0.9
     weight_decay: float = 0.0

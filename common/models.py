@@ -118,7 +118,9 @@ def penultimate_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def is_timm_model(name: str) -> bool:
-    return name in timm.list_models()
+    """A timm architecture, or architecture.tag naming one of its pretrained weights (its mean / std)."""
+    arch, _, tag = name.partition(".")
+    return arch in timm.list_models() and (not tag or name in timm.list_pretrained(arch))
 
 
 def smallest_input(name: str, sizes: tuple[int, ...] = (32, 48, 64, 80, 96, 128)) -> int:

@@ -179,7 +179,7 @@ class Cost:
         return sum(self.gpu_s.values()) / 3600
 
 
-OPTIMIZER_STATES = {"sgd": 1, "nadam": 2, "adam": 2, "adamw": 2}  # tensors per parameter beside the weights
+OPTIMIZER_STATES = {"sgd": 1, "nag": 1, "nadam": 2, "adam": 2, "adamw": 2}  # tensors per parameter beside the weights
 
 
 def checkpoint_bytes(params: float, cfg) -> float:

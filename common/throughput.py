@@ -33,7 +33,11 @@ RECORDED = {
     "dpn107": Recorded(246.0, 8, "mwbyeon/kaggle-cdiscount train/M14/stderr, 3rd place, MXNet fp32, batch 384"),
     "dpn92": Recorded(532.0, 8, "mwbyeon/kaggle-cdiscount train/M06/stderr, 3rd place, MXNet fp32, batch 512"),
     "densenet161": Recorded(549.0, 8, "mwbyeon/kaggle-cdiscount train/M04/stderr, 3rd place, MXNet fp32, batch 512"),
-    "resnext101_32x4d": Recorded(579.0, 8, f"{WINNERS}, 3rd place's ResNeXt-101 32x4d: 5.9 h/epoch"),
+    "resnext101_32x4d": Recorded(588.0, 8, "mwbyeon/kaggle-cdiscount train/M01/stderr, 3rd place, MXNet fp32, batch 512 (first epoch; 610 later)"),
+    "dpn98": Recorded(380.0, 8, "mwbyeon/kaggle-cdiscount train/M05/stderr, 3rd place, MXNet fp32, batch 512"),
+    "dpn131": Recorded(273.0, 8, "mwbyeon/kaggle-cdiscount train/M12/stderr, 3rd place, MXNet fp32, batch 384"),
+    "resnext101_64x4d": Recorded(338.0, 8, "mwbyeon/kaggle-cdiscount train/M07/stderr, 3rd place, MXNet fp32, batch 512"),
+    "seresnext101_64x4d": Recorded(270.0, 8, "mwbyeon/kaggle-cdiscount train/M13/stderr, 3rd place, MXNet fp32, batch 512"),
 }
 INFER_OVER_TRAIN = 3.0  # no inference speed is recorded: a forward pass is about a third of a training step
 
@@ -94,9 +98,9 @@ def measured_rate(cfg, table: dict) -> Rate | None:
 def recorded_rate(model: str, size: int = 180) -> Rate:
     """The winners' figure for this model (recorded at 180 px), else scaled by FLOPs from the recorded
     model nearest in FLOPs; a recipe at another input size is scaled by its FLOPs at that size."""
-    flops = network(model, size).flops
-    if model in RECORDED and size == 180:
-        ref, name, how = RECORDED[model], model, "recorded"
+    flops, arch = network(model, size).flops, model.split(".")[0]  # a timm pretrained tag (name.tag) is the same network
+    if arch in RECORDED and size == 180:
+        ref, name, how = RECORDED[arch], arch, "recorded"
     else:
         name = min(RECORDED, key=lambda m: abs(math.log(network(m).flops / flops)))
         ref, how = RECORDED[name], f"scaled by FLOPs from {name} ({network(name).flops / 1e9:.1f} GFLOPs vs {flops / 1e9:.1f} at {size} px)"

@@ -1,6 +1,8 @@
 """Fetch ImageNet weights ONCE, on a machine with internet, into weights/<model>.pth.
 
-    python scripts/fetch_weights.py legacy_seresnext101_32x4d densenet161 dpn92 dpn107
+    python scripts/fetch_weights.py dpn107 resnext101_64x4d.gluon_in1k ...   # timm names, with a tag where a recipe names one
+
+`python -m common.preflight --profile full` prints the line that fetches every file the profile lacks.
 
 The pipeline itself never downloads: recipes read these local files (`pretrained: weights/...`).
 Copy the weights/ folder to the training machines with the code.

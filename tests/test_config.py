@@ -78,3 +78,18 @@ def test_every_stage_takes_the_same_command_line(tmp_path):
 def test_bad_choices_fail_when_read(field, value):
     with pytest.raises(DataError, match=field):
         TrainConfig(**{field: value})
+
+
+def test_a_number_written_as_yaml_reads_it_is_checked_when_the_recipe_loads(tmp_path):
+    """YAML 1.1 reads 4e-05 (no dot) as a string: it is the number it spells; a word is one clear line."""
+    from common.config import load_yaml
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("weight_decay: 4e-05\nepochs: 3\n")
+    assert load_yaml(recipe) == {"weight_decay": 4e-05, "epochs": 3}
+    recipe.write_text("lr: fast\nepochs: 3\n")
+    with pytest.raises(DataError, match=r"r\.yaml: not a number: lr: 'fast'"):
+        load_yaml(recipe)
+    recipe.write_text("epochs: '3'\n")
+    with pytest.raises(DataError, match="epochs: '3'"):
+        load_yaml(recipe)

@@ -32,7 +32,7 @@ GN = COMMON + "name: gbgn\nmodel: test_efficientnet_gn\nglobal_batch: 16\nbatch_
 
 @pytest.mark.parametrize("world, micro, accum", [(1, 64, 8), (2, 64, 4), (4, 64, 2), (8, 64, 1), (16, 32, 1)])
 def test_recorded_global_batch_splits_over_1_to_16_processes(world, micro, accum):
-    values = load_yaml(REPO / "solutions" / "dylan" / "configs" / "dpn107.yaml")
+    values = load_yaml(REPO / "solutions" / "dylan" / "configs" / "dpn92.yaml")  # M06: 512 = 64 x 8 GPUs
     cfg = TrainConfig(**values)
     assert batch_split(cfg, 1).global_batch == 512  # the team's batch (64 x 8 GPUs), stated or batch_size x accum_steps
     split = batch_split(cfg, world)

@@ -8,7 +8,7 @@ from common.cli import read_yaml
 from common.errors import DataError
 from common.paths import REPO
 from common.preflight import main
-from common.recipe import fast_dev_run
+from common.recipe import fast_dev_run, profile_configs
 from solutions.bestfitting.train import BestfittingConfig
 from solutions.dylan.train import KINDS
 
@@ -19,26 +19,27 @@ def test_full_profile_without_weights_names_every_missing_file_at_once(capsys):
     with pytest.raises(DataError) as e:
         main(["--profile", "full", "--nproc", "8"])
     text = str(e.value)
-    assert "15 problems" in text and "nothing was run" in text
+    with_files = [c for c in profile_configs("full") if (c.pretrained or "").startswith("weights/")]
+    assert f"{len(with_files)} problems" in text and "nothing was run" in text
     for name in ("dylan/dpn107", "bestfitting/inceptionresnetv2", "convoluted/base_xception"):
         assert f"{name}: weight file" in text
     assert "python scripts/fetch_weights.py" in text and "dpn107" in text and "--out weights" in text
     table = capsys.readouterr().out
-    assert "dylan/dpn107: stage image, model dpn107, 98.4M params, global batch 512 = 8 processes x micro-batch 64 x 1 accumulation step" in table
+    assert "dylan/dpn107: stage image, model dpn107, 98.4M params, global batch 384 = 8 processes x micro-batch 48 x 1 accumulation step" in table
 
 
 def test_a_global_batch_that_does_not_split_is_caught_before_anything_runs():
     with pytest.raises(DataError) as e:
         main(["--profile", "full", "--nproc", "3"])
     text = str(e.value)
-    assert "dylan/dpn107: recipe dpn107: global batch 512 does not split evenly over 3 processes" in text
-    assert "dylan/dpn107: weight file" in text  # and the other problems in the same message
+    assert "dylan/dpn92: recipe dpn92: global batch 512 does not split evenly over 3 processes" in text
+    assert "dylan/dpn92: weight file" in text  # and the other problems in the same message
 
 
 def test_fast_dev_run_profile_passes_and_says_random_weights_once(capsys):
     checks = main(["--profile", "full", "--fast-dev-run"])
     out = capsys.readouterr().out
-    assert len(checks) == 18 and not any(c.problems for c in checks)
+    assert len(checks) == len(profile_configs("full")) and not any(c.problems for c in checks)
     assert out.count("FAST DEV RUN") == 1 and "RANDOM weights" in out
 
 
