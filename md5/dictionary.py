@@ -66,6 +66,52 @@ class Votes:
                    *(np.concatenate([getattr(v, f) for v in parts]) for f in ("any_match", "unique_label", "unique_of")))
 
 
+@dataclass
+class Rule:
+    """An override rule's outcome per query product: whether it applies, and the label it gives."""
+
+    name: str
+    ids: np.ndarray
+    applies: np.ndarray  # bool
+    label: np.ndarray  # -1 where it does not apply
+
+    @classmethod
+    def concat(cls, parts: list["Rule"]) -> "Rule":
+        return cls(parts[0].name, *(np.concatenate([getattr(r, f) for r in parts]) for f in ("ids", "applies", "label")))
+
+
+def image_rule(v: Votes) -> Rule:
+    """Ours: a product whose usable image hashes all point to one label takes it."""
+    return Rule("image", v.ids, v.unique_label, v.unique_of)
+
+
+def product_keys(sets: list[tuple[np.ndarray, np.ndarray, int]]) -> list[np.ndarray]:
+    """Per product of each (row, hash id, products) set, an id of its whole set of distinct image
+    hashes, equal across sets for equal sets (-1: no hashed image). The 3rd place's key
+    (predict/md5_predict.py: ','.join(sorted(set(hashes))))."""
+    width = max([1] + [int(np.bincount(q).max()) for q, _, _ in sets if len(q)])
+    rows = []
+    for q, h, n in sets:  # (q, h) distinct pairs sorted by q then h (unique_pairs)
+        m = np.full((n, width), -1, np.int64)
+        start = np.searchsorted(q, q, side="left")
+        m[q, np.arange(len(q)) - start] = h
+        rows.append(m)
+    stacked = np.ascontiguousarray(np.concatenate(rows))
+    _, key = np.unique(stacked.view(np.dtype((np.void, 8 * width))).ravel(), return_inverse=True)
+    key = np.where(stacked[:, 0] >= 0, key.ravel(), -1)
+    return np.split(key, np.cumsum([n for _, _, n in sets])[:-1])
+
+
+def product_rule(d: Dictionary, keys: np.ndarray, ids: np.ndarray) -> Rule:
+    """The 3rd place's rule: the product's whole hash set is a train product's, all of one label."""
+    n, distinct, _ = d.stats()
+    safe = np.maximum(keys, 0)
+    applies = (keys >= 0) & (n[safe] > 0) & (distinct[safe] == 1)
+    label = np.full(len(keys), -1, np.int64)
+    label[applies] = d.counts.indices[d.counts.indptr[keys[applies]]]  # the one label of the key's row
+    return Rule("product", np.asarray(ids, np.int64), applies, label)
+
+
 def unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct (a, b) pairs of non-negative ints, via one int64 key (np.unique(axis=0) is far slower)."""
     if len(a) == 0:

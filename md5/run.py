@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from common.cli import parse_shard, parse_stage, run
+from common.errors import DataError
 from common.folds import EXCLUDED
 from common.ids import lookup
 from common.metrics import accuracy
@@ -47,15 +48,20 @@ from common.workdata import FoldData, Labels, load_fold_data
 
 from .dictionary import (
     Dictionary,
+    Rule,
     Votes,
+    image_rule,
     override,
     product_hash_pairs,
+    product_keys,
+    product_rule,
     unique_pairs,
     vote,
 )
 from .hashing import digest_keys, group_ids, hash_shard, load_or_hash
 
 SOURCE = "md5"
+RULES = ("image", "product")
 RECORDED = {"value": None, "what": "MD5 dictionary: +0.003..0.005 on dylan's ensemble (0.78998 -> 0.79046)", "measured_on": "Kaggle private LB"}
 
 
@@ -70,10 +76,13 @@ class Md5Options:
     write_submissions: bool = False  # write submissions/<base>_md5_override.csv.gz
     accept_lost_products: bool = False  # write them although the test index lost documents of test.bson
     shard: str = ""  # "i/n": hash only this machine's share of train and test into md5/shards/, then stop
+    override_rule: str = "image"  # image: ours, image by image; product: the 3rd place's whole sorted set of hashes (both reported)
 
     def __post_init__(self) -> None:
         if self.shard:
             parse_shard(self.shard)
+        if self.override_rule not in RULES:
+            raise DataError(f"md5 option override_rule={self.override_rule!r}: choose from {list(RULES)}")
 
 
 @dataclass
@@ -114,6 +123,23 @@ def oof_votes(h: HashedData, full: Dictionary, per_fold: dict[int, Dictionary], 
         q, hh = product_hash_pairs(h.train, h.train_hash, rows)
         parts.append(vote(full - fold_dict, q, hh, np.asarray(h.data.train.index.ids[rows], np.int64), opts))
     return Votes.concat(parts) if parts else vote(full, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), opts)
+
+
+def product_rules(h: HashedData) -> tuple[Rule, Rule]:
+    """The 3rd place's product-level rule on OOF (a fold looked up without itself) and test."""
+    data, c = h.data, len(h.data.tree)
+    n_train, n_test = len(data.train.index), len(data.test.index)
+    train_key, test_key = product_keys([(*unique_pairs(h.train["row"], h.train_hash), n_train), (*unique_pairs(h.test["row"], h.test_hash), n_test)])
+    usable = (train_key >= 0) & (data.labels >= 0) & (data.fold != EXCLUDED)
+    n_keys = int(max(train_key.max(initial=-1), test_key.max(initial=-1))) + 1
+    full = Dictionary.build(train_key[usable], data.labels[usable], n_keys, c)
+    train_ids, parts = np.asarray(data.train.index.ids, np.int64), []
+    for k in sorted(int(f) for f in np.unique(data.fold) if f >= 0):
+        own = usable & (data.fold == k)
+        rows = np.flatnonzero(data.fold == k)
+        parts.append(product_rule(full - Dictionary.build(train_key[own], data.labels[own], n_keys, c), train_key[rows], train_ids[rows]))
+    empty = Rule("product", np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, np.int64))
+    return Rule.concat(parts) if parts else empty, product_rule(full, test_key, np.asarray(data.test.index.ids, np.int64))
 
 
 def test_votes(h: HashedData, full: Dictionary, opts: Md5Options) -> Votes:
@@ -167,23 +193,33 @@ def votes_report(v: Votes, true: np.ndarray | None) -> dict:
     return out
 
 
-def base_report(work: WorkDir, base: str, oof_v: Votes, test_v: Votes, labels: Labels, data: FoldData,
-                truth: np.ndarray | None, opts: Md5Options) -> dict:
-    """A source's OOF (and mini test) accuracy before and after the override; optional submission."""
+def rule_report(r: Rule, true: np.ndarray | None) -> dict:
+    """How many products a rule overrides, and (with the truth per query product) how often rightly."""
+    out = {"products": int(len(r.ids)), "override_products": int(r.applies.sum())}
+    if true is not None and r.applies.any():
+        out["override_accuracy"] = accuracy(r.label[r.applies], true[r.applies])
+    return out
+
+
+def base_report(work: WorkDir, base: str, rules: tuple[Rule, Rule], labels: Labels, data: FoldData,
+                truth: np.ndarray | None, opts: Md5Options, write: bool = False) -> dict:
+    """A source's OOF (and mini test) accuracy before and after a rule's override; optional submission."""
     oof, test = load_predictions(work, base)
-    new_oof = override(oof, oof_v.ids[oof_v.unique_label], oof_v.unique_of[oof_v.unique_label])
-    new_test = override(test, test_v.ids[test_v.unique_label], test_v.unique_of[test_v.unique_label])
-    unique_ids = oof_v.ids[oof_v.unique_label]
-    out = {"oof_accuracy": accuracy(oof.top1, labels.of(oof.ids)), "oof_accuracy_with_override": accuracy(new_oof.top1, labels.of(new_oof.ids)),
+    oof_r, test_r = rules
+    new_oof = override(oof, oof_r.ids[oof_r.applies], oof_r.label[oof_r.applies])
+    new_test = override(test, test_r.ids[test_r.applies], test_r.label[test_r.applies])
+    unique_ids = oof_r.ids[oof_r.applies]
+    out = {"rule": oof_r.name, "oof_accuracy": accuracy(oof.top1, labels.of(oof.ids)),
+           "oof_accuracy_with_override": accuracy(new_oof.top1, labels.of(new_oof.ids)),
            "oof_base_accuracy_on_overridden": accuracy(oof.top1_of(unique_ids), labels.of(unique_ids)),
            "oof_changed": int((oof.top1 != new_oof.top1).sum()), "test_changed": int((test.top1 != new_test.top1).sum())}
     if truth is not None:
         ids, known = np.asarray(data.test.index.ids, np.int64), truth >= 0
         out["test_accuracy"] = accuracy(test.top1_of(ids[known]), truth[known])
         out["test_accuracy_with_override"] = accuracy(new_test.top1_of(ids[known]), truth[known])
-        sel = known & test_v.unique_label  # test_v is in index-row order
+        sel = known & test_r.applies  # test rules are in index-row order
         out["test_base_accuracy_on_overridden"] = accuracy(test.top1_of(ids[sel]), truth[sel])
-    if opts.write_submissions:
+    if write:
         sub, _ = submission_from_topk(work.submissions / f"{base}_md5_override.csv.gz", new_test, np.asarray(data.test.index.ids), data.tree, labels.fallback,
                                       lost_products=data.test.index.lost_products, accept_lost_products=opts.accept_lost_products)
         out["submission"] = str(sub)
@@ -216,12 +252,15 @@ def run_md5(work: WorkDir, opts: Md5Options, progress: bool = True) -> dict:
     save_topk(out / "oof.npz", oof_v.preds)
     save_topk(out / "test.npz", test_v.preds)
     labels, truth = Labels.load(work), data.test_truth()
+    rules = {"image": (image_rule(oof_v), image_rule(test_v)), "product": product_rules(h)}
     bases = opts.override_base or [s.name for s in list_sources(work, BLENDS)]
+    by_rule = {name: {b: base_report(work, b, r, labels, data, truth, opts, write=opts.write_submissions and name == opts.override_rule) for b in bases}
+               for name, r in rules.items()}
     return write_summary(
         work, SOURCE, "side source", recorded=RECORDED, options=asdict(opts), hashing=hashing,
         dictionary=dictionary_report(full, h, opts), oof=votes_report(oof_v, labels.of(oof_v.ids)), test=votes_report(test_v, truth),
-        override={b: base_report(work, b, oof_v, test_v, labels, data, truth, opts) for b in bases},
-        seconds=round(time.perf_counter() - t0, 1))
+        rules={name: {"oof": rule_report(o, labels.of(o.ids)), "test": rule_report(t, truth)} for name, (o, t) in rules.items()},
+        override=by_rule[opts.override_rule], override_by_rule=by_rule, seconds=round(time.perf_counter() - t0, 1))
 
 
 def print_summary(s: dict) -> None:
@@ -237,7 +276,11 @@ def print_summary(s: dict) -> None:
         if r.get("override_accuracy_on_unique") is not None:
             line += f"; override accuracy {r['override_accuracy_on_unique']:.4f}, vote accuracy on matched {r['vote_accuracy_on_matched']:.4f}"
         print(line)
-    for base, r in s["override"].items():
+    for name, r in s["rules"].items():
+        accs = "; ".join(f"{split} {r[split]['override_products']} products" + (f", accuracy {r[split]['override_accuracy']:.4f}" if "override_accuracy" in r[split] else "")
+                         for split in ("oof", "test"))
+        print(f"  {name} rule: {accs}")
+    for base, r in ((f"{b} ({rule} rule)", x) for rule, bases in s["override_by_rule"].items() for b, x in bases.items()):
         line = (f"  override on {base}: OOF {r['oof_accuracy']:.4f} -> {r['oof_accuracy_with_override']:.4f} "
                 f"({base} alone on the overridden products: {r['oof_base_accuracy_on_overridden']:.4f})")
         if "test_accuracy" in r:

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from common.categories import CategoryTree
+from common.errors import DataError
 from common.paths import CATEGORY_NAMES_CSV, WorkDir
 from common.predictions import load_topk, save_topk, topk_from_dense
 from common.prepare import main as prepare_main
@@ -197,3 +198,41 @@ def test_a_bad_shard_is_one_clear_line():
 
     with pytest.raises(DataError, match="need 0 <= i < n"):
         Md5Options(shard="2/2")
+
+
+def test_the_product_level_rule_matches_whole_sets_of_hashes():
+    """The 3rd place's rule: a product takes a label only when its whole set of image hashes is a
+    train product's set, all of one label; image by image, a shared picture is enough."""
+    from md5.dictionary import product_keys, product_rule
+
+    # train rows: 0 {5, 7}, 1 {5}, 2 {5, 7}, 3 no hashed image; test rows: 0 {7, 5}, 1 {7}
+    train_q, train_h = np.array([0, 0, 1, 2, 2]), np.array([5, 7, 5, 5, 7])
+    test_q, test_h = np.array([0, 0, 1]), np.array([5, 7, 7])
+    train_key, test_key = product_keys([(train_q, train_h, 4), (test_q, test_h, 2)])
+    assert train_key[0] == train_key[2] == test_key[0] and len({train_key[0], train_key[1], test_key[1]}) == 3
+    assert train_key[3] == -1
+    labels = np.array([3, 1, 3, -1])
+    has = train_key >= 0
+    d = Dictionary.build(train_key[has], labels[has], int(max(train_key.max(), test_key.max())) + 1, 6)
+    rule = product_rule(d, test_key, np.array([101, 102]))
+    assert rule.applies.tolist() == [True, False] and rule.label.tolist() == [3, -1]  # {7} alone is no train product's set
+    labels[2] = 4  # the set now carries two labels: no override
+    d2 = Dictionary.build(train_key[has], labels[has], d.counts.shape[0], 6)
+    assert not product_rule(d2, test_key, np.array([101, 102])).applies.any()
+
+
+def test_both_override_rules_are_measured_and_one_is_applied(md5_work):
+    tree = CategoryTree.from_csv(md5_work.parent / "data" / "category_names.csv")
+    ids = np.array(sorted(TEST))
+    dense = np.zeros((len(ids), len(tree)), np.float32)
+    dense[:, 4] = 1.0
+    save_topk(md5_work / "preds" / "base" / "test.npz", topk_from_dense(ids, dense, 3))
+    oof_ids = np.array(sorted(i for i, v in TRAIN.items() if v[2] >= 0))
+    save_topk(md5_work / "preds" / "base" / "oof.npz", topk_from_dense(oof_ids, np.tile(dense[:1], (len(oof_ids), 1)), 3))
+    summary = run_md5(WorkDir(md5_work), Md5Options(workers=1, override_base=["base"], override_rule="product"), progress=False)
+    # the products whose whole set matches: 3, 4, 13 (right) and 15 (wrong), as image by image here
+    assert summary["rules"]["product"]["oof"]["override_products"] == 4 and summary["rules"]["product"]["oof"]["override_accuracy"] == 0.75
+    assert summary["rules"]["image"]["test"]["override_products"] == summary["rules"]["product"]["test"]["override_products"] == 1
+    assert summary["override"]["base"]["rule"] == "product" and set(summary["override_by_rule"]) == {"image", "product"}
+    with pytest.raises(DataError, match="override_rule"):
+        Md5Options(override_rule="hash")
