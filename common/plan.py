@@ -264,14 +264,14 @@ def read_seconds(images: float, bytes_per_image: float, read_mb_s: float) -> flo
     return images * bytes_per_image / (read_mb_s * 1e6)
 
 
-def head_params(cfg, dim: int) -> int:
+def head_params(cfg, dim: int, copies: int) -> int:
     """Parameters of a fuse recipe's head, built on the meta device as fuse_fold builds it."""
     import torch
 
-    from solutions.convoluted.heads import create_head
+    from solutions.convoluted.fuse import head_for
 
     with torch.device("meta"):
-        head = create_head(cfg.model, dim, N_CLASSES, hidden=cfg.hidden, gate_reduction=cfg.gate_reduction, drop_rate=cfg.drop_rate)
+        head = head_for(cfg, dim, copies, N_CLASSES)
     return sum(p.numel() for p in head.parameters())
 
 
@@ -283,7 +283,7 @@ def fuse_cost(cfg, split: Split, c: Counts, table: dict, bases: dict, read_mb_s:
     cost.train_images = m * cfg.epochs * epoch_images(cfg, split.train_images)
     cost.predict_images = m * (cfg.epochs * val_images(cfg, split) + split.oof_images + c.test_images)
     cost.io_s = read_seconds(cost.train_images + cost.predict_images, views * sum(dims), read_mb_s)
-    cost.disk = {"checkpoints": m * checkpoint_bytes(head_params(cfg, sum(dims)), cfg), "predictions": prediction_bytes(cfg, split, c)}
+    cost.disk = {"checkpoints": m * checkpoint_bytes(head_params(cfg, sum(dims), views), cfg), "predictions": prediction_bytes(cfg, split, c)}
     cost.rate = f"bound by reading {views} x {sum(dims)} bytes per image at {read_mb_s:,.0f} MB/s (the cold read of bench/README.md; a lower bound)"
     return cost
 

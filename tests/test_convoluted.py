@@ -17,7 +17,7 @@ from common.predictions import TopK, load_topk, validate_topk
 from common.train import build_optimizer, masked_cross_entropy
 from solutions.convoluted.base import BaseConfig, classifier_as_linear, ranks_in_batch
 from solutions.convoluted.feature_store import FeatureStore, FeatureWriter, dequantise
-from solutions.convoluted.fuse import FuseConfig
+from solutions.convoluted.fuse import FuseConfig, head_for
 from solutions.convoluted.heads import create_head
 from solutions.convoluted.rank_count import (
     COUNT_MODELS,
@@ -163,9 +163,11 @@ def test_full_base_net_builds_and_steps(recipe):
 def test_full_fusion_head_builds_and_steps(recipe):
     cfg = FuseConfig(**load_yaml(recipe, FuseConfig))
     dims = {"base_dpn92": 2688, "base_seresnext101": 2048}
-    head = create_head(cfg.model, sum(dims[b] for b in cfg.bases), 5270, hidden=cfg.hidden, gate_reduction=cfg.gate_reduction, drop_rate=cfg.drop_rate)
+    copies = 2  # the base nets store the original and the flip
+    head = head_for(cfg, sum(dims[b] for b in cfg.bases), copies, 5270)
     optimizer = build_optimizer(cfg, head)
-    logits = head(torch.rand(2, 4, sum(dims[b] for b in cfg.bases)) * 3, torch.tensor([[True, False, False, False], [True] * 4]))
+    in_dim = sum(dims[b] for b in cfg.bases) * (copies if cfg.flips == "concat" else 1)
+    logits = head(torch.rand(2, 4, in_dim) * 3, torch.tensor([[True, False, False, False], [True] * 4]))
     torch.nn.functional.cross_entropy(logits, torch.tensor([1, 5000])).backward()
     optimizer.step()
     assert logits.shape == (2, 5270)
@@ -207,7 +209,9 @@ def test_tiny_run_base_heads_rank_count_and_team_blend(tiny_work, tmp_path, monk
     common = "solution: convoluted\ninput_size: 32\nepochs: 2\nbatch_size: 8\nnum_workers: 0\namp: none\ntopk: 5\neval_batch_size: 16\n"
     recipes = {
         "base": "stage: base\nname: tb\nmodel: resnet10t\nlr: 0.01\naugment: [shift_scale_rotate, rot90]\n",
-        "gated": "stage: fuse\nname: tg\nmodel: fusion_gated\nbases: [tb]\nhidden: 32\nlr: 3.0e-3\nteam_weight: 0.53\n",
+        # the recorded FcNet3 input (each view's stored copies side by side), its second hidden layer and dropout
+        "gated": "stage: fuse\nname: tg\nmodel: fusion_gated\nbases: [tb]\nhidden: 32\nhidden2: 16\nhidden_drop: 0.1\nflips: concat\ntta: [orig]\n"
+                 "lr: 3.0e-3\nteam_weight: 0.53\n",
         "max": "stage: fuse\nname: tm\nmodel: fusion_max\nbases: [tb]\nhidden: 32\nlr: 3.0e-3\nteam_weight: 0.23\n",
         "rc": "stage: rank_count\nname: trc\nmodel: linear\nbase: tb\nlr: 1.0e-3\nteam_weight: 0.23\n",
     }
@@ -263,3 +267,22 @@ def test_augmentations_keep_shape_and_content():
         build_augment(["mixup"])
     with pytest.raises(DataError, match="augment"):
         BaseConfig(augment=["mixup"])
+
+
+def test_flips_concat_puts_every_stored_copy_of_a_view_side_by_side():
+    """The team's FcNet3 input: per view [f, flip(f)] (2 x D), one pass at prediction, no TTA mean."""
+    from solutions.convoluted.fuse import FusionDataset
+
+    class Views:  # two products, 4 padded views, 2 stored copies (orig, hflip), 3 features
+        def read(self, rows):
+            feats = np.arange(len(rows) * 4 * 2 * 3, dtype=np.uint8).reshape(len(rows), 4, 2, 3) + 10 * rows[:, None, None, None]
+            return feats.astype(np.uint8), np.ones((len(rows), 4), bool)
+
+    x, mask, _, _ = FusionDataset(Views(), np.array([0, 1]), None, "concat")[1]
+    raw = Views().read(np.array([1]))[0][0]
+    assert x.shape == (4, 6) and torch.equal(x[2], torch.from_numpy(np.concatenate([raw[2, 0], raw[2, 1]])))
+    assert head_for(FuseConfig(name="c", bases=["b"], flips="concat", tta=["orig"], hidden=8), 3, 2, 5).gate[0].in_features == 6
+    with pytest.raises(DataError, match="tta must be"):
+        FuseConfig(name="c", bases=["b"], flips="concat", tta=["orig", "hflip"])
+    with pytest.raises(DataError, match="flips"):
+        FuseConfig(name="c", bases=["b"], flips="stack")

@@ -30,15 +30,36 @@ class FuseConfig(TrainConfig):
     model: str = "fusion_gated"  # a head of solutions.convoluted.heads.HEADS
     bases: list[str] = field(default_factory=list)  # base recipes whose features are concatenated
     hidden: int = 2048
+    hidden2: int = 0  # the gated head's second hidden layer (0 = hidden)
     gate_reduction: int = 16
     drop_rate: float = 0.5
+    hidden_drop: float = 0.0  # dropout after each hidden layer of the gated head
+    flips: str = "augment"  # augment: a random stored copy per view in training, the mean over copies as TTA; concat: the copies side by side
     optimizer: str = "adam"
     lr: float = 1e-3
     num_workers: int = 0  # items are memmap reads: loader processes rarely pay off
     team_weight: float = 0.0  # weight in the team's sqrt blend (0 = not a member)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.flips not in FLIPS:
+            raise DataError(f"fuse recipe {self.name}: flips={self.flips!r}, choose from {list(FLIPS)}")
+        if self.flips == "concat" and list(self.tta) != ["orig"]:
+            raise DataError(f"fuse recipe {self.name}: flips=concat reads every stored copy at once: tta must be [orig], not {self.tta}")
+
     def requires(self) -> list[str]:
         return list(self.bases)
+
+
+FLIPS = ("augment", "concat")
+
+
+def head_for(cfg: FuseConfig, dim: int, copies: int, num_classes: int) -> torch.nn.Module:
+    """The recipe's head over `dim` base features per copy; under flips=concat a view is its
+    `copies` stored copies side by side (the team's [f, flip(f)] input: fuse_train_fcnet3.py)."""
+    in_dim = dim * copies if cfg.flips == "concat" else dim
+    return create_head(cfg.model, in_dim, num_classes, hidden=cfg.hidden, hidden2=cfg.hidden2, gate_reduction=cfg.gate_reduction,
+                       drop_rate=cfg.drop_rate, hidden_drop=cfg.hidden_drop)
 
 
 class StoredViews:
@@ -65,7 +86,8 @@ class StoredViews:
 
 class FusionDataset(Dataset):
     """Item = (uint8 features, mask[V], label, position). `copies`: "random" (one stored copy per
-    view, drawn from the sample seed), "orig", or "all" ([copies, V, D], the TTA views)."""
+    view, drawn from the sample seed), "orig", "all" ([copies, V, D], the TTA views) or "concat"
+    ([V, copies x D]: every copy of a view side by side)."""
 
     def __init__(self, views: StoredViews, rows: np.ndarray, labels: np.ndarray | None, copies: str):
         self.views, self.rows, self.labels, self.copies = views, np.asarray(rows), labels, copies
@@ -79,6 +101,8 @@ class FusionDataset(Dataset):
         feats, mask = feats[0], mask[0]  # [V, copies, D], [V]
         if self.copies == "all":
             x = feats.transpose(1, 0, 2)
+        elif self.copies == "concat":
+            x = feats.reshape(feats.shape[0], -1)
         elif self.copies == "random":
             pick = np.random.default_rng(seed).integers(0, feats.shape[1], MAX_VIEWS)
             x = feats[np.arange(MAX_VIEWS), pick]
@@ -122,7 +146,11 @@ def open_views(job: FoldJob, split: str, n_imgs: np.ndarray) -> StoredViews:
 
 
 def predict_views(head: torch.nn.Module, views: StoredViews, ids: np.ndarray, rows: np.ndarray, job: FoldJob, desc: str) -> TopK:
-    """Top-K per product: the head's softmax averaged over the stored copies named in cfg.tta."""
+    """Top-K per product: the head's softmax averaged over the stored copies named in cfg.tta
+    (under flips=concat one pass over the copies side by side)."""
+    if job.cfg.flips == "concat":
+        return predict(head, FusionDataset(views, rows, None, "concat"), collate_views, Items.products(ids[rows]),
+                       views_batch(np.tile(views.clip, len(views.views))), job.cfg, job.runtime, views={"orig": lambda inputs: inputs}, desc=desc)
     return predict(head, FusionDataset(views, rows, None, "all"), collate_views, Items.products(ids[rows]), views_batch(views.clip),
                    job.cfg, job.runtime, views=copy_views(views.views), desc=desc)
 
@@ -136,9 +164,11 @@ def fuse_fold(job: FoldJob) -> FoldOutput:
     missing = np.setdiff1d(val_rows, train_views.rows)
     if len(missing):
         raise DataError(f"fold {job.fold}: {len(missing)} validation products have no stored features in {[str(s.dir) for s in train_views.stores]}")
-    head = create_head(cfg.model, train_views.dim, job.num_classes, hidden=cfg.hidden, gate_reduction=cfg.gate_reduction, drop_rate=cfg.drop_rate)
-    train = train_loader(FusionDataset(train_views, train_rows, data.labels[train_rows], "random"), cfg, job.runtime, collate_views)
-    val = eval_loader(FusionDataset(train_views, val_rows, data.labels[val_rows], "orig"), cfg, job.runtime, collate_views)
-    head = fit(cfg, head, train, val, views_batch(train_views.clip), job.out, job.runtime)
+    copies = len(train_views.views)
+    head = head_for(cfg, train_views.dim, copies, job.num_classes)
+    concat = cfg.flips == "concat"
+    train = train_loader(FusionDataset(train_views, train_rows, data.labels[train_rows], "concat" if concat else "random"), cfg, job.runtime, collate_views)
+    val = eval_loader(FusionDataset(train_views, val_rows, data.labels[val_rows], "concat" if concat else "orig"), cfg, job.runtime, collate_views)
+    head = fit(cfg, head, train, val, views_batch(np.tile(train_views.clip, copies) if concat else train_views.clip), job.out, job.runtime)
     return FoldOutput(predict_views(head, train_views, data.train.index.ids, val_rows, job, "oof"),
                       predict_views(head, test_views, data.test.index.ids, data.test_rows, job, "test"))

@@ -24,17 +24,21 @@ def register_head(name: str):
 
 @register_head("fusion_gated")
 class GatedFusionHead(nn.Module):
-    """Member A's "FcNet3": dropout, per-view SE-style gate sigmoid(fc(relu(fc(x)))) * x, sum over
-    views, Linear -> PReLU -> Linear -> PReLU -> classes. Its best version (DPN92 + SE-ResNeXt101
-    features) scored 0.7823 product-level val. Hidden sizes are our choice (not recorded)."""
+    """Member A's FcNet3 (heng/code/solution-submit-1/net/model/cdiscount/fcnet3.py): dropout,
+    per-view SE gate sigmoid(fc(relu(fc(x)))) * x with a C/gate_reduction bottleneck, sum over
+    views, Linear -> PReLU -> dropout -> Linear -> PReLU -> dropout -> classes. Recorded: hidden
+    7168 then 4096, gate C/2, dropout 0.5 on the input and 0.1 after each PReLU (fuse_gated.yaml)."""
 
-    def __init__(self, in_dim: int, num_classes: int, hidden: int = 2048, gate_reduction: int = 16, drop_rate: float = 0.5):
+    def __init__(self, in_dim: int, num_classes: int, hidden: int = 2048, hidden2: int = 0, gate_reduction: int = 16,
+                 drop_rate: float = 0.5, hidden_drop: float = 0.0, **_: object):
         super().__init__()
         self.num_classes = num_classes
         self.drop = nn.Dropout(drop_rate)
         squeeze = max(in_dim // gate_reduction, 8)
         self.gate = nn.Sequential(nn.Linear(in_dim, squeeze), nn.ReLU(inplace=True), nn.Linear(squeeze, in_dim), nn.Sigmoid())
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.PReLU(), nn.Linear(hidden, hidden), nn.PReLU(), nn.Linear(hidden, num_classes))
+        second = hidden2 or hidden
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.PReLU(), nn.Dropout(hidden_drop),
+                                 nn.Linear(hidden, second), nn.PReLU(), nn.Dropout(hidden_drop), nn.Linear(second, num_classes))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self.drop(x)
