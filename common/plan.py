@@ -45,21 +45,21 @@ OFFICIAL = {"train_products": 7_069_896, "train_images": 12_371_293, "test_produ
 BENCH_README = "bench/README.md (bench_scale.py --quick: a + b x products fitted over 50,000-200,000 products, 2 cores)"
 BENCH_CORES = 2
 CPU_FITS = {
-    "index": (153, 23, 3.9, 0.6),
-    "stats": (183, 85, 17.1, 1.5),
-    "ocr_select": (259, 132, 7.2, 0.0),
-    "ocr_text": (688, 8754, 1212.1, 1.8),  # per read train product, one fold model: fit + top-K of a quarter as many
-    "md5": (150, 224, 12.4, 0.6),
-    "stack_holdout": (1018, 1691, 496.6, 3.3),  # the holdout's CV + final model, every product predicted
-    "report": (214, 53, 3.5, 1.7),
+    "index": (145, 24, 2.6, 0.6),
+    "stats": (177, 82, 20.0, 1.2),
+    "ocr_select": (247, 131, 8.2, 0.0),
+    "ocr_text": (677, 8758, 1282.8, 0.0),  # per read train product, one fold model: fit + top-K of a quarter as many
+    "md5": (139, 311, 9.5, 1.3),
+    "stack_holdout": (1592, 597, 782.3, 2.6),  # the holdout's CV + final model, every product predicted
+    "report": (214, 65, 4.3, 1.7),
     "stack_all": (844, 5567, 2203.0, 0.0),  # kfold: every OOF product trains (an older bench: 3 sources, 50 rounds)
 }
 STACK_FIT_ROUNDS = {"stack_holdout": 200, "stack_all": 50}  # the rounds each stack fit ran; time scaled linearly (an upper bound)
-STACK_SOURCES_NOTE = "16 synthetic top-20 sources: 12 prediction recipes, 3 solution / team blends, OCR; + MD5"
+STACK_SOURCES_NOTE = "20 synthetic top-20 sources: 16 prediction recipes, 3 solution / team blends, OCR; + MD5"
 MACHINE_GB_NOTE = "32 GB"  # the machine every CPU stage of the full profile (holdout) fits, bench/README.md
 PARALLEL_STAGES = {"ocr_text", "md5", "stack_holdout", "stack_all"}  # use every core: time x BENCH_CORES / cores, linear scaling assumed
 COLD_READ_MB_S = 1710.0  # bench/README.md: plain sequential read from disk (bench_bson.py --cold)
-TESSERACT_IMAGES_S_CORE = 60.8  # bench/README.md: tesseract on these product photos, per core (bench_scale.py --quick)
+TESSERACT_IMAGES_S_CORE = 57.8  # bench/README.md: tesseract on these product photos, per core (bench_scale.py --quick)
 MEDIA_IMAGE_SHARE = 0.114  # bench/README.md: images of the products the OCR stage reads
 INDEX_BYTES, HASH_BYTES = 29, 25  # common.bson_index.INDEX_DTYPE, md5.hashing.HASH_DTYPE per product / image
 

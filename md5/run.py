@@ -280,8 +280,8 @@ def print_summary(s: dict) -> None:
         accs = "; ".join(f"{split} {r[split]['override_products']} products" + (f", accuracy {r[split]['override_accuracy']:.4f}" if "override_accuracy" in r[split] else "")
                          for split in ("oof", "test"))
         print(f"  {name} rule: {accs}")
-    for base, r in ((f"{b} ({rule} rule)", x) for rule, bases in s["override_by_rule"].items() for b, x in bases.items()):
-        line = (f"  override on {base}: OOF {r['oof_accuracy']:.4f} -> {r['oof_accuracy_with_override']:.4f} "
+    for rule, base, r in ((rule, b, x) for rule, bases in s["override_by_rule"].items() for b, x in bases.items()):
+        line = (f"  {rule} rule on {base}: OOF {r['oof_accuracy']:.4f} -> {r['oof_accuracy_with_override']:.4f} "
                 f"({base} alone on the overridden products: {r['oof_base_accuracy_on_overridden']:.4f})")
         if "test_accuracy" in r:
             line += (f", mini test {r['test_accuracy']:.4f} -> {r['test_accuracy_with_override']:.4f} "
