@@ -6,11 +6,9 @@ measured at several sizes, then projected to the full dataset.
                                 [--text-sizes 100000 300000 1000000] [--work work/bench_scale]
     python bench/bench_scale.py --report work/bench_scale/bench_scale.json    # re-print the tables
 
-Data: train products cycle the real JPEGs of train_example.bson (so their image counts and sizes
-are the sample's) with fresh _ids and category ids drawn from the real per-category image counts
-of the 5270 categories; test products (a quarter as many) carry no category_id. At each size
-(--products / 2**(steps-1) ... --products) every stage runs as its own process, in run_all.sh's
-order and as run_all.sh runs it, and its wall time and peak RSS (os.wait4) are recorded:
+Data: train products cycle the real JPEGs of train_example.bson with fresh _ids and category ids
+drawn from the real per-category counts; test products (a quarter as many) carry no category_id.
+At each size every stage runs as its own process, as run_all.sh runs it; wall time and peak RSS:
 
   read       plain sequential read of train.bson + test.bson in 8 MB chunks (the I/O baseline)
   index      python -m common.prepare (index train and test)
@@ -24,19 +22,13 @@ order and as run_all.sh runs it, and its wall time and peak RSS (os.wait4) are r
   ocr_text   the OCR text model (the stage's defaults) on --text-sizes synthetic French cover texts
              over the real media categories: one fold model, then top-K for a quarter as many
 
-The sources are those the full profile leaves for the stacker, counted from the recipe registry
-(every prediction recipe, each solution's blend, OCR; MD5's is real): synthetic top-20 lists over
-the products each stage predicts (OOF: the holdout; OCR: the media share), whose first label is
-right with probability 0.75. Peak memory and time are fitted as a + b x products (least squares
-over the sizes); the slope is what grows at full scale.
-
-Then, once, at the largest size: the training loader's images/s with 1 and 2 workers against a
-bare decode+resize loop on the same JPEGs (180 px and 48 px), CPU inference products/s of the
-mini model (tf_efficientnet_lite0 at 48 px), and tesseract's images/s per core on these real
-product photos. Everything is printed and saved to <work>/bench_scale.json; the projection
-table for the full dataset (7,069,896 train + 1,768,182 test products), with each stage's peak
-memory against a 32 GB machine, is printed last. GPU training and inference cells are left "not
-measured" unless --gpu-images-per-s is given from a measured run (bench/bench_train.py --device cuda).
+Sources: those the full profile leaves for the stacker, from the recipe registry (prediction
+recipes, solution blends, OCR; MD5's is real), synthetic top-20 lists (first label right w.p.
+0.75). Memory and time are fitted as a + b x products. Then, once, at the largest size: loader
+images/s (1 and 2 workers) against a bare decode+resize, mini-model inference products/s and
+tesseract images/s per core; everything goes to <work>/bench_scale.json and the projection for the
+full dataset (peak memory against a 32 GB machine) is printed last. GPU cells stay "not measured"
+unless --gpu-images-per-s comes from a measured run (bench/bench_train.py --device cuda).
 """
 from __future__ import annotations
 
@@ -60,6 +52,7 @@ from common.paths import CATEGORY_NAMES_CSV, IMAGE_COUNTS, REPO, TRAIN_EXAMPLE_B
 from common.predictions import DEFAULT_K, TopK, save_topk  # noqa: E402
 from common.sources import write_summary  # noqa: E402
 from ensembling.stack.config import StackConfig  # noqa: E402
+from bench.scale_text import category_weights  # noqa: E402
 
 MB = 1 << 20
 # the full dataset (../shared/reference/winning-solutions.md)
@@ -81,14 +74,6 @@ class Measure:
 
 
 # ------------------------------------------------------------------------------------------ data
-
-
-def category_weights(tree: CategoryTree) -> np.ndarray:
-    """Share of each class in the real train images (level-3 counts shipped in common/resources)."""
-    from mini import real_category_sizes
-
-    sizes = np.nan_to_num(real_category_sizes(tree))
-    return sizes / sizes.sum()
 
 
 def write_bsons(work: Path, n_train: int, tree: CategoryTree, seed: int = 0) -> tuple[Path, Path]:
@@ -243,52 +228,11 @@ def measure_size(work: Path, n_train: int, tree: CategoryTree, rounds: int, max_
     return results
 
 
-# ------------------------------------------------------------------------------ OCR text model
-
-
-MEDIA = ("LIBRAIRIE", "MUSIQUE", "DVD - BLU-RAY", "JEUX VIDEO")
-
-
-def synthetic_titles(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
-    """n French cover texts over the real media categories: words of the real category names (each
-    class draws half its words from its own 40), two invented author / label names, real class
-    frequencies (the level-3 image counts)."""
-    import re
-
-    tree = CategoryTree.from_csv(CATEGORY_NAMES_CSV)
-    names = np.concatenate([tree.level1_names, tree.level2_names, tree.level3_names])
-    words = np.array(sorted({w for v in names for w in re.findall(r"(?u)\b\w{3,}\b", v.lower())}))
-    media = np.flatnonzero(np.isin(tree.level1_names, MEDIA))
-    weights = category_weights(tree)[media]
-    rng = np.random.default_rng(seed)
-    syllables = np.array(["ba", "ro", "mi", "lu", "ve", "ta", "ne", "so", "qui", "par", "ter", "mon", "lan", "dre", "cha"])
-    people = np.array(["".join(rng.choice(syllables, rng.integers(2, 4))) for _ in range(20_000)])
-    own = rng.integers(0, len(words), (len(media), 40))
-    labels = rng.choice(len(media), n, p=weights / weights.sum())
-    texts = []
-    for y, k in zip(labels, rng.integers(3, 9, n)):
-        parts = [words[own[y, rng.integers(0, 40, k // 2 + 1)]], words[rng.integers(0, len(words), k - k // 2)], people[rng.integers(0, len(people), 2)]]
-        texts.append(" ".join(rng.permutation(np.concatenate(parts))))
-    return texts, media[labels]
-
-
-def text_model_main(n: int) -> None:
-    """One fold model of the OCR text model (the stage's defaults) on n read products, then top-K
-    for a quarter as many (run as a child: its peak RSS is the stage's)."""
-    from ocr.run import OcrOptions
-    from ocr.text_model import TextClassifier
-
-    texts, labels = synthetic_titles(n + n // 4)
-    model = TextClassifier(5270, OcrOptions().text_model).fit(texts[:n], labels[:n])
-    top = model.predict_topk(np.arange(n // 4), texts[n:], DEFAULT_K)
-    right = top.labels[:, 0] == labels[n:][top.ids]
-    print(f"text model: {n} texts, top-1 on {len(top)} held-out texts {right.mean():.3f}")
-
 
 def measure_text_model(work: Path, sizes: tuple[int, ...]) -> list[Measure]:
     out = []
     for n in sizes:
-        cmd = [sys.executable, "-c", f"from bench.bench_scale import text_model_main; text_model_main({n})"]
+        cmd = [sys.executable, "-c", f"from bench.scale_text import text_model_main; text_model_main({n})"]
         out.append(Measure("ocr_text", n, *run_measured(cmd, work)))
         print(f"  ocr_text {n:9,d} read products {out[-1].seconds:8.1f} s  peak {out[-1].peak_mb:7.0f} MB")
     return out

@@ -33,18 +33,13 @@ from .throughput import N_CLASSES, WINNERS, Rate, load_throughput, network, rate
 GB = 1e9
 
 
-# ----------------------------------------------------------------------------- what is recorded
-
 OFFICIAL = {"train_products": 7_069_896, "train_images": 12_371_293, "test_products": 1_768_182, "test_images": 3_095_080,
             "bson_bytes": 58.2e9 + 14.5e9, "by_k": {1: 4_369_441, 2: 1_128_588, 3: 542_792, 4: 1_029_075},
             "heng_products": 50_000, "heng_images": 87_648}  # winning-solutions.md (paper Table 3); ../shared/data/SOURCES.txt
 
-# The CPU stages, fitted by `python bench/bench_scale.py --quick` (bench/README.md) over 50,000-200,000
-# products (train + test; ocr_text: 10,000-100,000 read products) on 2 cores, the full profile's shape:
-# peak MB = a + b x millions of units; seconds = s x millions of units + fixed.
+# `python bench/bench_scale.py --quick` (bench/README.md): peak MB = a + b x millions of units, seconds = s x millions + fixed.
 BENCH_README = "bench/README.md (bench_scale.py --quick: a + b x products fitted over 50,000-200,000 products, 2 cores)"
-BENCH_CORES = 2
-CPU_FITS = {
+BENCH_CORES, CPU_FITS = 2, {
     "index": (145, 24, 2.6, 0.6),
     "stats": (177, 82, 20.0, 1.2),
     "ocr_select": (247, 131, 8.2, 0.0),
@@ -56,8 +51,7 @@ CPU_FITS = {
 }
 STACK_FIT_ROUNDS = {"stack_holdout": 200, "stack_all": 50}  # the rounds each stack fit ran; time scaled linearly (an upper bound)
 STACK_SOURCES_NOTE = "20 synthetic top-20 sources: 16 prediction recipes, 3 solution / team blends, OCR; + MD5"
-MACHINE_GB_NOTE = "32 GB"  # the machine every CPU stage of the full profile (holdout) fits, bench/README.md
-PARALLEL_STAGES = {"ocr_text", "md5", "stack_holdout", "stack_all"}  # use every core: time x BENCH_CORES / cores, linear scaling assumed
+PARALLEL_STAGES = {"ocr_text", "md5", "stack_holdout", "stack_all"}  # every core: time x BENCH_CORES / cores (linear assumed)
 COLD_READ_MB_S = 1710.0  # bench/README.md: plain sequential read from disk (bench_bson.py --cold)
 TESSERACT_IMAGES_S_CORE = 57.8  # bench/README.md: tesseract on these product photos, per core (bench_scale.py --quick)
 MEDIA_IMAGE_SHARE = 0.114  # bench/README.md: images of the products the OCR stage reads
@@ -322,11 +316,6 @@ def recipe_costs(recipes: list, split: Split, c: Counts, table: dict, read_mb_s:
 # ----------------------------------------------------------------------------- CPU stages and disk
 
 
-def times(fit: tuple[float, float], models: int) -> tuple[float, float]:
-    """Models trained one after another: the same peak, the time x models."""
-    return fit[0], fit[1] * models
-
-
 def fitted(stage: str, units: float, cores: int, rounds: int = 200) -> tuple[float, float]:
     """(peak bytes, seconds) of a stage from bench_scale's fit at `units` (millions x 1e6): a stage
     that uses every core is scaled from the bench's cores to `cores`, the stacker by its rounds."""
@@ -351,13 +340,13 @@ def cpu_stages(c: Counts, split: Split, cores: int, rounds: int) -> list[dict]:
             ("ocr (tesseract)", None, MEDIA_IMAGE_SHARE * images / (TESSERACT_IMAGES_S_CORE * cores),
              f"bench/README.md: {TESSERACT_IMAGES_S_CORE} images/s per core on {MEDIA_IMAGE_SHARE:.1%} of the images, {cores} cores assumed; "
              "RAM: one tesseract process per core, not measured"),
-            ("ocr (text model)", *times(fitted("ocr_text", read, cores), split.models),
+            ("ocr (text model)", *(lambda ram, t: (ram, t * split.models))(*fitted("ocr_text", read, cores)),  # models one after another
              f"{BENCH_README}: one fold model on {read:,.0f} read train products ({MEDIA_IMAGE_SHARE:.1%}), x {split.models} model(s); {cored}"),
             ("md5", *fitted("md5", every, cores), f"{BENCH_README}; {cored}"),
             ("stack", *fitted(stack, stack_units, cores, rounds), f"{BENCH_README}, " + (
                 f"the holdout protocol's shape ({STACK_SOURCES_NOTE}), {every:,.0f} products" if stack == "stack_holdout" else
                 f"every OOF product trains, {held:,.0f} products held (OOF + test); fit from an older run with 3 synthetic sources, "
-                f"not the full profile's: more than {MACHINE_GB_NOTE} at full scale, cap it with --max-train-products") + f", time x {rounds}/{STACK_FIT_ROUNDS[stack]} rounds; {cored}"),
+                f"not the full profile's: more than 32 GB at full scale, cap it with --max-train-products") + f", time x {rounds}/{STACK_FIT_ROUNDS[stack]} rounds; {cored}"),
             ("report", *fitted("report", every, cores), BENCH_README)]
     out = [{"stage": s, "peak_bytes": ram, "seconds": t, "source": src} for s, ram, t, src in rows]
     out[0]["seconds"] = c.bson_bytes / (COLD_READ_MB_S * 1e6)
