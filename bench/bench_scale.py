@@ -343,8 +343,7 @@ def media_image_share() -> float:
 
 
 MACHINE_GB = 32  # the budget every CPU stage must fit at full scale (issue: a 32 GB machine)
-MULTI_MACHINE = {"ocr read": "--shard i/{n}, then --merge-caches", "md5": "--shard i/{n}, then one run merges",
-                 "stack": "--dask tcp://scheduler:8786 (xgboost.dask)"}
+MULTI_MACHINE = {"ocr read": "--shard i/{n}, then --merge-caches", "md5": "--shard i/{n}, then one run merges", "stack": "--dask tcp://scheduler:8786 (xgboost.dask)"}
 
 
 def full_units(stage: str) -> tuple[float, str]:

@@ -60,7 +60,6 @@ INDEX_BYTES, HASH_BYTES = 29, 25  # common.bson_index.INDEX_DTYPE, md5.hashing.H
 
 # ----------------------------------------------------------------------------- counts and protocol
 
-
 @dataclass(frozen=True)
 class Counts:
     train_products: float
@@ -315,7 +314,6 @@ def recipe_costs(recipes: list, split: Split, c: Counts, table: dict, read_mb_s:
 
 # ----------------------------------------------------------------------------- CPU stages and disk
 
-
 def fitted(stage: str, units: float, cores: int, rounds: int = 200) -> tuple[float, float]:
     """(peak bytes, seconds) of a stage from bench_scale's fit at `units` (millions x 1e6): a stage
     that uses every core is scaled from the bench's cores to `cores`, the stacker by its rounds."""
@@ -334,13 +332,14 @@ def cpu_stages(c: Counts, split: Split, cores: int, rounds: int) -> list[dict]:
     stack, stack_units = ("stack_holdout", every) if split.protocol == "holdout" else ("stack_all", held)
     cored = f"time: every core, {BENCH_CORES} measured -> {cores} assumed, linear scaling assumed"
     read = MEDIA_IMAGE_SHARE * c.train_products
+    text_ram, text_s = fitted("ocr_text", read, cores)  # one fold model; the protocol's models one after another
     rows = [("index", *fitted("index", every, cores), f"{BENCH_README}; time = both BSON files at the {COLD_READ_MB_S:,.0f} MB/s cold read"),
             ("stats", *fitted("stats", every, cores), BENCH_README),
             ("ocr (selection)", *fitted("ocr_select", every, cores), BENCH_README),
             ("ocr (tesseract)", None, MEDIA_IMAGE_SHARE * images / (TESSERACT_IMAGES_S_CORE * cores),
              f"bench/README.md: {TESSERACT_IMAGES_S_CORE} images/s per core on {MEDIA_IMAGE_SHARE:.1%} of the images, {cores} cores assumed; "
              "RAM: one tesseract process per core, not measured"),
-            ("ocr (text model)", *(lambda ram, t: (ram, t * split.models))(*fitted("ocr_text", read, cores)),  # models one after another
+            ("ocr (text model)", text_ram, text_s * split.models,
              f"{BENCH_README}: one fold model on {read:,.0f} read train products ({MEDIA_IMAGE_SHARE:.1%}), x {split.models} model(s); {cored}"),
             ("md5", *fitted("md5", every, cores), f"{BENCH_README}; {cored}"),
             ("stack", *fitted(stack, stack_units, cores, rounds), f"{BENCH_README}, " + (
