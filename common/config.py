@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from .atomic import write_text
-from .augment import AUGMENTS
+from .augment import check_augments
 from .cli import load_yaml as _load_yaml
 from .errors import DataError
 
@@ -32,6 +32,7 @@ class TrainConfig:
     name: str = "model"  # the recipe name: work/models/<solution>/<name>/fold<k>/, source <solution>_<name>
     model: str = "tf_efficientnet_lite0"  # a timm model name (or a solution's head name)
     pretrained: str | None = None  # a registered weight source or a local file
+    init_from: str | None = None  # a recipe of the same solution whose trained weights (same fold) start this one; keys it lacks keep their initialisation
     drop_rate: float = 0.0
     ablation: bool = False  # trained only to measure a choice: reported, never blended or stacked, not in a profile
     recorded: dict = field(default_factory=dict)  # what the original team recorded for this recipe: value, what, on
@@ -39,6 +40,7 @@ class TrainConfig:
     input_size: int = 180  # side of one image tile fed to the network
     hflip: bool = True  # random horizontal flip in training
     augment: list[str] = field(default_factory=list)  # on-device batch augmentations (common.augment.AUGMENTS), training only
+    augment_args: dict = field(default_factory=dict)  # {augmentation: {parameter: value}} (their defaults otherwise)
     num_workers: int = 2
     decode_on: str = "workers"  # workers (OpenCV in loader processes) | device (torchvision.io.decode_jpeg, nvjpeg on CUDA)
     max_images_per_epoch: int = 0  # 0 = all; >0 samples a fixed-size epoch (mini budgets)
@@ -78,9 +80,10 @@ class TrainConfig:
         unknown = set(self.tta) - set(TTA_VIEWS)
         if unknown or not self.tta:
             raise DataError(f"recipe option tta: unknown views {sorted(unknown)} (choose from {list(TTA_VIEWS)}, at least one)")
-        unknown = set(self.augment) - set(AUGMENTS)
-        if unknown:
-            raise DataError(f"recipe option augment: unknown augmentations {sorted(unknown)}; choose from {sorted(AUGMENTS)}")
+        try:
+            check_augments(self.augment, self.augment_args)
+        except ValueError as e:
+            raise DataError(f"recipe option augment: {e}") from None
 
     @property
     def source(self) -> str:
@@ -88,8 +91,9 @@ class TrainConfig:
         return f"{self.solution}_{self.name}"
 
     def requires(self) -> list[str]:
-        """Recipes of the same solution that must be trained first (a head needs its base nets)."""
-        return []
+        """Recipes of the same solution that must be trained first (a head needs its base nets, a
+        fine-tuned net the net it starts from)."""
+        return [self.init_from] if self.init_from else []
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)

@@ -44,7 +44,7 @@ from .models import (
 from .paths import REPO, WorkDir, recipe_profile
 from .predictions import TopK, average_topk, concat_topk, load_topk, save_topk
 from .sources import write_summary
-from .train import Runtime, eval_loader, fit, image_batch, setup_runtime, train_loader
+from .train import Runtime, eval_loader, fit, image_batch, load_checkpoint, setup_runtime, train_loader
 from .workdata import FoldData, load_fold_data
 
 
@@ -101,6 +101,24 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     return create_model(ModelSpec(cfg.model, num_classes, cfg.pretrained, cfg.drop_rate))
 
 
+def start_from_recipe(model: nn.Module, job: FoldJob) -> None:
+    """Load the same fold's trained weights of `init_from` (the 3rd place built its SE-ResNeXt from
+    its own fine-tuned ResNeXt plus new SE blocks): every tensor it has must fit, the keys it lacks
+    (the new blocks) keep their initialisation."""
+    path = job.work.model_dir(job.cfg.solution, job.cfg.init_from, job.fold) / "last.pt"
+    if not path.exists():
+        raise DataError(f"{path}: recipe {job.cfg.name} starts from {job.cfg.init_from} fold {job.fold}; train it first")
+    state = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    misfit = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    if misfit:
+        raise DataError(f"{path}: {len(misfit)} tensors do not fit {job.cfg.model} (first: {misfit[:3]}); init_from needs the same trunk")
+    new = sorted(set(own) - set(state))
+    model.load_state_dict(state, strict=False)
+    if job.runtime.is_main:
+        log.info("%s fold %d: started from %s (%d tensors), %d new (first: %s)", job.cfg.name, job.fold, path, len(state), len(new), new[:3])
+
+
 def image_set(data: FoldData, rows: np.ndarray, cfg: TrainConfig, train: bool) -> ImageDataset:
     table = image_table(data.train.index.n_imgs, rows)
     return ImageDataset(data.train, table, data.labels[rows], cfg.input_size, hflip=cfg.hflip and train, device_decode=cfg.decode_on == "device")
@@ -110,6 +128,8 @@ def train_image_model(job: FoldJob) -> nn.Module:
     """The recipe's network fit on single images of the other folds (validating on a sample of this one)."""
     cfg, data, runtime = job.cfg, job.data, job.runtime
     model = build_model(cfg, job.num_classes)
+    if cfg.init_from:
+        start_from_recipe(model, job)
     mean, std = normalization(model)
     train_rows, val_rows = job.rows
     train = train_loader(image_set(data, train_rows, cfg, True), cfg, runtime, collate_images)
@@ -198,6 +218,10 @@ def run_one_fold(cfg: TrainConfig, data: FoldData, work: WorkDir, fold: int, run
         return
     if not len(data.rows(fold)[1]):
         raise DataError(f"fold {fold} has no products in {work.folds}")
+    missing = [dep for dep in cfg.requires() if not (work.model_dir(cfg.solution, dep, fold) / "oof.npz").exists()]
+    if missing:  # before anything is written: the fold is not started, so training them first needs no --force
+        raise DataError(f"{out}: recipe {cfg.name} needs {', '.join(missing)} fold {fold} first: train "
+                        f"{'it' if len(missing) == 1 else 'them'} (solutions/{cfg.solution}/configs/<name>.yaml) before this recipe")
     out.mkdir(parents=True, exist_ok=True)
     if runtime.is_main:
         cfg.save(out / "config.yaml")

@@ -33,6 +33,7 @@ from .augment import build_augment
 from .config import TrainConfig, config_changes
 from .data import EpochSampler, batch_pixels, normalize_on_device
 from .errors import DataError, SkipLog, log
+from .models import normalization
 from .progress import bar
 
 # ----------------------------------------------------------------------------- registries
@@ -249,7 +250,7 @@ def fit(cfg: TrainConfig, model: nn.Module, train: DataLoader, val: DataLoader |
         if runtime.is_main:
             log.info("resumed %s at epoch %d", last, start_epoch)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.cuda else None) if runtime.distributed else model
-    transform = transform or build_augment(cfg.augment)
+    transform = transform or build_augment(cfg.augment, cfg.augment_args, *normalization(model))
     for epoch in range(start_epoch, cfg.epochs):
         _set_epoch(train, epoch)
         t0 = time.perf_counter()

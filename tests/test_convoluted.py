@@ -11,7 +11,7 @@ import torch
 from common.bson_index import load_index
 from common.config import load_yaml
 from common.errors import DataError
-from common.models import ModelSpec, create_model
+from common.models import ModelSpec, create_model, normalization
 from common.paths import REPO, WorkDir
 from common.predictions import TopK, load_topk, validate_topk
 from common.train import build_optimizer, masked_cross_entropy
@@ -150,7 +150,7 @@ def test_full_base_net_builds_and_steps(recipe):
     cfg = BaseConfig(**{**load_yaml(recipe, BaseConfig), "pretrained": None})
     model = create_model(ModelSpec(cfg.model, 5270))
     optimizer = build_optimizer(cfg, model)
-    x = build_augment(cfg.augment)(torch.randn(2, 3, 80, 80))  # tiny input (InceptionV3 needs >= 75 px)
+    x = build_augment(cfg.augment, cfg.augment_args, *normalization(model))(torch.randn(2, 3, 80, 80))  # tiny input (InceptionV3 needs >= 75 px)
     logits = model(x)
     loss = masked_cross_entropy(logits, torch.tensor([0, 5269]), torch.ones(2, dtype=torch.bool), cfg.label_smoothing)
     loss.backward()

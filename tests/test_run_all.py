@@ -204,13 +204,16 @@ def test_fast_dev_run_of_the_full_profile_on_the_tiny_preset(tmp_path):
 
     work = tmp_path / "work"
     out = run_all("--preset", "tiny", "--work", str(work), "--profile", "full", "--fast-dev-run", "--holdout-fraction", "0.25")
-    assert "FAST DEV RUN: 15 weight files are missing" in out and "Final submission" in out
+    from common.recipe import profile_configs, weights_available
+
+    no_weights = sum(1 for c in profile_configs("full") if c.pretrained and not weights_available(c.pretrained))
+    assert no_weights >= 15 and f"FAST DEV RUN: {no_weights} weight files are missing" in out and "Final submission" in out
     folds = pd.read_csv(work / "folds.csv")
     holdout = np.sort(folds.loc[folds["fold"] == 0, "_id"].to_numpy())
     models = list_sources(WorkDir(work), ["model"])
     recipes = [p for s in ("dylan", "bestfitting", "convoluted") for p in (REPO / "solutions" / s / "configs").glob("*.yaml")
                if not p.stem.startswith(("mini_", "ablation_"))]
-    assert len(models) == len(recipes) == 18
+    assert len(models) == len(recipes) >= 18
     for source in models:
         assert np.array_equal(load_topk(work / "preds" / source.name / "oof.npz").ids, holdout), source.name
         assert source.summary["recipe"]["fast_dev_run"] and source.summary["recipe"]["epochs"] == 1

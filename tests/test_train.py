@@ -42,12 +42,14 @@ def test_lr_schedules():
 @pytest.mark.parametrize("recipe", DYLAN_FULL, ids=lambda p: p.stem)
 def test_full_recipe_builds_with_5270_classes_and_steps(recipe):
     """The GPU recipes themselves, on a 2-image batch at 64 px (pretrained weights off)."""
+    from common.augment import build_augment
     from common.train import build_optimizer
 
     cfg = TrainConfig(**{**load_yaml(recipe), "pretrained": None})
     model = create_model(ModelSpec(cfg.model, 5270, None, cfg.drop_rate))
     optimizer = build_optimizer(cfg, model)
-    x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 5269])
+    augment = build_augment(cfg.augment, cfg.augment_args, *normalization(model)) or (lambda t: t)
+    x, y = augment(torch.randn(2, 3, 64, 64)), torch.tensor([0, 5269])
     before = [p.detach().clone() for p in model.parameters()][-1]
     logits = model(x)
     loss = masked_cross_entropy(logits, y, torch.ones(2, dtype=torch.bool), cfg.label_smoothing)
@@ -254,3 +256,31 @@ def test_validation_sample_is_a_fixed_subset_of_the_fold():
     a, b = validation_sample(rows, TrainConfig(val_products=50)), validation_sample(rows, TrainConfig(val_products=50))
     assert len(a) == 50 and np.array_equal(a, b) and np.isin(a, rows).all() and (np.diff(a) > 0).all()
     assert validation_sample(rows[:10], TrainConfig(val_products=50)).tolist() == rows[:10].tolist()
+
+
+def test_init_from_starts_a_recipe_from_another_recipes_fold_and_keeps_the_new_blocks(tiny_work):
+    """The 3rd place's SE-ResNeXt: its own fine-tuned ResNeXt plus new SE blocks (init_from)."""
+    from types import SimpleNamespace
+
+    from common.recipe import start_from_recipe
+    from common.train import load_checkpoint
+
+    work = WorkDir(tiny_work)
+    se = small_cfg(solution="dylan", name="se18", model="seresnet18", epochs=1, folds=[0], init_from="plain18")
+    assert se.requires() == ["plain18"]
+    with pytest.raises(DataError, match="needs plain18 fold 0 first"):
+        run_recipe(se, work, IMAGE)
+    run_recipe(small_cfg(solution="dylan", name="plain18", model="resnet18", epochs=1, folds=[0]), work, IMAGE)
+    trained = load_checkpoint(work.model_dir("dylan", "plain18", 0) / "last.pt")["model"]
+    classes = trained["fc.weight"].shape[0]
+    model = create_model(ModelSpec("seresnet18", classes))
+    fresh_se = {k: v.clone() for k, v in model.state_dict().items() if ".se." in k}
+    job = SimpleNamespace(work=work, cfg=se, fold=0, runtime=CPU)
+    start_from_recipe(model, job)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in trained.items())  # every trained tensor carried over
+    assert fresh_se and all(torch.equal(state[k], v) for k, v in fresh_se.items())  # the SE blocks as initialised
+    with pytest.raises(DataError, match="do not fit"):
+        start_from_recipe(create_model(ModelSpec("resnet10t", classes)), job)
+    summary = run_recipe(se, work, IMAGE)  # and through the fold runner
+    assert summary["oof_products"] > 0
