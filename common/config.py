@@ -35,6 +35,7 @@ class TrainConfig:
     init_from: str | None = None  # a recipe of the same solution whose trained weights (same fold) start this one; keys it lacks keep their initialisation
     drop_rate: float = 0.0
     ablation: bool = False  # trained only to measure a choice: reported, never blended or stacked, not in a profile
+    baseline: bool = False  # a control the profile trains (e.g. the single-image model a composed one is measured against): reported like an ablation, never blended or stacked
     recorded: dict = field(default_factory=dict)  # what the original team recorded for this recipe: value, what, on
     # data
     input_size: int = 180  # side of one image tile fed to the network

@@ -247,7 +247,7 @@ def merge_folds(cfg: TrainConfig, data: FoldData, work: WorkDir, folds: list[int
     report = product_report(oof.top1, data.labels[rows], data.train.index.n_imgs[rows], data.tree)
     extras = [json.loads((d / "extra.json").read_text()) for d in dirs if (d / "extra.json").exists()]
     return write_summary(
-        work, cfg.source, "ablation" if cfg.ablation else "model", solution=cfg.solution, model=cfg.model, folds=folds,
+        work, cfg.source, "ablation" if cfg.ablation or cfg.baseline else "model", solution=cfg.solution, model=cfg.model, folds=folds,
         recorded=cfg.recorded, recipe=dataclasses.asdict(cfg), oof_products=int(len(oof)), oof_product_accuracy=report["accuracy"],
         oof_level1_accuracy=report["level1_accuracy"], oof_by_image_count=report["by_image_count"], oof_by_level1=report["by_level1"],
         val_image_accuracy_per_fold=[_last_val_acc(d) for d in dirs], test_products=int(len(test)),
@@ -339,13 +339,13 @@ def profile_configs(profile: str) -> list[TrainConfig]:
 
 
 def profile_recipes(solution: str, profile: str, kinds: dict[str, RecipeKind], default: str) -> list[Path]:
-    """The recipe files of a profile (mini: mini_*.yaml; full: the others; never an ablation), each
-    after the recipes it requires (a fusion head after its base nets)."""
+    """The recipe files of a profile (mini: mini_*.yaml; full: the others; never an ablation, but its
+    baselines), each after the recipes it requires (a fusion head after its base nets)."""
     paths = sorted((REPO / "solutions" / solution / "configs").glob("*.yaml"))
     chosen = {}
     for path in paths:
         values = read_yaml(path)
-        if values.get("ablation") or recipe_profile(path.stem) != profile:
+        if (values.get("ablation") and not values.get("baseline")) or recipe_profile(path.stem) != profile:
             continue
         chosen[path.stem] = load_recipe(path, kinds, default)
     order: list[str] = []

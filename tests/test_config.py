@@ -93,3 +93,15 @@ def test_a_number_written_as_yaml_reads_it_is_checked_when_the_recipe_loads(tmp_
     recipe.write_text("epochs: '3'\n")
     with pytest.raises(DataError, match="epochs: '3'"):
         load_yaml(recipe)
+
+
+def test_a_baseline_is_trained_by_its_profile_but_reported_as_an_ablation():
+    """bestfitting's single-image controls run in the full profile; an ablation never does."""
+    from common.recipe import profile_recipes
+    from solutions.bestfitting.train import KINDS
+
+    full = [p.stem for p in profile_recipes("bestfitting", "full", KINDS, "composed")]
+    assert {"single_resnet50", "single_inceptionresnetv2"} <= set(full) and "ablation_mini_lite0_grid" not in full
+    assert full.index("single_resnet50") >= 0 and all(not p.startswith("ablation") for p in full)
+    cfg = TrainConfig(**load_yaml(REPO / "solutions/bestfitting/configs/single_resnet50.yaml"))
+    assert cfg.baseline and cfg.stage == "image" and cfg.model == "resnet50"

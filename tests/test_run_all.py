@@ -213,7 +213,9 @@ def test_fast_dev_run_of_the_full_profile_on_the_tiny_preset(tmp_path):
     models = list_sources(WorkDir(work), ["model"])
     recipes = [p for s in ("dylan", "bestfitting", "convoluted") for p in (REPO / "solutions" / s / "configs").glob("*.yaml")
                if not p.stem.startswith(("mini_", "ablation_"))]
-    assert len(models) == len(recipes) >= 18
+    baselines = [p for p in recipes if p.stem.startswith("single_")]
+    assert len(models) == len(recipes) - len(baselines) >= 18 and len(baselines) == 2
+    assert {s.name for s in list_sources(WorkDir(work), ["ablation"])} == {f"bestfitting_{p.stem}" for p in baselines}
     for source in models:
         assert np.array_equal(load_topk(work / "preds" / source.name / "oof.npz").ids, holdout), source.name
         assert source.summary["recipe"]["fast_dev_run"] and source.summary["recipe"]["epochs"] == 1

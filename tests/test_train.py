@@ -1,6 +1,8 @@
 """Training core: schedules, full recipes step once, exact resume, fold OOF/test coverage, submission."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -118,6 +120,8 @@ def test_recipe_oof_covers_every_product_once_and_dylan_submits(tiny_work, capsy
     assert summary["kind"] == "model" and summary["solution"] == "dylan" and summary["recipe"]["name"] == "tiny_a"
     run_recipe(small_cfg(solution="dylan", name="tiny_b", epochs=1, model="mobilenetv3_small_050", seed=5), work, IMAGE)
     run_recipe(small_cfg(solution="dylan", name="tiny_c", epochs=1, ablation=True), work, IMAGE)  # reported, never blended
+    run_recipe(small_cfg(solution="dylan", name="tiny_d", epochs=1, folds=[0], baseline=True), work, IMAGE)  # a profile's control: the same
+    assert json.loads((work.preds("dylan_tiny_d") / "summary.json").read_text())["kind"] == "ablation"
     report = submit_main(["--work", str(tiny_work)])
     assert report["members"] == ["dylan_tiny_a", "dylan_tiny_b"] and report["kind"] == "solution blend"
     sub = pd.read_csv(work.submissions / "dylan.csv.gz")

@@ -26,6 +26,7 @@ from common.models import normalization
 from common.predictions import TopK
 from common.recipe import (
     FoldJob,
+    IMAGE,
     FoldOutput,
     RecipeKind,
     build_model,
@@ -99,7 +100,7 @@ def composed_fold(job: FoldJob) -> FoldOutput:
                       predict_by_count(job, model, job.data.test, job.data.test_rows, "test"))
 
 
-KINDS = {"composed": RecipeKind(BestfittingConfig, composed_fold)}
+KINDS = {"composed": RecipeKind(BestfittingConfig, composed_fold), "image": IMAGE}  # image: the single-image baselines
 DEFAULT = "composed"  # the stage of a recipe that names none
 
 
