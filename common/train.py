@@ -261,7 +261,7 @@ def fit(cfg: TrainConfig, model: nn.Module, train: DataLoader, val: DataLoader |
         history.append({"epoch": epoch, "lr": cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9), "train_loss": round(figures["train_loss"], 5),
                         "train_acc": round(figures["train_acc"], 5), "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "samples": seen,
                         "samples_per_step": round(figures["samples_per_step"], 1), "unusable_inputs": figures["unusable_inputs"],
-                        "samples_per_s": round(seen / seconds, 1), "seconds": round(seconds, 1)})
+                        "image_tiles": figures["image_tiles"], "samples_per_s": round(seen / seconds, 1), "seconds": round(seconds, 1)})
         if runtime.is_main:
             save_checkpoint(last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                                    "rng": rng_state(), "epoch": epoch, "history": history, "config": asdict(cfg)})
@@ -283,7 +283,7 @@ def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runt
     Returns loss, accuracy, samples and the measured samples per optimizer step, over all ranks."""
     net.train()
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.accum_steps))
-    loss_sum, correct, seen, fed, steps = 0.0, 0, 0, 0, 0
+    loss_sum, correct, seen, fed, steps, tiles = 0.0, 0, 0, 0, 0, 0
     skips = SkipLog(f"{cfg.name} epoch {epoch}" + (f" (rank {runtime.rank})" if runtime.distributed else ""), max_logged=0)
     progress = bar(len(loader), f"{cfg.name} epoch {epoch}", "batch", enabled=runtime.is_main, every=None)  # the epoch line is the log
     optimizer.zero_grad(set_to_none=True)
@@ -310,6 +310,7 @@ def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runt
         loss_sum += float(loss.detach()) * n
         correct += int(((logits.argmax(1) == batch.target) & valid).sum())
         seen, fed = seen + n, fed + len(batch.target)
+        tiles += image_tiles(inputs, cfg.input_size)
         progress.update(1)
         progress.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}")
     progress.close()
@@ -317,7 +318,17 @@ def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runt
     loss, acc, seen = _reduce(runtime, loss_sum / max(seen, 1), correct / max(seen, 1), seen)
     fed_all = _reduce(runtime, 0.0, 0.0, fed)[2]
     unusable = _reduce(runtime, 0.0, 0.0, skips.counts["unusable_input"])[2]
-    return {"train_loss": loss, "train_acc": acc, "samples": seen, "samples_per_step": fed_all / max(steps, 1), "unusable_inputs": unusable}
+    tiles = _reduce(runtime, 0.0, 0.0, tiles)[2]
+    return {"train_loss": loss, "train_acc": acc, "samples": seen, "samples_per_step": fed_all / max(steps, 1), "unusable_inputs": unusable,
+            "image_tiles": tiles}
+
+
+def image_tiles(inputs: torch.Tensor | tuple, size: int) -> int:
+    """Image-sized tiles a batch pushes through the network (a K-image strip counts K): the compute
+    an ablation holds equal. 0 for inputs that are not images (a head's stored features)."""
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or size <= 0:
+        return 0
+    return int(inputs.shape[0] * round(inputs.shape[2] * inputs.shape[3] / size**2))
 
 
 def _count_unusable(skips: SkipLog, batch: Batch, raw: dict, dataset) -> None:

@@ -34,6 +34,7 @@ from common.sources import KINDS, SourceInfo, SplitIds, list_sources, load_predi
 from common.submission import score_submission
 from common.workdata import Labels, known_test_labels
 
+from .ablations import html_section
 from .plots import full_coverage, plot_accuracy, plot_by_image_count, plot_by_level1, plot_gain, plot_training_curves, training_curves
 
 COMPETITION = "cdiscount-image-classification-challenge"
@@ -275,7 +276,8 @@ def render_html(ctx: Context, table: pd.DataFrame, figures: list[tuple[str, byte
              "(products a source does not predict get the most frequent category); team_recorded: what the original team "
              "recorded for the same recipe, on team_recorded_on; team_private_lb: the team's final private leaderboard score; "
              "kaggle_public / kaggle_private: our submission's scores, pasted from Kaggle (see the last section).</p>",
-             _table(table), "<h2>Stacker against the baselines (same products)</h2>", stack_section(ctx.work, ctx.protocol), "<h2>Plots</h2>"]
+             _table(table), "<h2>Stacker against the baselines (same products)</h2>", stack_section(ctx.work, ctx.protocol),
+             "<h2>Ablations: each credited mechanism, with against without</h2>", html_section(ctx.work), "<h2>Plots</h2>"]
     parts += [_img(png, title) for title, png in figures]
     if gain is not None:
         parts += ["<h3>Stacker gain per level-1 group</h3>", _table(gain)]

@@ -78,3 +78,34 @@ def test_recorded_numbers_travel_with_the_recipes():
 def test_recorded_value_in_the_table(reported_work):
     row = pd.read_csv(reported_work / "report" / "leaderboard.csv").set_index("source")
     assert row.loc["a_model", "team_recorded"] == pytest.approx(0.55) and pd.isna(row.loc["b_model", "team_recorded"])
+
+
+def test_ablation_rows_pair_two_sources_or_two_figures_and_count_the_tiles(tmp_path):
+    """A row needs both sides; the gain is with - without, by K too; tiles come from every stage's
+    summary.csv (a composed recipe's shared model and its fine-tunes)."""
+    from common.sources import write_summary
+    from ensembling.ablations import ablation_table, markdown
+
+    work = WorkDir(tmp_path)
+    by_k = lambda a: {str(k): {"accuracy": a + k / 100, "products": 10} for k in (1, 2, 3, 4)}  # noqa: E731
+    for name, kind, acc, recipe in [("dylan_mini_lite0", "model", 0.70, ("dylan", "mini_lite0")),
+                                    ("dylan_ablation_mini_lite0_no_smoothing", "ablation", 0.65, ("dylan", "ablation_mini_lite0_no_smoothing")),
+                                    ("bestfitting_mini_lite0_strip", "model", 0.72, ("bestfitting", "mini_lite0_strip"))]:
+        write_summary(work, name, kind, oof_product_accuracy=acc, oof_by_image_count=by_k(acc), folds=[0],
+                      recipe={"solution": recipe[0], "name": recipe[1]})
+        for f in ("oof.npz", "test.npz"):
+            (work.preds(name) / f).write_bytes(b"")
+    write_summary(work, "md5", "side source", override_by_rule={"image": {"dylan": {"oof_accuracy": 0.70, "oof_accuracy_with_override": 0.71}}})
+    for f in ("oof.npz", "test.npz"):
+        (work.preds("md5") / f).write_bytes(b"")
+    fold = work.model_dir("dylan", "mini_lite0", 0)
+    (fold / "shared").mkdir(parents=True)
+    (fold / "summary.csv").write_text("epoch,image_tiles\n0,100\n1,150\n")
+    (fold / "shared" / "summary.csv").write_text("epoch,image_tiles\n0,50\n")
+    table = ablation_table(work).set_index("mechanism")
+    smoothing = table.loc["label smoothing 0.1 vs 0"]
+    assert smoothing["gain"] == pytest.approx(0.05) and smoothing["gain_k3"] == pytest.approx(0.05)
+    assert smoothing["train_tiles_with"] == 300 and pd.isna(smoothing["train_tiles_without"])  # no logs on that side
+    assert table.loc["MD5 override, image-level rule vs none (dylan)", "gain"] == pytest.approx(0.01)
+    assert not any("equal image tiles" in m for m in table.index)  # its without side is missing: no row
+    assert "**+0.0500**" in markdown(ablation_table(work))

@@ -288,3 +288,12 @@ def test_init_from_starts_a_recipe_from_another_recipes_fold_and_keeps_the_new_b
         start_from_recipe(create_model(ModelSpec("resnet10t", classes)), job)
     summary = run_recipe(se, work, IMAGE)  # and through the fold runner
     assert summary["oof_products"] > 0
+
+
+def test_image_tiles_count_the_compute_an_ablation_holds_equal():
+    from common.train import image_tiles
+
+    assert image_tiles(torch.zeros(8, 3, 48, 48), 48) == 8  # single images
+    assert image_tiles(torch.zeros(8, 3, 48, 3 * 48), 48) == 24  # strips of K=3 tiles
+    assert image_tiles(torch.zeros(8, 3, 96, 96), 48) == 32  # 2x2 grids
+    assert image_tiles((torch.zeros(8, 4, 2048), torch.ones(8, 4)), 48) == 0  # stored features are not images
