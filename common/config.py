@@ -16,7 +16,7 @@ from .errors import DataError
 
 CHOICES = {
     "optimizer": {"sgd", "nag", "nadam", "adam", "adamw"},
-    "schedule": {"step", "cosine", "constant"},
+    "schedule": {"step", "piecewise", "cosine", "constant"},
     "amp": {"bf16", "fp16", "none"},
     "aggregate": {"mean", "geomean"},
     "decode_on": {"workers", "device"},
@@ -38,7 +38,8 @@ class TrainConfig:
     baseline: bool = False  # a control the profile trains (e.g. the single-image model a composed one is measured against): reported like an ablation, never blended or stacked
     recorded: dict = field(default_factory=dict)  # what the original team recorded for this recipe: value, what, on
     # data
-    input_size: int = 180  # side of one image tile fed to the network
+    input_size: int = 180  # side of one image tile as decoded
+    crop: int = 0  # >0: the network sees crop x crop windows: random ones in training, the centre one when predicting (2nd place's member B: 160 of 180)
     hflip: bool = True  # random horizontal flip in training
     augment: list[str] = field(default_factory=list)  # on-device batch augmentations (common.augment.AUGMENTS), training only
     augment_args: dict = field(default_factory=dict)  # {augmentation: {parameter: value}} (their defaults otherwise)
@@ -54,9 +55,10 @@ class TrainConfig:
     lr: float = 1e-4
     momentum: float = 0.9
     weight_decay: float = 0.0
-    schedule: str = "step"  # step | cosine | constant
+    schedule: str = "step"  # step | piecewise | cosine | constant
     lr_milestones: list[int] = field(default_factory=list)  # epochs where a step schedule multiplies by lr_gamma
     lr_gamma: float = 0.2
+    lr_values: list[float] = field(default_factory=list)  # piecewise: the LR from each milestone on (one per milestone)
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     amp: str = "bf16"  # bf16 | fp16 | none (CUDA only; CPU runs fp32)
@@ -81,6 +83,10 @@ class TrainConfig:
         unknown = set(self.tta) - set(TTA_VIEWS)
         if unknown or not self.tta:
             raise DataError(f"recipe option tta: unknown views {sorted(unknown)} (choose from {list(TTA_VIEWS)}, at least one)")
+        if self.schedule == "piecewise" and len(self.lr_values) != len(self.lr_milestones):
+            raise DataError(f"recipe {self.name}: schedule piecewise needs one lr_values entry per lr_milestones entry")
+        if self.crop and (self.crop > self.input_size or self.decode_on == "device"):
+            raise DataError(f"recipe {self.name}: crop {self.crop} needs crop <= input_size ({self.input_size}) and decode_on: workers")
         try:
             check_augments(self.augment, self.augment_args)
         except ValueError as e:

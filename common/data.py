@@ -62,9 +62,9 @@ class ImageDataset(Dataset):
     """
 
     def __init__(self, reader: BsonReader, table: ImageTable, labels: np.ndarray | None, size: int, hflip: bool = False,
-                 device_decode: bool = False):
+                 device_decode: bool = False, crop: int = 0, random_crop: bool = False):
         self.reader, self.table, self.labels, self.size, self.hflip = reader, table, labels, size, hflip
-        self.device_decode = device_decode
+        self.device_decode, self.crop, self.random_crop = device_decode, crop, random_crop
 
     def __len__(self) -> int:
         return len(self.table)
@@ -86,7 +86,16 @@ class ImageDataset(Dataset):
             return jpeg, label, int(self.table.product_pos[i]), flip
         where = f"{self.reader.path} _id={product.product_id} image {rank}"
         rgb, ok = load_tile(product.images[rank], self.size, flip, where)
+        if self.crop:
+            rgb = crop_window(rgb, self.crop, np.random.default_rng([sample_seed, 1]) if self.random_crop else None)
         return to_chw(rgb), label, int(self.table.product_pos[i]), ok
+
+
+def crop_window(rgb: np.ndarray, size: int, rng: np.random.Generator | None) -> np.ndarray:
+    """A size x size window: at a random offset (training), or the centre one (rng None: predicting)."""
+    spare = rgb.shape[0] - size, rgb.shape[1] - size
+    y, x = (int(rng.integers(0, s + 1)) for s in spare) if rng is not None else (spare[0] // 2, spare[1] // 2)
+    return rgb[y : y + size, x : x + size]
 
 
 class ProductDataset(Dataset):

@@ -167,7 +167,8 @@ def predict_images(model: nn.Module, reader: BsonReader, rows: np.ndarray, cfg: 
     """A single-image classifier over the products at index `rows`: every image, TTA, a product =
     the mean (or geometric mean) of its decodable images."""
     rows = np.asarray(rows)
-    dataset = ImageDataset(reader, image_table(reader.index.n_imgs, rows), None, cfg.input_size, device_decode=cfg.decode_on == "device")
+    dataset = ImageDataset(reader, image_table(reader.index.n_imgs, rows), None, cfg.input_size, device_decode=cfg.decode_on == "device",
+                           crop=cfg.crop)  # the centre window
     items = Items.images(reader.index.ids[rows], reader.index.n_imgs[rows])
     return predict(model, dataset, collate_images, items, image_batch(mean, std, cfg.channels_last, cfg.input_size), cfg, runtime,
                    desc=desc, after_batch=after_batch)

@@ -121,7 +121,8 @@ def start_from_recipe(model: nn.Module, job: FoldJob) -> None:
 
 def image_set(data: FoldData, rows: np.ndarray, cfg: TrainConfig, train: bool) -> ImageDataset:
     table = image_table(data.train.index.n_imgs, rows)
-    return ImageDataset(data.train, table, data.labels[rows], cfg.input_size, hflip=cfg.hflip and train, device_decode=cfg.decode_on == "device")
+    return ImageDataset(data.train, table, data.labels[rows], cfg.input_size, hflip=cfg.hflip and train, device_decode=cfg.decode_on == "device",
+                        crop=cfg.crop, random_crop=train)
 
 
 def train_image_model(job: FoldJob) -> nn.Module:
@@ -288,6 +289,8 @@ def fast_dev_run(cfg: TrainConfig, warn: bool = True) -> TrainConfig:
                    warmup_epochs=0.0, fast_dev_run=True)
     if is_timm_model(cfg.model):
         changes["input_size"] = smallest_input(cfg.model)  # 32 px, or the smallest the stem takes (Inceptions: 80)
+        if cfg.crop:  # the network sees the smallest input; the decoded tile keeps the recipe's margin
+            changes.update(crop=changes["input_size"], input_size=changes["input_size"] + max(2, changes["input_size"] * (cfg.input_size - cfg.crop) // cfg.crop))
     if not weights_available(cfg.pretrained):
         if warn:
             log.warning("fast dev run: %s: no weight file %s, random initial weights", cfg.source, cfg.pretrained)

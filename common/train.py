@@ -49,6 +49,8 @@ OPTIMIZERS: dict[str, Callable[[list, TrainConfig], torch.optim.Optimizer]] = {
 SCHEDULES: dict[str, Callable[[TrainConfig, float], float]] = {
     "constant": lambda c, e: 1.0,
     "step": lambda c, e: c.lr_gamma ** sum(e >= m for m in c.lr_milestones),
+    # the LR after each milestone as recorded (lr_values), for hand-set schedules that no single gamma fits
+    "piecewise": lambda c, e: ([1.0] + [v / c.lr for v in c.lr_values])[sum(e >= m for m in c.lr_milestones)],
     "cosine": lambda c, e: 0.5 * (1 + math.cos(math.pi * min(e / max(c.epochs, 1), 1.0))),
 }
 
@@ -310,7 +312,7 @@ def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runt
         loss_sum += float(loss.detach()) * n
         correct += int(((logits.argmax(1) == batch.target) & valid).sum())
         seen, fed = seen + n, fed + len(batch.target)
-        tiles += image_tiles(inputs, cfg.input_size)
+        tiles += image_tiles(inputs, cfg.crop or cfg.input_size)
         progress.update(1)
         progress.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}")
     progress.close()

@@ -150,7 +150,8 @@ def test_full_base_net_builds_and_steps(recipe):
     cfg = BaseConfig(**{**load_yaml(recipe, BaseConfig), "pretrained": None})
     model = create_model(ModelSpec(cfg.model, 5270))
     optimizer = build_optimizer(cfg, model)
-    x = build_augment(cfg.augment, cfg.augment_args, *normalization(model))(torch.randn(2, 3, 80, 80))  # tiny input (InceptionV3 needs >= 75 px)
+    augment = build_augment(cfg.augment, cfg.augment_args, *normalization(model)) or (lambda t: t)
+    x = augment(torch.randn(2, 3, 80, 80))  # tiny input (InceptionV3 needs >= 75 px)
     logits = model(x)
     loss = masked_cross_entropy(logits, torch.tensor([0, 5269]), torch.ones(2, dtype=torch.bool), cfg.label_smoothing)
     loss.backward()
@@ -162,7 +163,7 @@ def test_full_base_net_builds_and_steps(recipe):
 @pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("fuse_*.yaml")), ids=lambda p: p.stem)
 def test_full_fusion_head_builds_and_steps(recipe):
     cfg = FuseConfig(**load_yaml(recipe, FuseConfig))
-    dims = {"base_dpn92": 2688, "base_seresnext101": 2048}
+    dims = {"base_dpn92": 2688, "base_seresnext101": 2048, "base_b_inception_resnet_v2": 1536, "base_b_xception": 2048, "base_b_inception_v3": 2048}
     copies = 2  # the base nets store the original and the flip
     head = head_for(cfg, sum(dims[b] for b in cfg.bases), copies, 5270)
     optimizer = build_optimizer(cfg, head)
@@ -171,6 +172,44 @@ def test_full_fusion_head_builds_and_steps(recipe):
     torch.nn.functional.cross_entropy(logits, torch.tensor([1, 5000])).backward()
     optimizer.step()
     assert logits.shape == (2, 5270)
+
+
+def test_member_b_head_is_selu_from_lecun_normal_without_input_dropout():
+    """miha/layer2_models: Dense(10000, selu, lecun_normal) per view, max, Dropout(0.3), classes."""
+    cfg = FuseConfig(**load_yaml(CONFIGS / "fuse_b_inception_resnet_v2.yaml", FuseConfig))
+    head = head_for(cfg, 1536, 2, 5270)
+    dense = head.per_view[1]
+    assert isinstance(head.per_view[2], torch.nn.SELU) and head.per_view[0].p == 0.0 and head.classifier[0].p == 0.3
+    assert dense.out_features == 10000 and abs(dense.weight.std().item() - 1536**-0.5) < 2e-3 and not dense.bias.any()
+    mini = head_for(FuseConfig(model="fusion_max", hidden=64, drop_rate=0.5), 32, 2, 10)  # the mini head as before
+    assert isinstance(mini.per_view[2], torch.nn.ReLU) and mini.per_view[0].p == 0.5
+    with pytest.raises(ValueError, match="unknown activation"):
+        head_for(FuseConfig(model="fusion_max", activation="gelu"), 32, 2, 10)
+
+
+def test_member_b_base_nets_see_random_crops_in_training_and_the_centre_one_when_predicting(write_bson):
+    from common.bson_index import build_index
+    from common.bson_reader import BsonReader
+    from common.data import ImageDataset, crop_window, image_table
+
+    rgb = np.arange(18 * 18 * 3, dtype=np.uint8).reshape(18, 18, 3)
+    assert np.array_equal(crop_window(rgb, 16, None), rgb[1:17, 1:17])  # x[10:170] of 180 at 1/10 scale
+    corners = {crop_window(rgb, 16, np.random.default_rng(s))[0, 0, 0] for s in range(50)}
+    assert len(corners) > 3  # random windows
+    import cv2
+
+    noise = np.random.default_rng(0).integers(0, 256, (36, 36, 3), dtype=np.uint8)
+    path = write_bson("crop.bson", [(1, [cv2.imencode(".jpg", noise)[1].tobytes()], None)])
+    reader = BsonReader(path, build_index(path, progress=False))
+    table = image_table(reader.index.n_imgs, np.arange(len(reader.index)))
+    train = ImageDataset(reader, table, None, 36, crop=32, random_crop=True)
+    test = ImageDataset(reader, table, None, 36, crop=32)
+    assert train[0][0].shape == test[0][0].shape == (3, 32, 32)
+    assert torch.equal(test[(0, 1)][0], test[(0, 2)][0]) and not all(torch.equal(train[(0, 1)][0], train[(0, s)][0]) for s in range(2, 8))
+    with pytest.raises(DataError, match="crop 200 needs"):
+        BaseConfig(crop=200)
+    with pytest.raises(DataError, match="decode_on: workers"):
+        BaseConfig(crop=160, decode_on="device")
 
 
 # ----------------------------------------------------------------------------- the sqrt blend

@@ -39,6 +39,10 @@ def test_lr_schedules():
     assert lr_factor(warm, 1) == pytest.approx(0.5) and lr_factor(warm, 3) == 1
     with pytest.raises(DataError, match="schedule"):
         TrainConfig(schedule="exotic")
+    piece = TrainConfig(lr=1e-3, schedule="piecewise", lr_milestones=[4, 7], lr_values=[5e-4, 2.5e-5], epochs=9)  # member B's hand-set LRs
+    assert [round(lr_factor(piece, e) * piece.lr, 12) for e in (0, 3.9, 4, 6.9, 7, 8.9)] == [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-5, 2.5e-5]
+    with pytest.raises(DataError, match="one lr_values entry per lr_milestones"):
+        TrainConfig(schedule="piecewise", lr_milestones=[4, 7], lr_values=[5e-4])
 
 
 @pytest.mark.parametrize("recipe", DYLAN_FULL, ids=lambda p: p.stem)

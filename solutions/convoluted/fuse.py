@@ -34,6 +34,8 @@ class FuseConfig(TrainConfig):
     gate_reduction: int = 16
     drop_rate: float = 0.5
     hidden_drop: float = 0.0  # dropout after each hidden layer of the gated head
+    activation: str = "relu"  # the max head's per-view activation: relu | selu | prelu
+    input_drop: float = -1.0  # the max head's dropout on the input views (-1 = drop_rate)
     flips: str = "augment"  # augment: a random stored copy per view in training, the mean over copies as TTA; concat: the copies side by side
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -59,7 +61,7 @@ def head_for(cfg: FuseConfig, dim: int, copies: int, num_classes: int) -> torch.
     `copies` stored copies side by side (the team's [f, flip(f)] input: fuse_train_fcnet3.py)."""
     in_dim = dim * copies if cfg.flips == "concat" else dim
     return create_head(cfg.model, in_dim, num_classes, hidden=cfg.hidden, hidden2=cfg.hidden2, gate_reduction=cfg.gate_reduction,
-                       drop_rate=cfg.drop_rate, hidden_drop=cfg.hidden_drop)
+                       drop_rate=cfg.drop_rate, hidden_drop=cfg.hidden_drop, activation=cfg.activation, input_drop=cfg.input_drop)
 
 
 class StoredViews:

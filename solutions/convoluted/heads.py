@@ -46,15 +46,27 @@ class GatedFusionHead(nn.Module):
         return self.mlp(x.sum(dim=1))
 
 
+ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "selu": nn.SELU, "prelu": nn.PReLU}
+
+
 @register_head("fusion_max")
 class MaxFusionHead(nn.Module):
-    """Member B's second-level net: a Dense layer per view (shared weights), max over the real
-    views, then the classifier (the team's max-pool variant of FcNet scored 0.7795)."""
+    """Member B's second-level net (miha/layer2_models/l2_inceptionresnet_10k.py): a Dense layer per
+    view (shared weights), max over the real views, dropout, the classifier. Recorded: 10,000 or
+    12,000 SELU units with lecun_normal weights, no input dropout, dropout 0.3 (fuse_b_*.yaml); the
+    mini head: ReLU, dropout on the input too (`input_drop` -1 = drop_rate)."""
 
-    def __init__(self, in_dim: int, num_classes: int, hidden: int = 2048, drop_rate: float = 0.5, **_: object):
+    def __init__(self, in_dim: int, num_classes: int, hidden: int = 2048, drop_rate: float = 0.5, activation: str = "relu",
+                 input_drop: float = -1.0, **_: object):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
         self.num_classes = num_classes
-        self.per_view = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(in_dim, hidden), nn.ReLU(inplace=True))
+        dense = nn.Linear(in_dim, hidden)
+        if activation == "selu":  # SELU keeps its self-normalising property only from lecun_normal weights
+            nn.init.normal_(dense.weight, std=in_dim**-0.5)
+            nn.init.zeros_(dense.bias)
+        self.per_view = nn.Sequential(nn.Dropout(drop_rate if input_drop < 0 else input_drop), dense, ACTIVATIONS[activation]())
         self.classifier = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(hidden, num_classes))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
