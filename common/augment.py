@@ -55,6 +55,23 @@ def random_rot90(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@register_augment("zoom_crop")
+def zoom_crop(x: torch.Tensor, max_zoom: float = 203 / 171, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """The 2nd place's member C input (outrunner/data_gen_a.py r_crop): resize each sample to a
+    random side in [S, max_zoom x S] and cut a random S x S window, as one zoom per sample at a
+    random position (reflection padding never shows: the window stays inside). `flip` (bool[N])
+    mirrors the chosen samples (its multi-crop TTA flips half of the crops)."""
+    n = x.shape[0]
+    g = dict(device=x.device, dtype=torch.float32)
+    inv = 1 / torch.empty(n, **g).uniform_(1.0, max_zoom)  # the window's side as a share of the image
+    t = (torch.rand(n, 2, **g) * 2 - 1) * (1 - inv)[:, None]  # its centre, in grid units, inside the image
+    sx = inv if flip is None else torch.where(flip.to(x.device), -inv, inv)
+    zero = torch.zeros(n, **g)
+    theta = torch.stack([torch.stack([sx, zero, t[:, 0]], 1), torch.stack([zero, inv, t[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False).to(x.dtype)
+
+
 @register_augment("transpose")
 def random_transpose(x: torch.Tensor, p: float = 1 / 3) -> torch.Tensor:
     """Swap height and width of each (square) sample with probability p. The 2nd place's
@@ -100,7 +117,7 @@ def hsl_jitter(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
 
 def augment_params(name: str) -> set[str]:
     """The parameters a recipe may set for an augmentation (not the input, not mean / std)."""
-    return set(inspect.signature(AUGMENTS[name]).parameters) - {"x", "mean", "std"}
+    return set(inspect.signature(AUGMENTS[name]).parameters) - {"x", "mean", "std", "flip"}
 
 
 def check_augments(names: list[str], args: dict[str, dict]) -> None:

@@ -27,6 +27,8 @@ from .atomic import write_json
 from .cli import parse_stage, run
 from .errors import DataError
 from .paths import HENG_VALID_IDS, WorkDir
+from .plan_figures import (BENCH_CORES, BENCH_README, COLD_READ_MB_S, CPU_FITS, HASH_BYTES, INDEX_BYTES, MEDIA_IMAGE_SHARE, PARALLEL_STAGES,
+                           STACK_FIT_ROUNDS, STACK_SOURCES_NOTE, TESSERACT_IMAGES_S_CORE)
 from .recipe import profile_configs
 from .throughput import N_CLASSES, WINNERS, Rate, load_throughput, network, rate_of
 
@@ -37,25 +39,6 @@ OFFICIAL = {"train_products": 7_069_896, "train_images": 12_371_293, "test_produ
             "bson_bytes": 58.2e9 + 14.5e9, "by_k": {1: 4_369_441, 2: 1_128_588, 3: 542_792, 4: 1_029_075},
             "heng_products": 50_000, "heng_images": 87_648}  # winning-solutions.md (paper Table 3); ../shared/data/SOURCES.txt
 
-# `python bench/bench_scale.py --quick` (bench/README.md): peak MB = a + b x millions of units, seconds = s x millions + fixed.
-BENCH_README = "bench/README.md (bench_scale.py --quick: a + b x products fitted over 50,000-200,000 products, 2 cores)"
-BENCH_CORES, CPU_FITS = 2, {
-    "index": (145, 24, 2.6, 0.6),
-    "stats": (177, 82, 20.0, 1.2),
-    "ocr_select": (247, 131, 8.2, 0.0),
-    "ocr_text": (677, 8758, 1282.8, 0.0),  # per read train product, one fold model: fit + top-K of a quarter as many
-    "md5": (139, 311, 9.5, 1.3),
-    "stack_holdout": (1592, 597, 782.3, 2.6),  # the holdout's CV + final model, every product predicted
-    "report": (214, 65, 4.3, 1.7),
-    "stack_all": (844, 5567, 2203.0, 0.0),  # kfold: every OOF product trains (an older bench: 3 sources, 50 rounds)
-}
-STACK_FIT_ROUNDS = {"stack_holdout": 200, "stack_all": 50}  # the rounds each stack fit ran; time scaled linearly (an upper bound)
-STACK_SOURCES_NOTE = "20 synthetic top-20 sources: 16 prediction recipes, 3 solution / team blends, OCR; + MD5"
-PARALLEL_STAGES = {"ocr_text", "md5", "stack_holdout", "stack_all"}  # every core: time x BENCH_CORES / cores (linear assumed)
-COLD_READ_MB_S = 1710.0  # bench/README.md: plain sequential read from disk (bench_bson.py --cold)
-TESSERACT_IMAGES_S_CORE = 57.8  # bench/README.md: tesseract on these product photos, per core (bench_scale.py --quick)
-MEDIA_IMAGE_SHARE = 0.114  # bench/README.md: images of the products the OCR stage reads
-INDEX_BYTES, HASH_BYTES = 29, 25  # common.bson_index.INDEX_DTYPE, md5.hashing.HASH_DTYPE per product / image
 
 
 # ----------------------------------------------------------------------------- counts and protocol
@@ -295,7 +278,21 @@ def rank_count_cost(cfg, split: Split, c: Counts, table: dict, bases: dict, read
     return cost
 
 
-GPU_COSTS = {"image": image_cost, "composed": composed_cost, "base": base_cost}
+def specialists_cost(cfg, split: Split, c: Counts, table: dict) -> Cost:
+    """2nd place's member C as whole nets: six fine-tunes of its base (each image in one rank and one
+    count model), then every image on its tta_crops through three nets (base, rank, count)."""
+    rate, m = rate_of(cfg, table), split.models
+    cost, k_images = new_cost(cfg, rate), {k: k * n for k, n in c.by_k.items()}
+    crops = sum(cfg.tta_crops[min(int(k), 4) - 1] * v for k, v in k_images.items()) / sum(k_images.values())
+    cost.train_images = m * 2 * cfg.epochs * epoch_images(cfg, split.train_images)
+    cost.predict_images = m * (6 * cfg.epochs * val_images(cfg, split) + 3 * crops * (split.oof_images + c.test_images))
+    cost.gpu_s = {"train": cost.train_images / rate.train, "predict": cost.predict_images / rate.infer}
+    cost.disk = {"checkpoints": m * 6 * checkpoint_bytes(network(cfg.model).params, cfg), "predictions": prediction_bytes(cfg, split, c)}
+    cost.note = f"6 whole-net fine-tunes; {crops:.1f} crops x 3 nets per image"
+    return cost
+
+
+GPU_COSTS = {"image": image_cost, "composed": composed_cost, "base": base_cost, "rank_count_net": specialists_cost}
 HEAD_COSTS = {"fuse": fuse_cost, "rank_count": rank_count_cost}
 
 

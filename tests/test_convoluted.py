@@ -325,3 +325,55 @@ def test_flips_concat_puts_every_stored_copy_of_a_view_side_by_side():
         FuseConfig(name="c", bases=["b"], flips="concat", tta=["orig", "hflip"])
     with pytest.raises(DataError, match="flips"):
         FuseConfig(name="c", bases=["b"], flips="stack")
+
+
+# ----------------------------------------------------------------------------- member C, whole nets
+
+
+class _Constant(torch.nn.Module):
+    """A 'net' whose softmax is a fixed distribution over 3 classes, whatever the image."""
+
+    def __init__(self, probs):
+        super().__init__()
+        self.num_classes, self.logits = 3, torch.tensor(probs).log()
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], 3)
+
+
+def test_member_c_combines_rank_count_and_base_as_the_team_did():
+    """1 image: rank1 + count1 + 1.0 x base; 2-4 images: rank + count + 0.1 x base; mean over crops."""
+    from solutions.convoluted.rank_count_net import MemberC, RankCountNetConfig
+
+    cfg = RankCountNetConfig(init_from="b", tta_crops=[3, 2, 1, 1], tta=["orig"])
+    spec = {"rank1": [0.8, 0.1, 0.1], "rank2_4": [0.1, 0.8, 0.1], **{f"count{k}": [0.1, 0.1, 0.8] for k in range(1, 5)}}
+    net = MemberC({k: _Constant(v) for k, v in spec.items()}, _Constant([1 / 3, 1 / 3, 1 / 3]), cfg)
+    x = torch.rand(3, 3, 16, 16)
+    p = net(x, torch.tensor([0, 0, 1]), torch.tensor([0, 1, 1])).exp()
+    base = torch.full((3,), 1 / 3)
+    assert torch.allclose(p[0], (torch.tensor(spec["rank1"]) + torch.tensor(spec["count1"]) + base) / 3, atol=1e-5)
+    assert torch.allclose(p[1], (torch.tensor(spec["rank1"]) + torch.tensor(spec["count2"]) + 0.1 * base) / 2.1, atol=1e-5)
+    assert torch.allclose(p[2], (torch.tensor(spec["rank2_4"]) + torch.tensor(spec["count2"]) + 0.1 * base) / 2.1, atol=1e-5)
+    with pytest.raises(DataError, match="init_from"):
+        RankCountNetConfig(tta_crops=[12, 8, 6, 6])
+
+
+def test_tiny_run_of_member_c_as_whole_nets(tiny_work, tmp_path):
+    """The member's own base (an image recipe), six whole-net specialists from it, multi-crop TTA."""
+    from solutions.convoluted.train import main
+
+    common = "solution: convoluted\ninput_size: 32\nbatch_size: 8\nnum_workers: 0\namp: none\ntopk: 5\neval_batch_size: 16\nfolds: [0]\n"
+    (tmp_path / "b.yaml").write_text(common + "stage: image\nname: tcb\nmodel: resnet10t\nepochs: 1\noptimizer: sgd\nlr: 0.05\naugment: [zoom_crop]\n")
+    (tmp_path / "c.yaml").write_text(common + "stage: rank_count_net\nname: tcn\nmodel: resnet10t\ninit_from: tcb\nepochs: 1\nlr: 0.01\n"
+                                      "schedule: piecewise\nlr_milestones: [1]\nlr_values: [0.001]\ntta: [orig]\ntta_crops: [3, 2, 1, 1]\n"
+                                      "augment: [zoom_crop]\nteam_weight: 0.23\n")
+    main(["--config", str(tmp_path / "b.yaml"), "--work", str(tiny_work)])
+    summary = main(["--config", str(tmp_path / "c.yaml"), "--work", str(tiny_work)])
+    work = WorkDir(tiny_work)
+    fold = work.model_dir("convoluted", "tcn", 0)
+    assert {"rank1", "rank2_4", "count1", "count2"} <= {p.name for p in fold.iterdir() if p.is_dir()}  # each specialist's own fit
+    oof = load_topk(work.preds("convoluted_tcn") / "oof.npz")
+    folds = pd.read_csv(work.folds)
+    assert sorted(oof.ids) == sorted(folds.loc[folds["fold"] == 0, "_id"]) and summary["oof_product_accuracy"] > 0.3
+    validate_topk(oof, "member C oof")  # probabilities in [0, 1], non-increasing along K
+    assert (oof.probs.astype(np.float32).sum(1) <= 1.01).all()  # the geometric mean, renormalised

@@ -109,7 +109,8 @@ def stored_batch(clip: float, routed: bool = False):
 
 def probs_by_route(models: nn.ModuleList, which: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Each image's softmax from the model its index names."""
-    out = torch.empty(x.shape[0], models[0].out_features, device=x.device)
+    classes = getattr(models[0], "out_features", None) or models[0].num_classes  # a Linear or a whole net
+    out = torch.empty(x.shape[0], classes, device=x.device)
     for i, model in enumerate(models):
         sel = which == i
         if sel.any():

@@ -8,19 +8,23 @@ Stages (a head or specialist recipe requires its base recipes, which `--profile`
     base        a single-image net per fold: predictions + stored features   (solutions/convoluted/base.py)
     fuse        a fusion head over the stored features of `bases`            (solutions/convoluted/fuse.py)
     rank_count  rank / count specialists fine-tuned from `base`              (solutions/convoluted/rank_count.py)
+    rank_count_net  the same as whole nets from `init_from`, multi-crop TTA (solutions/convoluted/rank_count_net.py)
+    image       a plain single-image net (member C's own base: no feature store)
 Each writes preds/convoluted_<name>/; `python -m solutions.convoluted.submit` blends the team.
 """
 from __future__ import annotations
 
 from common.cli import run
-from common.recipe import RecipeKind, train_main
+from common.recipe import IMAGE, RecipeKind, train_main
 
-from . import base, fuse, rank_count
+from . import base, fuse, rank_count, rank_count_net
 
 KINDS = {
     "base": RecipeKind(base.BaseConfig, base.base_fold),
     "fuse": RecipeKind(fuse.FuseConfig, fuse.fuse_fold),
     "rank_count": RecipeKind(rank_count.RankCountConfig, rank_count.rank_count_fold, rank_count.merge_variants),
+    "rank_count_net": RecipeKind(rank_count_net.RankCountNetConfig, rank_count_net.rank_count_net_fold),
+    "image": IMAGE,
 }
 DEFAULT = "base"  # the stage of a recipe that names none
 
