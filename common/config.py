@@ -34,6 +34,7 @@ class TrainConfig:
     pretrained: str | None = None  # a registered weight source or a local file
     init_from: str | None = None  # a recipe of the same solution whose trained weights (same fold) start this one; keys it lacks keep their initialisation
     drop_rate: float = 0.0
+    head: str = ""  # a recorded classifier head instead of timm's (common.classifier_heads: kxv4, kxv3a)
     ablation: bool = False  # trained only to measure a choice: reported, never blended or stacked, not in a profile
     baseline: bool = False  # a control the profile trains (e.g. the single-image model a composed one is measured against): reported like an ablation, never blended or stacked
     recorded: dict = field(default_factory=dict)  # what the original team recorded for this recipe: value, what, on

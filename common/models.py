@@ -14,6 +14,7 @@ import timm
 import torch
 from torch import nn
 
+from .classifier_heads import with_head
 from .errors import DataError
 
 # Named local weight sources: name -> function returning a file path.
@@ -94,6 +95,7 @@ class ModelSpec:
     pretrained: str | None = None  # a registered source or a local file; None = random init
     drop_rate: float = 0.0
     in_chans: int = 3
+    head: str = ""  # a recorded classifier head (common.classifier_heads) instead of timm's
 
 
 def create_model(spec: ModelSpec) -> nn.Module:
@@ -103,7 +105,7 @@ def create_model(spec: ModelSpec) -> nn.Module:
     model = timm.create_model(spec.name, pretrained=False, num_classes=spec.num_classes, drop_rate=spec.drop_rate, in_chans=spec.in_chans)
     if spec.pretrained:
         load_pretrained(model, spec.pretrained)
-    return model
+    return with_head(model, spec.head, spec.name, spec.num_classes)
 
 
 def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -98,7 +98,7 @@ def validation_sample(rows: np.ndarray, cfg: TrainConfig) -> np.ndarray:
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    return create_model(ModelSpec(cfg.model, num_classes, cfg.pretrained, cfg.drop_rate))
+    return create_model(ModelSpec(cfg.model, num_classes, cfg.pretrained, cfg.drop_rate, head=cfg.head))
 
 
 def start_from_recipe(model: nn.Module, job: FoldJob) -> None:

@@ -91,7 +91,7 @@ def test_full_recipe_builds_at_composed_sizes_and_steps(recipe):
     from common.train import build_optimizer
 
     cfg = BestfittingConfig(**{**load_yaml(recipe, BestfittingConfig), "pretrained": None})
-    model = ComposedNet(create_model(ModelSpec(cfg.model, 5270)), cfg.layout)
+    model = ComposedNet(create_model(ModelSpec(cfg.model, 5270, head=cfg.head)), cfg.layout)
     optimizer = build_optimizer(cfg, model)
     tile = 80  # tiny tiles (InceptionResNetV2 needs >= 75 px); the composed shapes are the recipe's
     for k in (1, 4):

@@ -56,3 +56,22 @@ def test_bad_weights_and_names_are_clear(tmp_path):
     torch.save({"foo.weight": torch.zeros(3)}, tmp_path / "foreign.pth")
     with pytest.raises(DataError, match="cannot be aligned"):
         load_pretrained(create_model(ModelSpec("resnet18", 10)), tmp_path / "foreign.pth")
+
+
+def test_the_winners_recorded_heads_replace_timms_classifier():
+    """bestfitting/kaggle cdiscount/inception_resnet_v2.py (kxv4) and resnet.py (kxv3a)."""
+    from common.classifier_heads import RecordedHead
+
+    with torch.device("meta"):
+        irv2 = create_model(ModelSpec("inception_resnet_v2", 5270, head="kxv4"))
+        r50 = create_model(ModelSpec("resnet50", 5270, head="kxv3a"))
+    assert isinstance(irv2, RecordedHead) and isinstance(irv2.trunk.conv2d_7b, torch.nn.Identity)
+    assert (irv2.squeeze[0].in_channels, irv2.squeeze[0].out_channels) == (2080, 4096)
+    assert [m.out_features for m in irv2.fc if isinstance(m, torch.nn.Linear)] == [4096, 5270]
+    assert (r50.squeeze[0].in_channels, r50.squeeze[0].out_channels) == (2048, 5270)
+    assert [m.out_features for m in r50.fc if isinstance(m, torch.nn.Linear)] == [5270, 5270]
+    small = create_model(ModelSpec("resnet50", 40, head="kxv3a"))
+    assert abs(small.fc[0].weight.std().item() - 0.01) < 2e-3  # N(0, 0.01) as in resnet.py
+    assert small(torch.rand(2, 3, 64, 64)).shape == (2, 40) and small.pretrained_cfg["mean"] == (0.485, 0.456, 0.406)
+    with pytest.raises(DataError, match="written for resnet50"):
+        create_model(ModelSpec("resnet18", 40, head="kxv3a"))
