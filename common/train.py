@@ -328,9 +328,10 @@ def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runt
 def image_tiles(inputs: torch.Tensor | tuple, size: int) -> int:
     """Image-sized tiles a batch pushes through the network (a K-image strip counts K): the compute
     an ablation holds equal. 0 for inputs that are not images (a head's stored features)."""
-    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or size <= 0:
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() not in (4, 5) or size <= 0:
         return 0
-    return int(inputs.shape[0] * round(inputs.shape[2] * inputs.shape[3] / size**2))
+    per_sample = inputs.shape[1] if inputs.dim() == 5 else 1  # [B, K, C, S, S]: a product's K tiles, composed inside the net
+    return int(inputs.shape[0] * per_sample * round(inputs.shape[-2] * inputs.shape[-1] / size**2))
 
 
 def _count_unusable(skips: SkipLog, batch: Batch, raw: dict, dataset) -> None:

@@ -99,7 +99,7 @@ def training_tiles(work: WorkDir, info: SourceInfo) -> int | None:
                 if rows and "image_tiles" not in rows[0]:
                     return None
                 total, logs = total + sum(int(float(r["image_tiles"])) for r in rows), logs + 1
-    return round(total / len(folds)) if logs else None
+    return round(total / len(folds)) if logs and total else None  # 0: a head on stored features (no images)
 
 
 def _side(work: WorkDir, infos: dict[str, SourceInfo], spec: str) -> dict | None:

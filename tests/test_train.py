@@ -300,4 +300,5 @@ def test_image_tiles_count_the_compute_an_ablation_holds_equal():
     assert image_tiles(torch.zeros(8, 3, 48, 48), 48) == 8  # single images
     assert image_tiles(torch.zeros(8, 3, 48, 3 * 48), 48) == 24  # strips of K=3 tiles
     assert image_tiles(torch.zeros(8, 3, 96, 96), 48) == 32  # 2x2 grids
+    assert image_tiles(torch.zeros(8, 3, 3, 48, 48), 48) == 24  # bestfitting's [B, K, C, S, S] batches of K=3 products
     assert image_tiles((torch.zeros(8, 4, 2048), torch.ones(8, 4)), 48) == 0  # stored features are not images
