@@ -21,8 +21,8 @@ def _env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
-def run_all(*args: str) -> str:
-    done = subprocess.run(["bash", str(REPO / "run_all.sh"), *args], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+def run_all(*args: str, timeout: int = 900) -> str:
+    done = subprocess.run(["bash", str(REPO / "run_all.sh"), *args], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -203,7 +203,8 @@ def test_fast_dev_run_of_the_full_profile_on_the_tiny_preset(tmp_path):
     from common.sources import list_sources
 
     work = tmp_path / "work"
-    out = run_all("--preset", "tiny", "--work", str(work), "--profile", "full", "--fast-dev-run", "--holdout-fraction", "0.25")
+    out = run_all("--preset", "tiny", "--work", str(work), "--profile", "full", "--fast-dev-run", "--holdout-fraction", "0.25",
+                  timeout=3600)  # 32 full recipes, several InceptionResNetV2s among them, on 2 CPU cores
     from common.recipe import profile_configs, weights_available
 
     no_weights = sum(1 for c in profile_configs("full") if c.pretrained and not weights_available(c.pretrained))
