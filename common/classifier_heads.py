@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from torch import nn
+from torch.nn import functional as F
 
 from .errors import DataError
 
@@ -27,6 +28,24 @@ CLASSIFIER_HEADS: dict[str, HeadSpec] = {
 }
 
 
+class _AnyBatch:
+    """BatchNorm that normalises a training input of one value per channel (a batch of one product
+    at a 1x1 map: a per-K fine-tune of a tiny dataset) with its running statistics, not an error."""
+
+    def forward(self, x):
+        if self.training and x.numel() == x.shape[1]:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
+class BatchNorm1dAnyBatch(_AnyBatch, nn.BatchNorm1d):
+    pass
+
+
+class BatchNorm2dAnyBatch(_AnyBatch, nn.BatchNorm2d):
+    pass
+
+
 class RecordedHead(nn.Module):
     """trunk features -> 1x1 conv + BN + ReLU -> global average -> Linear + BN + ReLU -> Linear."""
 
@@ -38,8 +57,8 @@ class RecordedHead(nn.Module):
         self.trunk, self.num_classes = trunk, num_classes
         self.pretrained_cfg = getattr(trunk, "pretrained_cfg", {})
         width = spec.channels or num_classes
-        self.squeeze = nn.Sequential(nn.Conv2d(spec.in_channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
-        self.fc = nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True), nn.Linear(width, num_classes))
+        self.squeeze = nn.Sequential(nn.Conv2d(spec.in_channels, width, 1, bias=False), BatchNorm2dAnyBatch(width), nn.ReLU(inplace=True))
+        self.fc = nn.Sequential(nn.Linear(width, width), BatchNorm1dAnyBatch(width), nn.ReLU(inplace=True), nn.Linear(width, num_classes))
         if spec.fc_init_std:
             for layer in (self.fc[0], self.fc[3]):
                 nn.init.normal_(layer.weight, std=spec.fc_init_std)

@@ -73,5 +73,9 @@ def test_the_winners_recorded_heads_replace_timms_classifier():
     small = create_model(ModelSpec("resnet50", 40, head="kxv3a"))
     assert abs(small.fc[0].weight.std().item() - 0.01) < 2e-3  # N(0, 0.01) as in resnet.py
     assert small(torch.rand(2, 3, 64, 64)).shape == (2, 40) and small.pretrained_cfg["mean"] == (0.485, 0.456, 0.406)
+    assert small.train()(torch.rand(1, 3, 64, 64)).shape == (1, 40)  # a training batch of one product (a tiny per-K fine-tune)
+    from common.classifier_heads import BatchNorm2dAnyBatch
+
+    assert BatchNorm2dAnyBatch(4).train()(torch.rand(1, 4, 1, 1)).shape == (1, 4, 1, 1)  # one value per channel: running stats
     with pytest.raises(DataError, match="written for resnet50"):
         create_model(ModelSpec("resnet18", 40, head="kxv3a"))
