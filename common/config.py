@@ -84,6 +84,10 @@ class TrainConfig:
         unknown = set(self.tta) - set(TTA_VIEWS)
         if unknown or not self.tta:
             raise DataError(f"recipe option tta: unknown views {sorted(unknown)} (choose from {list(TTA_VIEWS)}, at least one)")
+        try:  # YAML reads 4e-05 (no dot) as a string
+            self.lr_values = [float(v) for v in self.lr_values]
+        except ValueError:
+            raise DataError(f"recipe {self.name}: lr_values {self.lr_values} must be numbers") from None
         if self.schedule == "piecewise" and len(self.lr_values) != len(self.lr_milestones):
             raise DataError(f"recipe {self.name}: schedule piecewise needs one lr_values entry per lr_milestones entry")
         if self.crop and (self.crop > self.input_size or self.decode_on == "device"):

@@ -41,6 +41,7 @@ def test_lr_schedules():
         TrainConfig(schedule="exotic")
     piece = TrainConfig(lr=1e-3, schedule="piecewise", lr_milestones=[4, 7], lr_values=[5e-4, 2.5e-5], epochs=9)  # member B's hand-set LRs
     assert [round(lr_factor(piece, e) * piece.lr, 12) for e in (0, 3.9, 4, 6.9, 7, 8.9)] == [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-5, 2.5e-5]
+    assert TrainConfig(schedule="piecewise", lr_milestones=[2], lr_values=["4e-05"]).lr_values == [4e-05]  # YAML's 4e-05 is a string
     with pytest.raises(DataError, match="one lr_values entry per lr_milestones"):
         TrainConfig(schedule="piecewise", lr_milestones=[4, 7], lr_values=[5e-4])
 
