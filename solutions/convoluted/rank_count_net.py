@@ -75,9 +75,9 @@ def train_specialists(job: FoldJob, base: nn.Module) -> dict[str, nn.Module]:
     n_imgs = data.train.index.n_imgs
     train_t, val_t = image_table(n_imgs, train_rows), image_table(n_imgs, val_rows)
     to_batch = image_batch(*normalization(base), cfg.channels_last, cfg.input_size)
-    models = {}
+    models, val_selections = {}, selections(val_t, n_imgs)
     for name, keep in selections(train_t, n_imgs).items():
-        model, val_keep = copy.deepcopy(base), selections(val_t, n_imgs)[name]
+        model, val_keep = copy.deepcopy(base), val_selections[name]
         if keep.any():
             train = ImageDataset(data.train, table_subset(train_t, keep), data.labels[train_rows], cfg.input_size, hflip=cfg.hflip)
             val = ImageDataset(data.train, table_subset(val_t, val_keep), data.labels[val_rows], cfg.input_size) if val_keep.any() else None
@@ -143,7 +143,7 @@ def rank_count_net_fold(job: FoldJob) -> FoldOutput:
         raise DataError(f"rank_count_net recipe {cfg.name}: its TTA is tta_crops (mirrored crops included): set tta: [orig]")
     base = build_model(cfg, job.num_classes)
     start_from_recipe(base, job)
-    specialists = train_specialists(job, copy.deepcopy(base))
+    specialists = train_specialists(job, base)  # each specialist trains a copy
     net = MemberC(specialists, base.eval(), cfg).to(job.runtime.device)
     _, val_rows = job.rows
     return FoldOutput(predict_member(net, data.train, val_rows, cfg, job.runtime, "oof"),
