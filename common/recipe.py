@@ -84,6 +84,8 @@ class RecipeKind:
     config: type
     run_fold: Callable[[FoldJob], FoldOutput]
     merge_extra: Callable[[list[dict]], dict] | None = None
+    predict_test: Callable[[FoldJob], TopK] | None = None  # a trained fold's models on the test split (ensembling.predict: new products)
+    single_image: bool = False  # a fold's last.pt is one single-image net of the recipe's `model` (exportable to ONNX)
 
 
 # ----------------------------------------------------------------------------- the shared image fold
@@ -99,6 +101,19 @@ def validation_sample(rows: np.ndarray, cfg: TrainConfig) -> np.ndarray:
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     return create_model(ModelSpec(cfg.model, num_classes, cfg.pretrained, cfg.drop_rate, head=cfg.head))
+
+
+def load_trained(model: nn.Module, path: Path) -> nn.Module:
+    """A trained fold's weights (its last.pt) into `model`, in eval mode: what predicting new products starts from."""
+    if not path.exists():
+        raise DataError(f"{path}: missing (the fold is not trained: run its solution's train stage)")
+    model.load_state_dict(load_checkpoint(path)["model"])
+    return model.eval()
+
+
+def trained_model(cfg: TrainConfig, num_classes: int, path: Path) -> nn.Module:
+    """The recipe's network with a trained fold's weights (no pretrained file needed: every tensor is overwritten)."""
+    return load_trained(build_model(dataclasses.replace(cfg, pretrained=None), num_classes), path)
 
 
 def start_from_recipe(model: nn.Module, job: FoldJob) -> None:
@@ -138,17 +153,23 @@ def train_image_model(job: FoldJob) -> nn.Module:
     return fit(cfg, model, train, val, image_batch(mean, std, cfg.channels_last, cfg.input_size), job.out, runtime)
 
 
+def image_test(job: FoldJob, model: nn.Module) -> TopK:
+    return predict_images(model, job.data.test, job.data.test_rows, job.cfg, job.runtime, *normalization(model), desc="test")
+
+
 def image_fold(job: FoldJob) -> FoldOutput:
     """A single-image classifier (dylan): train, then predict this fold's and the test products."""
     model = train_image_model(job)
-    mean, std = normalization(model)
     _, val_rows = job.rows
-    oof = predict_images(model, job.data.train, val_rows, job.cfg, job.runtime, mean, std, desc="oof")
-    test = predict_images(model, job.data.test, job.data.test_rows, job.cfg, job.runtime, mean, std, desc="test")
-    return FoldOutput(oof, test)
+    oof = predict_images(model, job.data.train, val_rows, job.cfg, job.runtime, *normalization(model), desc="oof")
+    return FoldOutput(oof, image_test(job, model))
 
 
-IMAGE = RecipeKind(TrainConfig, image_fold)
+def image_predict_test(job: FoldJob) -> TopK:
+    return image_test(job, trained_model(job.cfg, job.num_classes, job.out / "last.pt"))
+
+
+IMAGE = RecipeKind(TrainConfig, image_fold, predict_test=image_predict_test, single_image=True)
 
 
 # ----------------------------------------------------------------------------- folds -> source

@@ -113,3 +113,18 @@ def assert_same_feature_store(a: Path, b: Path, rel: Path) -> None:
         return
     steps = np.abs(x[differ].astype(np.int16) - y[differ])
     assert steps.max() <= 1 and len(differ) <= max(2, len(x) // 2000), f"{rel}: {len(differ)} bytes differ, by up to {steps.max()} steps"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> tuple[Path, str]:
+    """One uninterrupted `run_all.sh --preset tiny` (every stage), shared by every test that needs a
+    trained work dir: (the work dir, what it printed). Tests that change it work on a copy."""
+    import subprocess
+
+    from common.paths import REPO
+
+    work = tmp_path_factory.mktemp("straight") / "work"
+    done = subprocess.run(["bash", str(REPO / "run_all.sh"), "--preset", "tiny", "--work", str(work)], cwd=REPO,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return work, done.stdout

@@ -1,6 +1,7 @@
 """2nd place (convoluted): feature store, fusion heads, rank/count routing, full recipes, a tiny run."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -377,3 +378,12 @@ def test_tiny_run_of_member_c_as_whole_nets(tiny_work, tmp_path):
     assert sorted(oof.ids) == sorted(folds.loc[folds["fold"] == 0, "_id"]) and summary["oof_product_accuracy"] > 0.3
     validate_topk(oof, "member C oof")  # probabilities in [0, 1], non-increasing along K
     assert (oof.probs.astype(np.float32).sum(1) <= 1.01).all()  # the geometric mean, renormalised
+    # new products (here the test file again) through the trained folds: the same predictions, crops included
+    from ensembling.predict.workspace import make_workspace, rebuild
+
+    scratch = make_workspace(work, Path(json.loads((work.root / "dataset.json").read_text())["test"]), tmp_path / "scratch")
+    rebuild(work, scratch, "convoluted_tcn")  # and, first, the image recipe it starts from
+    for source in ("convoluted_tcb", "convoluted_tcn"):
+        ran, again = load_topk(work.preds(source) / "test.npz"), load_topk(scratch.preds(source) / "test.npz")
+        assert (ran.ids == again.ids).all() and (ran.top1 == again.top1).all(), source
+        assert np.abs(ran.probs.astype(np.float32) - again.probs.astype(np.float32)).max() < 2e-3, source

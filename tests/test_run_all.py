@@ -28,10 +28,9 @@ def run_all(*args: str, timeout: int = 900) -> str:
 
 
 @pytest.fixture(scope="module")
-def straight_run(tmp_path_factory) -> tuple[Path, str]:
-    """One uninterrupted tiny run, shared by the tests of this module."""
-    work = tmp_path_factory.mktemp("straight") / "work"
-    return work, run_all("--preset", "tiny", "--work", str(work))
+def straight_run(tiny_run) -> tuple[Path, str]:
+    """One uninterrupted tiny run (conftest's, shared with the tests that read a trained work dir)."""
+    return tiny_run
 
 
 def test_run_all_tiny_end_to_end_and_rerun(straight_run):

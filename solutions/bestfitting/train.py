@@ -30,6 +30,7 @@ from common.recipe import (
     FoldOutput,
     RecipeKind,
     build_model,
+    load_trained,
     train_main,
     validation_sample,
 )
@@ -96,11 +97,23 @@ def composed_fold(job: FoldJob) -> FoldOutput:
         fine_tune = cfg.finetune_epochs > 0 and len(k_train) and len(k_val)
         models[k] = train_stage(job, tune, copy.deepcopy(shared), k_train, k_val, f"k{k}") if fine_tune else shared
     model = ByCountNet(models)
-    return FoldOutput(predict_by_count(job, model, job.data.train, val_rows, "oof"),
-                      predict_by_count(job, model, job.data.test, job.data.test_rows, "test"))
+    return FoldOutput(predict_by_count(job, model, job.data.train, val_rows, "oof"), composed_test(job, model))
 
 
-KINDS = {"composed": RecipeKind(BestfittingConfig, composed_fold), "image": IMAGE}  # image: the single-image baselines
+def composed_test(job: FoldJob, model: nn.Module) -> TopK:
+    return predict_by_count(job, model, job.data.test, job.data.test_rows, "test")
+
+
+def composed_predict_test(job: FoldJob) -> TopK:
+    """The trained fold: the shared model, and each K's fine-tune where the fold made one (k<K>/last.pt)."""
+    cfg = job.cfg
+    net = ComposedNet(build_model(dataclasses.replace(cfg, pretrained=None), job.num_classes), cfg.layout, cfg.channels_last)
+    shared = load_trained(net, job.out / "shared" / "last.pt")
+    tuned = {k: job.out / f"k{k}" / "last.pt" for k in range(1, MAX_K + 1)}
+    return composed_test(job, ByCountNet({k: load_trained(copy.deepcopy(shared), p) if p.exists() else shared for k, p in tuned.items()}))
+
+
+KINDS = {"composed": RecipeKind(BestfittingConfig, composed_fold, predict_test=composed_predict_test), "image": IMAGE}  # image: the single-image baselines
 DEFAULT = "composed"  # the stage of a recipe that names none
 
 

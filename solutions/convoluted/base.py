@@ -21,7 +21,7 @@ from common.config import TrainConfig
 from common.infer import predict_images
 from common.models import normalization, penultimate_features
 from common.predictions import TopK
-from common.recipe import FoldJob, FoldOutput, train_image_model
+from common.recipe import FoldJob, FoldOutput, train_image_model, trained_model
 from common.train import Batch, Runtime, save_checkpoint
 
 from .feature_store import FeatureWriter
@@ -117,14 +117,30 @@ def feature_rows(cfg: BaseConfig, train_rows: np.ndarray, fold: int) -> np.ndarr
     return train_rows
 
 
+def save_classifier(job: FoldJob, tap: FeatureTap) -> None:
+    """The base net's classifier beside its features: the rank / count heads start from it."""
+    features = job.work.features(job.cfg.solution, job.cfg.name, job.fold)
+    if job.runtime.is_main:
+        features.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(features / "classifier.pt", {"weight": tap.classifier.weight.detach().cpu(), "bias": tap.classifier.bias.detach().cpu()})
+
+
+def base_test(job: FoldJob, tap: FeatureTap) -> TopK:
+    return extract_split(tap, job.data.test, job.data.test_rows, job, "test")
+
+
 def base_fold(job: FoldJob) -> FoldOutput:
     cfg, data = job.cfg, job.data
     tap = FeatureTap(train_image_model(job)).eval()
     train_rows, val_rows = job.rows
-    features = job.work.features(cfg.solution, cfg.name, job.fold)
-    if job.runtime.is_main:  # the rank/count heads start from the base net's classifier
-        features.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(features / "classifier.pt", {"weight": tap.classifier.weight.detach().cpu(), "bias": tap.classifier.bias.detach().cpu()})
+    save_classifier(job, tap)
     seen = extract_split(tap, data.train, np.union1d(feature_rows(cfg, train_rows, job.fold), val_rows), job, "train")
     oof = seen.take(np.flatnonzero(np.isin(seen.ids, data.train.index.ids[val_rows])))
-    return FoldOutput(oof, extract_split(tap, data.test, data.test_rows, job, "test"))
+    return FoldOutput(oof, base_test(job, tap))
+
+
+def base_predict_test(job: FoldJob) -> TopK:
+    """The trained net on the test split, its features stored for the heads (and its classifier beside them)."""
+    tap = FeatureTap(trained_model(job.cfg, job.num_classes, job.out / "last.pt")).eval()
+    save_classifier(job, tap)
+    return base_test(job, tap)

@@ -16,7 +16,7 @@ from common.config import TrainConfig
 from common.errors import DataError
 from common.infer import Items, predict
 from common.predictions import TopK
-from common.recipe import FoldJob, FoldOutput
+from common.recipe import FoldJob, FoldOutput, load_trained
 from common.train import Batch, Runtime, eval_loader, fit, train_loader
 
 from .feature_store import MAX_VIEWS, FeatureStore, dequantise
@@ -172,5 +172,15 @@ def fuse_fold(job: FoldJob) -> FoldOutput:
     train = train_loader(FusionDataset(train_views, train_rows, data.labels[train_rows], "concat" if concat else "random"), cfg, job.runtime, collate_views)
     val = eval_loader(FusionDataset(train_views, val_rows, data.labels[val_rows], "concat" if concat else "orig"), cfg, job.runtime, collate_views)
     head = fit(cfg, head, train, val, views_batch(np.tile(train_views.clip, copies) if concat else train_views.clip), job.out, job.runtime)
-    return FoldOutput(predict_views(head, train_views, data.train.index.ids, val_rows, job, "oof"),
-                      predict_views(head, test_views, data.test.index.ids, data.test_rows, job, "test"))
+    return FoldOutput(predict_views(head, train_views, data.train.index.ids, val_rows, job, "oof"), fuse_test(job, head, test_views))
+
+
+def fuse_test(job: FoldJob, head: torch.nn.Module, test_views: StoredViews) -> TopK:
+    return predict_views(head, test_views, job.data.test.index.ids, job.data.test_rows, job, "test")
+
+
+def fuse_predict_test(job: FoldJob) -> TopK:
+    """The trained head over the base nets' stored test features (their predict_test wrote them)."""
+    views = open_views(job, "test", job.data.test.index.n_imgs)
+    head = load_trained(head_for(job.cfg, views.dim, len(views.views), job.num_classes), job.out / "last.pt")
+    return fuse_test(job, head, views)

@@ -25,7 +25,7 @@ from common.data import image_table
 from common.errors import DataError
 from common.infer import Items, predict
 from common.predictions import TopK
-from common.recipe import FoldJob, FoldOutput
+from common.recipe import FoldJob, FoldOutput, load_trained
 from common.train import Batch, Runtime, eval_loader, fit, load_checkpoint, train_loader
 
 from .feature_store import FeatureStore, dequantise
@@ -182,23 +182,51 @@ def variant_counts(job: FoldJob, specialists, base, store, val_rows, oof: TopK) 
     return out
 
 
+def base_features(job: FoldJob) -> tuple:
+    """(the base recipe's feature folder of this fold, its classifier as the specialists' start)."""
+    if not job.cfg.base:
+        raise DataError(f"rank_count recipe {job.cfg.name}: `base` names no base recipe")
+    features = job.work.features(job.cfg.solution, job.cfg.base, job.fold)
+    return features, load_base_classifier(features / "classifier.pt").eval().to(job.runtime.device)
+
+
+def check_views(cfg: RankCountConfig, store: FeatureStore) -> None:
+    if set(cfg.tta) - set(store.meta.views):
+        raise DataError(f"rank_count recipe {cfg.name}: tta {cfg.tta} needs views the base net did not store ({store.meta.views})")
+
+
+def combined_net(cfg: RankCountConfig, specialists: dict[str, nn.Linear], base: nn.Linear) -> RankCountNet:
+    return RankCountNet(specialists, base, (cfg.rank_weight, cfg.count_weight, cfg.base_weight))
+
+
+def rank_count_test(job: FoldJob, net: RankCountNet, features) -> TopK:
+    store = FeatureStore(features, "test")
+    check_views(job.cfg, store)
+    return predict_combined(net, store, job.data.test, job.data.test_rows, job.cfg, job.runtime, "test")
+
+
 def rank_count_fold(job: FoldJob) -> FoldOutput:
     cfg, data = job.cfg, job.data
-    if not cfg.base:
-        raise DataError(f"rank_count recipe {cfg.name}: `base` names no base recipe")
-    features = job.work.features(cfg.solution, cfg.base, job.fold)
-    train_store, test_store = FeatureStore(features, "train"), FeatureStore(features, "test")
-    if set(cfg.tta) - set(train_store.meta.views):
-        raise DataError(f"rank_count recipe {cfg.name}: tta {cfg.tta} needs views the base net did not store ({train_store.meta.views})")
-    base = load_base_classifier(features / "classifier.pt").eval().to(job.runtime.device)
+    features, base = base_features(job)
+    train_store = FeatureStore(features, "train")
+    check_views(cfg, train_store)
     train_rows, val_rows = job.rows
     train_rows = np.intersect1d(train_rows, train_store.rows)
     val_rows = val_rows[data.train.index.n_imgs[val_rows] > 0]
     specialists = finetune_specialists(job, train_store, base, train_rows, val_rows)
-    net = RankCountNet(specialists, base, (cfg.rank_weight, cfg.count_weight, cfg.base_weight))
+    net = combined_net(cfg, specialists, base)
     oof = predict_combined(net, train_store, data.train, val_rows, cfg, job.runtime, "oof")
-    test = predict_combined(net, test_store, data.test, data.test_rows, cfg, job.runtime, "test")
-    return FoldOutput(oof, test, {"variants": variant_counts(job, specialists, base, train_store, val_rows, oof)})
+    return FoldOutput(oof, rank_count_test(job, net, features), {"variants": variant_counts(job, specialists, base, train_store, val_rows, oof)})
+
+
+def rank_count_predict_test(job: FoldJob) -> TopK:
+    """The trained specialists (a rank / count the fold had no images of stayed the base classifier: no <name>/last.pt)."""
+    features, base = base_features(job)
+    specialists = {}
+    for name in RANK_MODELS + COUNT_MODELS:
+        path = job.out / name / "last.pt"
+        specialists[name] = load_trained(copy.deepcopy(base), path).to(job.runtime.device) if path.exists() else base
+    return rank_count_test(job, combined_net(job.cfg, specialists, base), features)
 
 
 def merge_variants(extras: list[dict]) -> dict:

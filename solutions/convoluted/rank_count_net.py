@@ -24,7 +24,7 @@ from common.errors import DataError
 from common.infer import Items, predict
 from common.models import normalization
 from common.predictions import TopK
-from common.recipe import FoldJob, FoldOutput, build_model, start_from_recipe, validation_sample
+from common.recipe import FoldJob, FoldOutput, build_model, load_trained, start_from_recipe, validation_sample
 from common.train import Batch, Runtime, eval_loader, fit, image_batch, train_loader
 
 from .base import ranks_in_batch
@@ -137,14 +137,31 @@ def predict_member(net: MemberC, reader, rows: np.ndarray, cfg: RankCountNetConf
                    views={"orig": lambda inputs: inputs}, desc=desc)
 
 
-def rank_count_net_fold(job: FoldJob) -> FoldOutput:
-    cfg, data = job.cfg, job.data
+def member_base(job: FoldJob) -> nn.Module:
+    cfg = job.cfg
     if list(cfg.tta) != ["orig"]:
         raise DataError(f"rank_count_net recipe {cfg.name}: its TTA is tta_crops (mirrored crops included): set tta: [orig]")
     base = build_model(cfg, job.num_classes)
     start_from_recipe(base, job)
+    return base
+
+
+def member_test(job: FoldJob, net: MemberC) -> TopK:
+    torch.manual_seed(job.cfg.seed * 1000 + job.fold)  # the random TTA crops drawn alike whenever the fold predicts test products
+    return predict_member(net, job.data.test, job.data.test_rows, job.cfg, job.runtime, "test")
+
+
+def rank_count_net_fold(job: FoldJob) -> FoldOutput:
+    base = member_base(job)
     specialists = train_specialists(job, base)  # each specialist trains a copy
-    net = MemberC(specialists, base.eval(), cfg).to(job.runtime.device)
+    net = MemberC(specialists, base.eval(), job.cfg).to(job.runtime.device)
     _, val_rows = job.rows
-    return FoldOutput(predict_member(net, data.train, val_rows, cfg, job.runtime, "oof"),
-                      predict_member(net, data.test, data.test_rows, cfg, job.runtime, "test"))
+    return FoldOutput(predict_member(net, job.data.train, val_rows, job.cfg, job.runtime, "oof"), member_test(job, net))
+
+
+def rank_count_net_predict_test(job: FoldJob) -> TopK:
+    """The trained specialists (one with no images in the fold stayed the base: no <name>/last.pt) and the base they started from."""
+    base = member_base(job).eval()
+    paths = {name: job.out / name / "last.pt" for name in RANK_MODELS + COUNT_MODELS}
+    specialists = {name: load_trained(copy.deepcopy(base), p) if p.exists() else base for name, p in paths.items()}
+    return member_test(job, MemberC(specialists, base, job.cfg).to(job.runtime.device))

@@ -20,10 +20,11 @@ from common.recipe import IMAGE, RecipeKind, train_main
 from . import base, fuse, rank_count, rank_count_net
 
 KINDS = {
-    "base": RecipeKind(base.BaseConfig, base.base_fold),
-    "fuse": RecipeKind(fuse.FuseConfig, fuse.fuse_fold),
-    "rank_count": RecipeKind(rank_count.RankCountConfig, rank_count.rank_count_fold, rank_count.merge_variants),
-    "rank_count_net": RecipeKind(rank_count_net.RankCountNetConfig, rank_count_net.rank_count_net_fold),
+    "base": RecipeKind(base.BaseConfig, base.base_fold, predict_test=base.base_predict_test, single_image=True),
+    "fuse": RecipeKind(fuse.FuseConfig, fuse.fuse_fold, predict_test=fuse.fuse_predict_test),
+    "rank_count": RecipeKind(rank_count.RankCountConfig, rank_count.rank_count_fold, rank_count.merge_variants, rank_count.rank_count_predict_test),
+    "rank_count_net": RecipeKind(rank_count_net.RankCountNetConfig, rank_count_net.rank_count_net_fold,
+                                 predict_test=rank_count_net.rank_count_net_predict_test),
     "image": IMAGE,
 }
 DEFAULT = "base"  # the stage of a recipe that names none

@@ -1,0 +1,90 @@
+"""Classify new products with a trained work dir (the stack by default), or export one CNN to ONNX.
+
+    python -m ensembling.predict --work W --folder DIR [--source NAME] [--top K] [--out FILE]
+    python -m ensembling.predict --work W --bson FILE          # products in the Kaggle layout
+    python -m ensembling.predict --work W --images A.jpg B.jpg # one product, its images in order
+    python -m ensembling.predict --work W --export-onnx MODEL --out model.onnx [--fold K]
+
+DIR holds one subfolder per product (its name), its images taken in file-name order. The CSV
+(stdout unless --out) has K rows per product: product,rank,category_id,score,category_level1,
+category_level2,category_level3. --source is any source of the work dir (`python -m
+ensembling.predict --work W --list-sources` names them): a model, a solution or team blend, or `stack`,
+which reruns every stacked source, the MD5 dictionary, OCR and the trained stacker on the new
+products. The stages' own messages go to stderr.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from common.cli import parse_stage, run
+from common.errors import DataError
+
+
+@dataclass
+class PredictOptions:
+    folder: str = ""  # one subfolder of images per product
+    bson: str = ""  # a BSON file in the Kaggle layout (products named by _id)
+    images: list[str] = field(default_factory=list)  # the images of one product, in order
+    source: str = ""  # default: stack (when the work dir has one)
+    top: int = 5  # rows per product
+    out: str = ""  # the CSV (default: stdout); with --export-onnx the .onnx file
+    export_onnx: str = ""  # a model source (e.g. dylan_mini_lite0) to export as ONNX instead of predicting
+    fold: int = -1  # the fold model to export (-1: the source's first fold)
+    keep: str = ""  # build the scratch work dir (new.bson, the rebuilt sources) in this new folder and leave it
+    list_sources: bool = False  # name the work dir's sources and what predicting each one runs, then stop
+
+
+def read_products(opts: PredictOptions) -> list:
+    from .products import from_bson, from_folder, from_images
+
+    given = [bool(opts.folder), bool(opts.bson), bool(opts.images)]
+    if sum(given) != 1:
+        raise DataError("give exactly one of --folder DIR, --bson FILE, --images A.jpg [B.jpg ...]")
+    if opts.folder:
+        return from_folder(opts.folder)
+    if opts.bson:
+        return from_bson(opts.bson)
+    return [from_images(opts.images)]
+
+
+def list_sources_of(work) -> None:
+    from common.sources import list_sources
+
+    from .predictor import Predictor
+
+    for info in list_sources(work, finished=False):
+        try:
+            print(f"{info.name:45s} {Predictor(work, info.name).describe()}")
+        except (DataError, FileNotFoundError) as e:
+            print(f"{info.name:45s} cannot predict: {e}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_stage(argv, __doc__, PredictOptions)
+    opts, work = args.options, args.work
+    if opts.list_sources:
+        return list_sources_of(work)
+    if opts.export_onnx:
+        from .onnx_export import export_onnx
+
+        if not opts.out:
+            raise DataError("--export-onnx needs --out FILE.onnx")
+        print(export_onnx(work, opts.export_onnx, opts.out, opts.fold), file=sys.stderr)
+        return None
+    from .predictor import Predictor
+
+    predictor = Predictor.from_work(work, opts.source or None)
+    print(f"predicting with {predictor.describe()}", file=sys.stderr)
+    frame = predictor.predict_products(read_products(opts), opts.top, opts.keep or None)
+    if opts.out:
+        frame.to_csv(opts.out, index=False)
+        print(f"wrote {opts.out}: {frame['product'].nunique()} products, {len(frame)} rows", file=sys.stderr)
+    else:
+        frame.to_csv(sys.stdout, index=False)
+    if frame.attrs.get("unpredicted"):
+        print(f"{len(frame.attrs['unpredicted'])} products got no prediction: {frame.attrs['unpredicted'][:10]}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run(main)

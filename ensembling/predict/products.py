@@ -1,0 +1,164 @@
+"""New products in, a BSON file in the official layout out: what `ensembling.predict` feeds the
+trained work dir, so new products go through exactly the code that read test.bson.
+
+A product is a name and its images in order (Cdiscount's first image is the main view). Every
+Cdiscount image is a 180x180 JPEG with the product on white, so a new image is brought to that
+form: a whole JPEG or PNG of 180x180 without transparency passes byte for byte (its MD5 can still
+match a train duplicate); any other image OpenCV reads (WebP, another size, an alpha channel,
+16 bits) is decoded, laid over white, padded square with white, resized to 180 and stored as a
+lossless PNG, which both decode paths of the data read. An unreadable image is named and skipped;
+a product left with no image is reported and gets no prediction (never a silent prior).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from common.bson_format import BsonWriter
+from common.bson_reader import iter_products
+from common.errors import CorruptImageError, SkipLog
+from common.images import TILE, image_problem, resize
+
+log = logging.getLogger("cdiscount")
+MAX_IMAGES = 4  # the most a Cdiscount product has: every model saw at most 4
+MAGICS = (b"\xff\xd8", b"\x89PNG")
+
+
+@dataclass
+class NewProduct:
+    name: str
+    images: list[bytes]
+    skipped: list[str] = field(default_factory=list)  # why each unreadable image was left out
+
+
+def _decode_any(data: bytes, where: str) -> np.ndarray:
+    if data[:2] == MAGICS[0] or data[:4] == MAGICS[1]:
+        problem = image_problem(data)  # a cut JPEG / PNG: the data path refuses it, so do we
+        if problem:
+            raise CorruptImageError(f"{where}: {problem}")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if img is None:
+        raise CorruptImageError(f"{where}: {len(data)} bytes OpenCV cannot read as an image")
+    return img
+
+
+def _on_white_rgb(img: np.ndarray) -> np.ndarray:
+    """Any OpenCV image (grey, BGR, BGRA; 8 or 16 bits) -> RGB uint8 with transparency over white."""
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    img = img.astype(np.uint8)
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.shape[2] == 4:
+        alpha = img[:, :, 3:4].astype(np.float32) / 255.0
+        img = (img[:, :, :3].astype(np.float32) * alpha + 255.0 * (1 - alpha)).round().astype(np.uint8)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _square_on_white(rgb: np.ndarray) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    side = max(h, w)
+    out = np.full((side, side, 3), 255, np.uint8)
+    top, left = (side - h) // 2, (side - w) // 2
+    out[top : top + h, left : left + w] = rgb
+    return out
+
+
+def as_data_image(data: bytes, where: str) -> bytes:
+    """Bytes the data path reads as the competition's images are (see the module docstring)."""
+    img = _decode_any(data, where)
+    already = (data[:2] == MAGICS[0] or data[:4] == MAGICS[1]) and img.shape[:2] == (TILE, TILE)
+    if already and img.dtype == np.uint8 and (img.ndim == 2 or img.shape[2] == 3):
+        return data
+    rgb = resize(_square_on_white(_on_white_rgb(img)), TILE)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise CorruptImageError(f"{where}: could not be re-encoded")
+    return buf.tobytes()
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise CorruptImageError(f"{path}: cannot be read ({e.strerror})") from None
+
+
+def make_product(name: str, images: Sequence[tuple[str, bytes | Path]]) -> NewProduct:
+    """(where, bytes or a file) per image, in order -> a NewProduct of its readable images (at most 4)."""
+    product = NewProduct(name, [])
+    for where, data in images:
+        try:
+            product.images.append(as_data_image(_read(data) if isinstance(data, Path) else data, where))
+        except CorruptImageError as e:
+            product.skipped.append(str(e))
+            log.warning("%s: skipped (%s)", where, e)
+    if len(product.images) > MAX_IMAGES:
+        log.warning("product %s: %d images, the first %d kept (no Cdiscount product has more)", name, len(product.images), MAX_IMAGES)
+        product.images = product.images[:MAX_IMAGES]
+    return product
+
+
+def _visible(paths: Iterable[Path]) -> list[Path]:
+    return sorted(p for p in paths if not p.name.startswith("."))
+
+
+def from_folder(folder: str | os.PathLike) -> list[NewProduct]:
+    """One product per subfolder (its name), its files in file-name order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--folder {folder}: no such folder")
+    entries = _visible(folder.iterdir())
+    for loose in (p for p in entries if p.is_file()):
+        log.warning("%s: a file directly in --folder, skipped (each product is a subfolder of its images)", loose)
+    subfolders = [p for p in entries if p.is_dir()]
+    if not subfolders:
+        raise FileNotFoundError(f"--folder {folder}: no product subfolder (put each product's images in a subfolder named after it)")
+    return [make_product(d.name, [(str(p), p) for p in _visible(d.iterdir()) if p.is_file()]) for d in subfolders]
+
+
+def from_images(paths: Sequence[str | os.PathLike], name: str | None = None) -> NewProduct:
+    """One product of these image files, in this order (named after the first file unless `name`)."""
+    paths = [Path(p) for p in paths]
+    return make_product(name or paths[0].stem, [(str(p), p) for p in paths])
+
+
+def from_bson(path: str | os.PathLike) -> list[NewProduct]:
+    """The products of a BSON file in the Kaggle layout (named by _id; a malformed document is named and skipped)."""
+    skips = SkipLog(str(path))
+    products = [make_product(str(p.product_id), [(f"{path} _id {p.product_id} image {i}", b) for i, b in enumerate(p.images)])
+                for p in iter_products(path, skips)]
+    skips.report()
+    return products
+
+
+def from_objects(products: Sequence[Sequence[bytes | str | os.PathLike]] | dict) -> list[NewProduct]:
+    """The API's input: a list of products (or a dict name -> product), a product a list of image bytes or paths."""
+    named = products.items() if isinstance(products, dict) else ((str(i), p) for i, p in enumerate(products))
+    out = []
+    for name, images in named:
+        if isinstance(images, (bytes, str, os.PathLike)):
+            images = [images]  # one image given alone
+        out.append(make_product(str(name), [(f"product {name} image {i}", b) if isinstance(b, bytes) else (str(b), Path(b))
+                                            for i, b in enumerate(images)]))
+    return out
+
+
+def write_bson(products: Sequence[NewProduct], path: Path, first_id: int) -> dict[int, str]:
+    """The products with at least one image as documents _id first_id, first_id + 1, ...; returns _id -> name."""
+    names = {}
+    with BsonWriter(path) as w:
+        for product in products:
+            if not product.images:
+                log.warning("product %s: no readable image (%s): no prediction", product.name, "; ".join(product.skipped) or "no image file")
+                continue
+            pid = first_id + len(names)
+            w.write(pid, product.images, None)
+            names[pid] = product.name
+    return names
