@@ -125,6 +125,16 @@ def test_unreadable_images_are_named_and_skipped(tmp_path, caplog):
     assert [len(p.images) for p in iter_products(tmp_path / "new.bson")] == [1, 4]  # at most 4, as every Cdiscount product
 
 
+def test_a_bson_file_gives_its_products_by_id_and_names_a_cut_image(write_bson, caplog):
+    from ensembling.predict.products import from_bson
+
+    good = encode_jpeg(np.full((TILE, TILE, 3), 40, np.uint8))
+    path = write_bson("new.bson", [(7, [good, good[:-40]], None), (3, [good], None)])
+    products = from_bson(path)
+    assert [(p.name, len(p.images)) for p in products] == [("7", 1), ("3", 1)] and products[0].images[0] == good
+    assert "_id 7 image 1: skipped" in caplog.text and "JPEG without its end marker" in caplog.text
+
+
 def test_onnx_export_gives_torchs_probabilities_on_real_images(tiny_run, tmp_path):
     import onnxruntime as ort
     import torch

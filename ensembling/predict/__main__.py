@@ -74,9 +74,10 @@ def main(argv: list[str] | None = None) -> None:
         return None
     from .predictor import Predictor
 
+    products = read_products(opts)
     predictor = Predictor.from_work(work, opts.source or None)
-    print(f"predicting with {predictor.describe()}", file=sys.stderr)
-    frame = predictor.predict_products(read_products(opts), opts.top, opts.keep or None)
+    print(f"predicting {len(products)} products with {predictor.describe()}", file=sys.stderr)
+    frame = predictor.predict_products(products, opts.top, opts.keep or None)
     if opts.out:
         frame.to_csv(opts.out, index=False)
         print(f"wrote {opts.out}: {frame['product'].nunique()} products, {len(frame)} rows", file=sys.stderr)

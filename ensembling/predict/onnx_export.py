@@ -11,7 +11,9 @@ the category_id at position k of `category_ids`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +79,9 @@ def export_onnx(work: WorkDir, source: str, out: str | os.PathLike, fold: int = 
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(net, (example,), str(out), input_names=["pixels"], output_names=["probs"], opset_version=OPSET, dynamo=True,
-                      dynamic_shapes={"pixels": {0: torch.export.Dim("n", min=1)}})  # torch.export's exporter (onnxscript)
+    with contextlib.redirect_stdout(sys.stderr):  # the exporter's progress lines
+        torch.onnx.export(net, (example,), str(out), input_names=["pixels"], output_names=["probs"], opset_version=OPSET, dynamo=True,
+                          dynamic_shapes={"pixels": {0: torch.export.Dim("n", min=1)}})  # torch.export's exporter (onnxscript)
     tree = DatasetPaths.load(work).tree()
     write_json(out.with_name(out.name + ".json"), {
         "source": source, "fold": fold, "model": cfg.model, "input": "pixels: uint8 [N, 3, S, S] RGB", "output": "probs: float32 [N, C] softmax",

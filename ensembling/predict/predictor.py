@@ -101,4 +101,4 @@ class Predictor:
     def describe(self) -> str:
         """What predicting runs: the sources in order."""
         kind = read_source(self.work, self.source).kind
-        return f"{self.source} ({kind}) from {len(self.plan)} sources: " + ", ".join(i.name for i in self.plan)
+        return f"{self.source} ({kind}), rerunning {len(self.plan)} source{'s' * (len(self.plan) > 1)}: " + ", ".join(i.name for i in self.plan)

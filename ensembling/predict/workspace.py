@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from common.atomic import write_json
 from common.errors import DataError
 from common.paths import REPO, WorkDir
 from common.predictions import average_topk, save_topk
 from common.prepare import DatasetPaths
-from common.atomic import write_json
 from common.sources import SourceInfo, list_sources, read_source
-
 
 
 def _link(src: Path, dst: Path) -> None:
