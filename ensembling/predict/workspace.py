@@ -1,7 +1,7 @@
 """The prediction work dir: a scratch work dir whose test split is the new products and whose
 trained parts (models, train index, folds, OOF files, MD5 hashes, OCR texts) are the trained work
-dir's, linked or copied, never changed. Each source the chosen one needs is then rebuilt on it by
-the stage that made it, so a new product gets exactly what a test product of the run got:
+dir's, linked (OCR's text cache copied when OCR reruns), never changed. Each source the chosen one
+needs is then rebuilt on it by the stage that made it, so a new product gets exactly what a test product of the run got:
 
     model          each fold's trained models through its kind's `predict_test`, the folds averaged
                    as `merge_folds` does (its OOF file and summary linked from the trained work dir)
@@ -53,9 +53,6 @@ def make_workspace(work: WorkDir, bson: Path, root: Path) -> WorkDir:
     for name in ("train_hashes.npy", "train_hashes.json"):
         if (work.root / "md5" / name).exists():
             _link(work.root / "md5" / name, root / "md5" / name)
-    if (work.root / "ocr" / "cache.sqlite3").exists():  # copied: reading new images adds rows
-        (root / "ocr").mkdir(parents=True, exist_ok=True)
-        shutil.copy(work.root / "ocr" / "cache.sqlite3", root / "ocr" / "cache.sqlite3")
     return scratch
 
 
@@ -168,6 +165,10 @@ def rebuild_md5(scratch: WorkDir, options: dict, summary: dict) -> None:
 def rebuild_ocr(scratch: WorkDir, options: dict, summary: dict) -> None:
     from ocr.run import OcrOptions, run_ocr
 
+    cache = Path(summary.get("reading", {}).get("cache", ""))  # the texts the run read (copied: reading new images adds rows)
+    if cache.is_file():
+        (scratch.root / "ocr").mkdir(parents=True, exist_ok=True)
+        shutil.copy(cache, scratch.root / "ocr" / "cache.sqlite3")
     options.update(shard="", merge_caches=[], cache=None, sources=list(summary.get("selection_sources", [])))
     run_ocr(scratch, OcrOptions(**options), progress=False)
 
