@@ -3,25 +3,31 @@
 #   ./run_all.sh                       # mini data (generated once into work/mini), every stage that exists
 #   ./run_all.sh --data DIR            # the real Kaggle files: DIR/train.bson DIR/test.bson [DIR/category_names.csv]
 #   ./run_all.sh --work DIR            # where every stage writes (default: work/)
-#   ./run_all.sh --preset tiny         # the seconds-long mini preset (tests use it)
+#   ./run_all.sh --preset tiny|default|dev   # the mini dataset's size (tiny: seconds, the tests' one; dev: 2,000 products)
+#   ./run_all.sh --seed N | --n-folds K      # the mini data's and the folds' seed (0); k-fold folds (3 mini, 5 full)
 #   ./run_all.sh --profile full        # the winners' full recipes (GPUs; used by the training stages)
-#   ./run_all.sh --nproc N             # training/predicting stages under torchrun with N processes (default: one per GPU; gloo on CPU)
+#   ./run_all.sh --nproc N             # recipes one after another, each under torchrun with N processes (default: one per GPU; gloo on CPU)
+#   ./run_all.sh --gpus-per-recipe G --scheduler local[:N]   # every ready recipe at once, each on its own G GPUs (dask LocalCluster, N GPUs)
+#   ./run_all.sh --gpus-per-recipe G --scheduler tcp://HOST:8786   # on the workers of `dask scheduler` (`dask worker ... --resources GPU=N`)
+#   ./run_all.sh ... --progress-s S    # under a scheduler: a line per running recipe every S seconds (60)
 #   ./run_all.sh --protocol holdout    # kfold (the mini default) | holdout (the full default, as the winners: one model per recipe)
 #   ./run_all.sh --holdout-fraction F  # the holdout's share when the 2nd team's 50k ids are not in the data (default 0.05)
 #   ./run_all.sh --profile full --fast-dev-run   # every full recipe, a few steps at a small input: the wiring in minutes (work/fast_dev_run)
-#   ./run_all.sh --from STAGE | --only STAGE | --force
+#   ./run_all.sh --from STAGE | --only STAGE|NODE | --force   # stages: python -m common.pipeline --list
 #   ./run_all.sh --accept-lost-products   # write the submissions although the test index lost documents of a cut test.bson
-#   ./run_all.sh --profile full --plan [--data DIR] [--gpus N]   # what the run costs (GPU-hours, disk, RAM), then exit: no stage runs
-# A stage whose output is newer than every earlier stage's (and than its recipes) is skipped, so an
-# interrupted run continues where it stopped; what a stage reuses inside is checked by content.
+#   ./run_all.sh --profile full --plan [--data DIR] [--gpus N] [--gpus-per-recipe G] [--machines M]
+#                                      # what the run costs (GPU-hours, its schedule's wall-hours, disk, RAM), then exit: no stage runs
+# A node (a stage or a recipe) whose output is newer than the outputs of the nodes it needs (and
+# than its recipe) is skipped, so an interrupted run continues where it stopped; what a stage
+# reuses inside is checked by content. Logs: <work>/logs/<node>.log.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DATA="" WORK="" PRESET="default" PROFILE="mini" FROM="" ONLY="" FORCE=0 SEED=0 N_FOLDS="" NPROC="" PROTOCOL="" HOLDOUT_FRACTION="0.05" FAST_DEV=0
-PLAN=0 GPUS="" ACCEPT_LOST=()  # --plan: python -m common.plan on --gpus N GPUs, no stage
+PLAN=0 GPUS="" ACCEPT_LOST=() GPUS_PER_RECIPE="" SCHEDULER="" MACHINES="" PROGRESS_S=60  # --plan: python -m common.plan on --gpus N GPUs, no stage
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --data|--work|--preset|--profile|--from|--only|--seed|--n-folds|--nproc|--protocol|--holdout-fraction)
+    --data|--work|--preset|--profile|--from|--only|--seed|--n-folds|--nproc|--protocol|--holdout-fraction|--scheduler)
       [ $# -ge 2 ] && [ -n "$2" ] || { echo "run_all.sh: $1 needs a value" >&2; exit 2; } ;;
   esac
   case "$1" in
@@ -42,6 +48,12 @@ while [ $# -gt 0 ]; do
     --accept-lost-products) ACCEPT_LOST=(--accept-lost-products); shift ;;
     --plan) PLAN=1; shift ;;
     --gpus) [[ "${2:-}" =~ ^[0-9]+$ ]] || { echo "run_all.sh: --gpus takes a whole number" >&2; exit 2; }; GPUS="$2"; shift 2 ;;
+    --gpus-per-recipe) [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || { echo "run_all.sh: --gpus-per-recipe takes a whole number of GPUs" >&2; exit 2; }
+                       GPUS_PER_RECIPE="$2"; shift 2 ;;
+    --progress-s) [[ "${2:-}" =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "run_all.sh: --progress-s takes seconds" >&2; exit 2; }; PROGRESS_S="$2"; shift 2 ;;
+    --machines) [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || { echo "run_all.sh: --machines takes a whole number" >&2; exit 2; }; MACHINES="$2"; shift 2 ;;
+    --scheduler) [[ "$2" =~ ^(local(:[1-9][0-9]*)?|tcp://.+|tls://.+)$ ]] || { echo "run_all.sh: --scheduler takes local, local:N or tcp://HOST:PORT" >&2; exit 2; }
+                 SCHEDULER="$2"; shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "run_all.sh: unknown argument $1" >&2; usage 2 ;;
   esac
@@ -66,93 +78,18 @@ if [ "$PLAN" = 1 ]; then  # the plan of this run (common/plan.py): counts, GPU-h
   PLAN_ARGS=(--profile "$PROFILE" --work "$WORK" --protocol "$PROTOCOL" --n-folds "$N_FOLDS" --holdout-fraction "$HOLDOUT_FRACTION")
   [ -n "$DATA" ] && PLAN_ARGS+=(--data "$DATA")
   [ -n "$GPUS" ] && PLAN_ARGS+=(--gpus "$GPUS")
-  exec python -m common.plan "${PLAN_ARGS[@]}"
+  [ -n "$GPUS_PER_RECIPE" ] && PLAN_ARGS+=(--gpus-per-recipe "$GPUS_PER_RECIPE")
+  [ -n "$MACHINES" ] && PLAN_ARGS+=(--machines "$MACHINES")
+  exec python -m common.plan "${PLAN_ARGS[@]}" --build-index  # a data folder without an index: built here, one read of the files
 fi
-STAGES=(data index folds stats dylan bestfitting convoluted ocr md5 stack report)
-for s in "$FROM" "$ONLY"; do
-  if [ -n "$s" ] && [[ ! " ${STAGES[*]} " =~ " $s " ]]; then
-    echo "run_all.sh: unknown stage '$s' (stages: ${STAGES[*]})" >&2; exit 2
-  fi
-done
-
-if [ -n "$DATA" ]; then
-  TRAIN="$DATA/train.bson" TEST="$DATA/test.bson"
-  CATEGORIES="$DATA/category_names.csv"; [ -f "$CATEGORIES" ] || CATEGORIES="$ROOT/common/resources/category_names.csv"
-  for f in "$TRAIN" "$TEST"; do [ -f "$f" ] || { echo "run_all.sh: missing $f (put the Kaggle files in $DATA)" >&2; exit 2; }; done
-else
-  MINI="$WORK/mini"
-  TRAIN="$MINI/train.bson" TEST="$MINI/test.bson" CATEGORIES="$MINI/category_names.csv"
-fi
-TEST_LABELS=()
-[ -z "$DATA" ] && TEST_LABELS=(--test-labels "$MINI/test_labels.csv")
-
-# training and predicting stages: --nproc N processes under torchrun, else one per GPU when several are visible
-[ -n "$NPROC" ] || NPROC="$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
-if [ "$NPROC" -gt 1 ]; then LAUNCH=(torchrun --standalone --nproc_per_node="$NPROC"); else LAUNCH=(python); fi
-DEV_FLAG=(); [ "$FAST_DEV" = 1 ] && DEV_FLAG=(--fast-dev-run)
-# every recipe of the profile loaded, validated, its network built, its global batch split over the
-# processes and its weight file found, before any stage runs (every problem named at once)
-python -m common.preflight --profile "$PROFILE" --nproc "$((NPROC > 1 ? NPROC : 1))" "${DEV_FLAG[@]}"
-train_solution() {  # train_solution SOLUTION: every recipe of the profile (each after those it requires), then the solution's blend
-  "${LAUNCH[@]}" -m "solutions.$1.train" --profile "$PROFILE" --work "$WORK" "${DEV_FLAG[@]}" $(force_flag)
-  python -m "solutions.$1.submit" --work "$WORK" --profile "$PROFILE" "${ACCEPT_LOST[@]}"
-}
-
-started=0
-should_run() {  # should_run STAGE: honours --from / --only
-  local stage="$1"
-  if [ -n "$ONLY" ]; then [ "$stage" = "$ONLY" ]; return; fi
-  [ -z "$FROM" ] || [ "$stage" = "$FROM" ] && started=1
-  [ "$started" = 1 ]
-}
-declare -A WALL
-# make's rule over the stage order: an output older than an earlier stage's output (or than the
-# solution's recipe YAMLs) is stale and its stage reruns; inside, each stage checks what it reuses
-# by content (folds, index, recipe: a changed one stops, naming it, unless --force)
-NEWEST=0
-mtime() { local t; t="$(stat -c %Y "$@" 2>/dev/null | sort -n | tail -1)"; echo "${t:-0}"; }
-note_output() { local t; t="$(mtime "$@")"; [ "$t" -le "$NEWEST" ] || NEWEST="$t"; }
-recipes_mtime() { if [ -d "$ROOT/solutions/$1/configs" ]; then mtime "$ROOT/solutions/$1/configs"/*.yaml; else echo 0; fi; }
-run_stage() {  # run_stage NAME DONE_FILE CMD...: skip when DONE_FILE is newer than what came before (unless --force)
-  local name="$1" done_file="$2"; shift 2
-  should_run "$name" || { echo "== $name: not selected"; return 0; }
-  local newest="$NEWEST" recipes; recipes="$(recipes_mtime "$name")"; [ "$recipes" -le "$newest" ] || newest="$recipes"
-  if [ "$FORCE" = 0 ] && [ -n "$done_file" ] && [ -e "$done_file" ]; then
-    if [ "$(mtime "$done_file")" -ge "$newest" ]; then
-      echo "== $name: up to date ($done_file)"; WALL[$name]="skipped"; note_output "$done_file"; return 0
-    fi
-    echo "== $name: stale (an earlier stage's output or its recipes are newer than $done_file): rerun"
-  fi
-  echo "== $name"
-  local t0=$SECONDS
-  "$@"
-  WALL[$name]="$((SECONDS - t0))s"
-  echo "== $name: ${WALL[$name]}"
-  [ -z "$done_file" ] || note_output "$done_file"
-}
-force_flag() { [ "$FORCE" = 1 ] && echo --force || true; }
-
-if [ -z "$DATA" ]; then
-  run_stage data "" python -m mini --work "$WORK" --out "$MINI" --preset "$PRESET" --seed "$SEED" $(force_flag)
-  note_output "$MINI/mini.json"
-fi
-run_stage index "" python -m common.prepare --work "$WORK" --train "$TRAIN" --test "$TEST" --categories "$CATEGORIES" "${TEST_LABELS[@]}"
-note_output "$WORK/index/train.json" "$WORK/index/test.json"
-# always run: it leaves matching folds alone and stops when the work dir's folds were made otherwise
-run_stage folds "" python -m common.folds --work "$WORK" --protocol "$PROTOCOL" --n-folds "$N_FOLDS" --holdout-fraction "$HOLDOUT_FRACTION" --seed "$SEED" $(force_flag)
-note_output "$WORK/folds.json"
-run_stage stats "$WORK/stats/test/stats.json" python -m common.stats --work "$WORK"
-
-run_stage dylan "$WORK/preds/dylan/summary.json" train_solution dylan
-run_stage bestfitting "$WORK/preds/bestfitting/summary.json" train_solution bestfitting
-run_stage convoluted "$WORK/preds/convoluted/summary.json" train_solution convoluted
-run_stage ocr "$WORK/preds/ocr/summary.json" python -m ocr.run --work "$WORK"
-run_stage md5 "$WORK/preds/md5/summary.json" python -m md5.run --work "$WORK" "${ACCEPT_LOST[@]}"
-run_stage stack "$WORK/preds/stack/summary.json" python -m ensembling.stack --work "$WORK" "${ACCEPT_LOST[@]}"
-run_stage report "$WORK/report/index.html" python -m ensembling.report --work "$WORK"
-
-echo
-echo "Wall time per stage:"
-for s in "${STAGES[@]}"; do [ -n "${WALL[$s]:-}" ] && printf '  %-12s %s\n' "$s" "${WALL[$s]}"; done
-echo "Final submission: $WORK/submissions/stack.csv.gz    report: $WORK/report/index.html"
-echo "Outputs under $WORK"
+# the pipeline graph (common/pipeline.py) run by common/runner.py: every stage and recipe in
+# dependency order, one after another or side by side on a dask scheduler
+RUN_ARGS=(--work "$WORK" --profile "$PROFILE" --preset "$PRESET" --seed "$SEED" --n-folds "$N_FOLDS" --protocol "$PROTOCOL"
+          --holdout-fraction "$HOLDOUT_FRACTION" --from-stage "$FROM" --only "$ONLY" --scheduler "$SCHEDULER" --progress-s "$PROGRESS_S")
+[ -n "$DATA" ] && RUN_ARGS+=(--data "$DATA")
+[ -n "$NPROC" ] && RUN_ARGS+=(--nproc "$NPROC")
+[ -n "$GPUS_PER_RECIPE" ] && RUN_ARGS+=(--gpus-per-recipe "$GPUS_PER_RECIPE")
+[ "$FORCE" = 1 ] && RUN_ARGS+=(--force)
+[ "$FAST_DEV" = 1 ] && RUN_ARGS+=(--fast-dev-run)
+[ ${#ACCEPT_LOST[@]} -gt 0 ] && RUN_ARGS+=(--accept-lost-products)
+exec python -m common.runner "${RUN_ARGS[@]}"

@@ -38,28 +38,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench
 
 from bench.bench_bson import bench_file  # noqa: E402
 from common.augment import build_augment  # noqa: E402
+from common.bench_feed import BenchData, Feed  # noqa: E402
 from common.bson_index import build_index  # noqa: E402
 from common.bson_reader import BsonReader  # noqa: E402
-from common.cli import read_yaml  # noqa: E402
 from common.config import for_world  # noqa: E402
-from common.data import ImageDataset, ProductDataset, collate_images, image_table  # noqa: E402
-from common.paths import REPO, default_work_dir  # noqa: E402
-from common.throughput import DEFAULT_THROUGHPUT, N_CLASSES  # noqa: E402
-from common.recipe import build_model, load_recipe, profile_configs, solution_kinds  # noqa: E402
-from common.train import Batch, Runtime, autocast, build_optimizer, eval_loader, forward, image_batch, masked_cross_entropy  # noqa: E402
-from common.train import prepare_model, train_loader  # noqa: E402
-
-CNN_STAGES = ("image", "composed", "base")
+from common.paths import REPO, WorkDir, default_work_dir  # noqa: E402
+from common.pipeline import RunOptions, build_graph  # noqa: E402
+from common.recipe import load_recipe  # noqa: E402
+from common.registry import solution, solution_of_path  # noqa: E402
+from common.throughput import DEFAULT_THROUGHPUT  # noqa: E402
+from common.train import Batch, Runtime, autocast, build_optimizer, forward, masked_cross_entropy, prepare_model  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- recipes and data
 
 
-def recipe(spec: str):
-    """`solution/name` (solutions/<solution>/configs/<name>.yaml) or a YAML path, in its config class."""
-    path = Path(spec) if spec.endswith(".yaml") else REPO / "solutions" / spec.split("/")[0] / "configs" / f"{spec.split('/')[1]}.yaml"
-    solution = read_yaml(path).get("solution", path.parent.parent.name)
-    return load_recipe(path, *solution_kinds(solution))
+def recipe(spec: str) -> tuple:
+    """`solution/name` (a recipe of that solution's configs folder) or a YAML path there: (config, its RecipeKind)."""
+    if spec.endswith(".yaml"):
+        sol = solution_of_path(Path(spec))
+        if sol is None:
+            raise SystemExit(f"--recipes {spec}: not in a solution's configs folder")
+        path = Path(spec)
+    else:
+        sol = solution(spec.split("/")[0])
+        path = sol.configs / f"{spec.split('/', 1)[1]}.yaml"
+    cfg = load_recipe(path, sol)
+    return cfg, sol.kinds()[0][cfg.stage]
+
+
+def profile_recipes() -> list[tuple]:
+    """Every recipe node of the full profile's graph: (config, its RecipeKind)."""
+    return [(n.recipe, n.recipe_kind) for n in build_graph(RunOptions(profile="full"), WorkDir()).recipes()]
 
 
 def adjust(cfg, args):
@@ -72,86 +82,11 @@ def adjust(cfg, args):
     return for_world(dataclasses.replace(cfg, **changes), 1)
 
 
-@dataclasses.dataclass
-class BenchData:
-    reader: BsonReader
-    rows: np.ndarray
-    labels: np.ndarray  # per product, 0..35 (the sample's categories)
-    images: int
-
-
 def bench_data(work: Path, size_mb: int) -> BenchData:
     path, _ = bench_file(work, size_mb)
     index = build_index(path, progress=False)
     labels = np.unique(index.category_ids, return_inverse=True)[1].astype(np.int64)
     return BenchData(BsonReader(path, index), np.arange(len(index)), labels, int(index.n_images))
-
-
-# ----------------------------------------------------------------------------- what a recipe feeds its network
-
-
-@dataclasses.dataclass
-class Feed:
-    model: torch.nn.Module
-    train: Callable[[], Iterator[dict]]  # raw loader batches (a new pass each call)
-    infer: Callable[[], Iterator[dict]]
-    to_batch: Callable  # raw -> Batch
-    synthetic: Callable[[int, bool], Batch]  # (step, train) -> a batch made on the device
-
-
-def synthetic_images(n: int, size: int, runtime: Runtime, channels_last: bool) -> torch.Tensor:
-    x = torch.randn(n, 3, size, size, device=runtime.device)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and runtime.cuda else x
-
-
-def target(n: int, runtime: Runtime) -> torch.Tensor:
-    return torch.randint(0, N_CLASSES, (n,), device=runtime.device)
-
-
-def image_feed(cfg, data: BenchData, runtime: Runtime) -> Feed:
-    """dylan and the 2nd place's base nets: single images through ImageDataset."""
-    from common.models import normalization
-
-    model = build_model(cfg, N_CLASSES)
-    table = image_table(data.reader.index.n_imgs, data.rows)
-    decode = cfg.decode_on == "device"
-    train_set = ImageDataset(data.reader, table, data.labels, cfg.input_size, hflip=cfg.hflip, device_decode=decode)
-    eval_set = ImageDataset(data.reader, table, data.labels, cfg.input_size, device_decode=decode)
-
-    def synthetic(step: int, train: bool) -> Batch:
-        n = cfg.batch_size if train else cfg.eval_batch_size
-        return Batch(synthetic_images(n, cfg.input_size, runtime, cfg.channels_last), target(n, runtime), torch.ones(n, dtype=torch.bool, device=runtime.device))
-
-    return Feed(model, lambda: iter(train_loader(train_set, cfg, runtime, collate_images)), lambda: iter(eval_loader(eval_set, cfg, runtime, collate_images)),
-                image_batch(*normalization(model), cfg.channels_last, cfg.input_size), synthetic)
-
-
-def composed_feed(cfg, data: BenchData, runtime: Runtime) -> Feed:
-    """bestfitting: products of one K per batch (about batch_size tiles), composed on the device."""
-    from common.models import normalization
-    from solutions.bestfitting.data import ByCountBatchSampler, collate_same_count, image_count, tiles_batch
-    from solutions.bestfitting.layout import ComposedNet
-
-    model = ComposedNet(build_model(cfg, N_CLASSES), cfg.layout, cfg.channels_last)
-    counts = image_count(data.reader.index.n_imgs[data.rows])
-    train_set = ProductDataset(data.reader, data.rows, data.labels, cfg.input_size, hflip=cfg.hflip)
-    eval_set = ProductDataset(data.reader, data.rows, data.labels, cfg.input_size)
-
-    def loader(train: bool) -> Iterator[dict]:
-        sampler = ByCountBatchSampler(counts, cfg.batch_size if train else cfg.eval_batch_size, cfg.seed, train)
-        make = train_loader if train else eval_loader
-        return iter(make(train_set if train else eval_set, cfg, runtime, collate_same_count, sampler))
-
-    def synthetic(step: int, train: bool) -> Batch:
-        k = 1 + step % 4
-        n = max(2, (cfg.batch_size if train else cfg.eval_batch_size) // k)
-        tiles = torch.randn(n, k, 3, cfg.input_size, cfg.input_size, device=runtime.device)
-        return Batch(tiles, target(n, runtime), torch.ones(n, dtype=torch.bool, device=runtime.device))
-
-    return Feed(model, lambda: loader(True), lambda: loader(False), tiles_batch(*normalization(model)), synthetic)
-
-
-FEEDS = {"image": image_feed, "composed": composed_feed, "base": image_feed}
 
 
 # ----------------------------------------------------------------------------- timing
@@ -227,10 +162,10 @@ def infer_rate(cfg, feed: Feed, loader: bool, args, runtime: Runtime) -> float:
     return timed(step, batches(feed, False, loader, runtime), args.warmup, args.steps, runtime)
 
 
-def measure(cfg, data: BenchData, args, runtime: Runtime) -> dict:
+def measure(cfg, kind, data: BenchData, args, runtime: Runtime) -> dict:
     """Train and infer images/s, loader-fed and synthetic, for one recipe."""
     start = time.perf_counter()
-    feed = FEEDS[cfg.stage](cfg, data, runtime)
+    feed = kind.bench_feed(cfg, data, runtime)
     prepare_model(cfg, feed.model, runtime)
     if runtime.cuda:
         torch.cuda.reset_peak_memory_stats(runtime.device)
@@ -283,30 +218,30 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.work) if args.work else default_work_dir() / "bench_gpu"
     work.mkdir(parents=True, exist_ok=True)
     out = Path(args.out) if args.out else (DEFAULT_THROUGHPUT if runtime.cuda else work / "cpu_throughput.json")
-    recipes = [recipe(s) for s in args.recipes] if args.recipes else [c for c in profile_configs("full") if c.stage in CNN_STAGES]
+    recipes = [recipe(s) for s in args.recipes] if args.recipes else profile_recipes()
     data = bench_data(work, args.size_mb)
     result = {"device": device_name(runtime), "gpu": runtime.cuda, "torch": torch.__version__, "amp": "bf16 autocast" if runtime.cuda else "none (CPU: fp32)",
               "channels_last": runtime.cuda, "size": args.size or "recipe", "quick": args.quick, "bson": {"products": len(data.rows), "images": data.images},
               "created": time.strftime("%Y-%m-%d %H:%M:%S"), "recipes": {}, "skipped": {}}
     start = time.perf_counter()
-    for cfg in recipes:
+    for cfg, kind in recipes:
         cfg = adjust(cfg, args)
-        if cfg.stage not in CNN_STAGES:
-            result["skipped"][cfg.source] = f"stage {cfg.stage}: a head on stored features (the plan bounds it by disk reads)"
+        if kind.bench_feed is None:
+            result["skipped"][cfg.source] = f"stage {cfg.stage}: {kind.bench_skip or 'no benchmark feed registered (RecipeKind.bench_feed)'}"
         elif time.perf_counter() - start > args.budget_s:
             result["skipped"][cfg.source] = f"not measured: over the {args.budget_s:.0f} s budget"
         else:
-            result["recipes"][cfg.source] = run_one(cfg, data, args, runtime)
+            result["recipes"][cfg.source] = run_one(cfg, kind, data, args, runtime)
         write(out, result)  # after each recipe: a killed run keeps what it measured
     print_table(result)
     print(f"wrote {out} ({time.perf_counter() - start:.0f} s)")
     return result
 
 
-def run_one(cfg, data: BenchData, args, runtime: Runtime) -> dict:
+def run_one(cfg, kind, data: BenchData, args, runtime: Runtime) -> dict:
     """One recipe; an error (out of memory, say) is recorded and the next recipe runs."""
     try:
-        entry = measure(cfg, data, args, runtime)
+        entry = measure(cfg, kind, data, args, runtime)
     except (RuntimeError, ValueError) as e:
         entry = {"source": cfg.source, "model": cfg.model, "error": f"{type(e).__name__}: {str(e)[:300]}"}
     gc.collect()

@@ -27,7 +27,7 @@ TTA_VIEWS = ("orig", "hflip")
 @dataclass
 class TrainConfig:
     # what and where
-    solution: str = "dylan"
+    solution: str = ""  # set from where the recipe file lies (common.recipe.identity): its solution's configs folder, or the trainer running it
     stage: str = "image"  # the kind of recipe (the solution's train.py registers what each stage trains)
     name: str = "model"  # the recipe name: work/models/<solution>/<name>/fold<k>/, source <solution>_<name>
     model: str = "tf_efficientnet_lite0"  # a timm model name (or a solution's head name)

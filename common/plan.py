@@ -20,292 +20,28 @@ Wall-hours on N GPUs are GPU-hours / N: linear scaling is assumed, never measure
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 from .atomic import write_json
 from .cli import parse_stage, run
 from .errors import DataError
-from .paths import HENG_VALID_IDS, WorkDir
+from .paths import WorkDir
 from .plan_figures import (BENCH_CORES, BENCH_README, COLD_READ_MB_S, CPU_FITS, HASH_BYTES, INDEX_BYTES, MEDIA_IMAGE_SHARE, PARALLEL_STAGES,
                            STACK_FIT_ROUNDS, STACK_SOURCES_NOTE, TESSERACT_IMAGES_S_CORE)
-from .recipe import profile_configs
-from .throughput import N_CLASSES, WINNERS, Rate, load_throughput, network, rate_of
+from .costs import Cost, CostContext, Counts, Split, data_counts, official_counts, protocol_split
+from .throughput import load_throughput
 
 GB = 1e9
 
 
-OFFICIAL = {"train_products": 7_069_896, "train_images": 12_371_293, "test_products": 1_768_182, "test_images": 3_095_080,
-            "bson_bytes": 58.2e9 + 14.5e9, "by_k": {1: 4_369_441, 2: 1_128_588, 3: 542_792, 4: 1_029_075},
-            "heng_products": 50_000, "heng_images": 87_648}  # winning-solutions.md (paper Table 3); ../shared/data/SOURCES.txt
-
-
-
-# ----------------------------------------------------------------------------- counts and protocol
-
-@dataclass(frozen=True)
-class Counts:
-    train_products: float
-    train_images: float
-    test_products: float
-    test_images: float
-    bson_bytes: float
-    by_k: dict  # train products per image count K (1-4)
-    heng_products: float  # the 2nd team's 50,000 holdout ids found in the data (0 = not this data)
-    heng_images: float
-    source: str
-
-
-def official_counts() -> Counts:
-    o = OFFICIAL
-    return Counts(o["train_products"], o["train_images"], o["test_products"], o["test_images"], o["bson_bytes"], o["by_k"],
-                  o["heng_products"], o["heng_images"], f"official Kaggle counts ({WINNERS}; holdout images: ../shared/data/SOURCES.txt)")
-
-
-def _index(work: WorkDir, split: str, bson: Path, build: bool):
-    """The index common.prepare builds (built here with the same code when asked)."""
-    from .bson_index import get_index, index_is_current, load_index
-
-    prefix = work.index(split)
-    if index_is_current(prefix, bson):
-        return load_index(prefix)
-    if build:
-        return get_index(bson, prefix)
-    raise DataError(f"{prefix}: no index of {bson} yet: run the index stage first (./run_all.sh --data {bson.parent} --work {work.root} "
-                    f"--only index, or python -m common.prepare), or add --build-index (one read of the BSON files)")
-
-
-def data_counts(data: str, work: WorkDir, build: bool) -> Counts:
-    """The counts of a Kaggle-layout folder: usable train products (images, a label), test products with images."""
-    import numpy as np
-
-    folder = Path(data).resolve()
-    paths = {s: folder / f"{s}.bson" for s in ("train", "test")}
-    for path in paths.values():
-        if not path.is_file():
-            raise DataError(f"--data {data}: no {path.name} in {folder}")
-    train, test = (_index(work, s, paths[s], build) for s in ("train", "test"))
-    n_train = np.clip(train.n_imgs, 0, None).astype(np.int64)
-    usable = (n_train > 0) & (train.category_ids >= 0)
-    n_test = np.clip(test.n_imgs, 0, None).astype(np.int64)
-    heng = np.isin(train.ids, np.loadtxt(HENG_VALID_IDS, dtype=np.int64)) & usable
-    by_k = np.bincount(np.clip(n_train[usable], 1, 4), minlength=5)
-    official = heng.sum() >= 0.99 * OFFICIAL["heng_products"]  # the same rule as common.folds
-    return Counts(int(usable.sum()), int(n_train[usable].sum()), int((n_test > 0).sum()), int(n_test.sum()),
-                  sum(p.stat().st_size for p in paths.values()), {k: int(by_k[k]) for k in range(1, 5)},
-                  int(heng.sum()) if official else 0, int(n_train[heng].sum()) if official else 0, f"the index of {folder} in {work.root}")
-
-
-@dataclass(frozen=True)
-class Split:
-    """One model of a protocol (all its models alike): what it trains on and predicts out of fold."""
-
-    protocol: str
-    models: int
-    train_products: float
-    train_images: float
-    oof_products: float
-    oof_images: float
-    what: str
-
-    @property
-    def oof_per_product(self) -> float:
-        return self.oof_images / max(self.oof_products, 1)
-
-
-def protocol_split(c: Counts, protocol: str, n_folds: int, fraction: float) -> Split:
-    """holdout: one model per recipe on everything but the holdout; kfold: n models on (n-1)/n each."""
-    if protocol == "kfold":
-        if n_folds < 2:
-            raise DataError(f"--n-folds {n_folds}: k-fold needs at least 2")
-        p, i = c.train_products / n_folds, c.train_images / n_folds
-        return Split("kfold", n_folds, c.train_products - p, c.train_images - i, p, i, f"{n_folds} folds of about {p:,.0f} products")
-    if protocol != "holdout":
-        raise DataError(f"--protocol {protocol!r}: choose holdout or kfold")
-    if c.heng_products:
-        p, i, what = c.heng_products, c.heng_images, f"the 2nd team's {c.heng_products:,.0f} ids ({HENG_VALID_IDS.name})"
-    else:
-        if not 0 < fraction < 1:
-            raise DataError(f"--holdout-fraction {fraction}: between 0 and 1")
-        p, i, what = c.train_products * fraction, c.train_images * fraction, f"a stratified {fraction:.1%} of the products (images pro rata)"
-    return Split("holdout", 1, c.train_products - p, c.train_images - i, p, i, what)
-
-
-# ----------------------------------------------------------------------------- per recipe
-
-
-@dataclass
-class Cost:
-    source: str
-    solution: str
-    stage: str
-    model: str
-    epochs: str
-    train_images: float = 0.0  # training images (tiles; a head: stored images read) summed over the protocol's models
-    predict_images: float = 0.0  # image forwards (a head: stored images read): per-epoch validation, OOF + test x TTA views
-    feature_images: float = 0.0  # the 2nd place's feature pass (x views)
-    gpu_s: dict = field(default_factory=dict)  # train / predict / features
-    io_s: float = 0.0  # heads on stored features: reading the stores (does not scale with GPUs)
-    disk: dict = field(default_factory=dict)  # bytes: checkpoints / predictions / features
-    rate: str = ""
-    note: str = ""
-
-    @property
-    def gpu_hours(self) -> float:
-        return sum(self.gpu_s.values()) / 3600
-
-
-OPTIMIZER_STATES = {"sgd": 1, "nag": 1, "nadam": 2, "adam": 2, "adamw": 2}  # tensors per parameter beside the weights
-
-
-def checkpoint_bytes(params: float, cfg) -> float:
-    """last.pt: fp32 weights + optimiser state (SGD without momentum keeps none)."""
-    states = 0 if cfg.optimizer == "sgd" and not cfg.momentum else OPTIMIZER_STATES[cfg.optimizer]
-    return 4.0 * params * (1 + states)
-
-
-def prediction_bytes(cfg, split: Split, c: Counts) -> float:
-    """Top-K rows (int64 id + int16 labels + float16 probs): each model's fold files, then the merged source."""
-    row = 8 + 4 * cfg.topk
-    return row * (2 * split.models * split.oof_products + (split.models + 1) * c.test_products)
-
-
-def epoch_images(cfg, n: float) -> float:
-    return min(cfg.max_images_per_epoch, n) if cfg.max_images_per_epoch > 0 else n
-
-
-def val_images(cfg, split: Split) -> float:
-    """Per-epoch validation of one model: its fold, or a sample of val_products of it (no TTA)."""
-    n = min(cfg.val_products, split.oof_products) if cfg.val_products > 0 else split.oof_products
-    return n * split.oof_per_product
-
-
-def new_cost(cfg, rate: Rate | None) -> Cost:
-    return Cost(cfg.source, cfg.solution, cfg.stage, cfg.model, str(cfg.epochs), rate=rate.source if rate else "")
-
-
-def image_cost(cfg, split: Split, c: Counts, table: dict) -> Cost:
-    """dylan: single images, then the OOF and test products through the inference driver (TTA views)."""
-    rate, m = rate_of(cfg, table), split.models
-    cost = new_cost(cfg, rate)
-    cost.train_images = m * cfg.epochs * epoch_images(cfg, split.train_images)
-    cost.predict_images = m * (cfg.epochs * val_images(cfg, split) + len(cfg.tta) * (split.oof_images + c.test_images))
-    cost.gpu_s = {"train": cost.train_images / rate.train, "predict": cost.predict_images / rate.infer}
-    cost.disk = {"checkpoints": m * checkpoint_bytes(network(cfg.model).params, cfg), "predictions": prediction_bytes(cfg, split, c)}
-    return cost
-
-
-def composed_cost(cfg, split: Split, c: Counts, table: dict) -> Cost:
-    """bestfitting: a shared model on every product's tiles, then finetune_epochs on the products of each K."""
-    rate, m, ft = rate_of(cfg, table), split.models, cfg.finetune_epochs
-    cost = new_cost(cfg, rate)
-    cost.epochs = f"{cfg.epochs} + {ft} per K" if ft else str(cfg.epochs)
-    k_images = [k * n for k, n in c.by_k.items()]
-    share = [x / sum(k_images) for x in k_images]
-    tune = sum(epoch_images(cfg, s * split.train_images) for s in share) if ft else 0.0  # each K's stage, capped like an epoch
-    cost.train_images = m * (cfg.epochs * epoch_images(cfg, split.train_images) + ft * tune)
-    cost.predict_images = m * ((cfg.epochs + ft) * val_images(cfg, split) + len(cfg.tta) * (split.oof_images + c.test_images))
-    cost.gpu_s = {"train": cost.train_images / rate.train, "predict": cost.predict_images / rate.infer}
-    models = 1 + (len(c.by_k) if ft else 0)  # shared/ and k1..k4/ each keep a last.pt
-    cost.disk = {"checkpoints": m * models * checkpoint_bytes(network(cfg.model).params, cfg), "predictions": prediction_bytes(cfg, split, c)}
-    cost.note = "a product's tiles = its images (1-4)"
-    return cost
-
-
-def store_bytes(c: Counts, views: int, dim: int) -> float:
-    """One fold's train + test stores: uint8[images, views, dim], the ok bytes, the written rows."""
-    images = c.train_images + c.test_images
-    return images * (views * dim + 1) + 8 * (c.train_products + c.test_products)
-
-
-def base_cost(cfg, split: Split, c: Counts, table: dict) -> Cost:
-    """2nd place's base nets: train, then ONE pass over every train and test image x views that predicts
-    the OOF and test products and stores the features (a store per model)."""
-    rate, m, net = rate_of(cfg, table), split.models, network(cfg.model)
-    cost = new_cost(cfg, rate)
-    stored = split.train_images if cfg.feature_train_products <= 0 else min(cfg.feature_train_products, split.train_products) * \
-        split.train_images / max(split.train_products, 1)
-    cost.train_images = m * cfg.epochs * epoch_images(cfg, split.train_images)
-    cost.predict_images = m * cfg.epochs * val_images(cfg, split)
-    cost.feature_images = m * len(cfg.tta) * (stored + split.oof_images + c.test_images)
-    cost.gpu_s = {"train": cost.train_images / rate.train, "predict": cost.predict_images / rate.infer,
-                  "features": cost.feature_images / rate.infer}
-    cost.disk = {"checkpoints": m * checkpoint_bytes(net.params, cfg), "predictions": prediction_bytes(cfg, split, c),
-                 "features": m * store_bytes(c, len(cfg.tta), net.features)}
-    cost.note = f"store: {len(cfg.tta)} views x {net.features} uint8 per image"
-    return cost
-
-
-def read_seconds(images: float, bytes_per_image: float, read_mb_s: float) -> float:
-    return images * bytes_per_image / (read_mb_s * 1e6)
-
-
-def head_params(cfg, dim: int, copies: int) -> int:
-    """Parameters of a fuse recipe's head, built on the meta device as fuse_fold builds it."""
-    import torch
-
-    from solutions.convoluted.fuse import head_for
-
-    with torch.device("meta"):
-        head = head_for(cfg, dim, copies, N_CLASSES)
-    return sum(p.numel() for p in head.parameters())
-
-
-def fuse_cost(cfg, split: Split, c: Counts, table: dict, bases: dict, read_mb_s: float) -> Cost:
-    """A head on stored features: per epoch every training product's images (all copies) are read."""
-    dims = [network(bases[b].model).features for b in cfg.bases]
-    views = len(bases[cfg.bases[0]].tta)
-    cost, m = new_cost(cfg, None), split.models
-    cost.train_images = m * cfg.epochs * epoch_images(cfg, split.train_images)
-    cost.predict_images = m * (cfg.epochs * val_images(cfg, split) + split.oof_images + c.test_images)
-    cost.io_s = read_seconds(cost.train_images + cost.predict_images, views * sum(dims), read_mb_s)
-    cost.disk = {"checkpoints": m * checkpoint_bytes(head_params(cfg, sum(dims), views), cfg), "predictions": prediction_bytes(cfg, split, c)}
-    cost.rate = f"bound by reading {views} x {sum(dims)} bytes per image at {read_mb_s:,.0f} MB/s (the cold read of bench/README.md; a lower bound)"
-    return cost
-
-
-def rank_count_cost(cfg, split: Split, c: Counts, table: dict, bases: dict, read_mb_s: float) -> Cost:
-    """Member C on stored features: 6 specialists (2 by rank, 4 by count: each image twice an epoch), the OOF
-    through 4 variants, the test set once."""
-    base = bases[cfg.base]
-    dim, views, m = network(base.model).features, len(base.tta), split.models
-    cost = new_cost(cfg, None)
-    cost.train_images = m * 2 * cfg.epochs * epoch_images(cfg, split.train_images)
-    cost.predict_images = m * (2 * cfg.epochs * val_images(cfg, split) + 4 * split.oof_images + c.test_images)
-    cost.io_s = read_seconds(cost.train_images + cost.predict_images, views * dim, read_mb_s)
-    cost.disk = {"checkpoints": m * 6 * checkpoint_bytes(dim * N_CLASSES + N_CLASSES, cfg), "predictions": prediction_bytes(cfg, split, c)}
-    cost.rate = f"bound by reading {views} x {dim} bytes per image at {read_mb_s:,.0f} MB/s (the cold read of bench/README.md; a lower bound)"
-    return cost
-
-
-def specialists_cost(cfg, split: Split, c: Counts, table: dict) -> Cost:
-    """2nd place's member C as whole nets: six fine-tunes of its base (each image in one rank and one
-    count model), then every image on its tta_crops through three nets (base, rank, count)."""
-    rate, m = rate_of(cfg, table), split.models
-    cost, k_images = new_cost(cfg, rate), {k: k * n for k, n in c.by_k.items()}
-    crops = sum(cfg.tta_crops[min(int(k), 4) - 1] * v for k, v in k_images.items()) / sum(k_images.values())
-    cost.train_images = m * 2 * cfg.epochs * epoch_images(cfg, split.train_images)
-    cost.predict_images = m * (6 * cfg.epochs * val_images(cfg, split) + 3 * crops * (split.oof_images + c.test_images))
-    cost.gpu_s = {"train": cost.train_images / rate.train, "predict": cost.predict_images / rate.infer}
-    cost.disk = {"checkpoints": m * 6 * checkpoint_bytes(network(cfg.model).params, cfg), "predictions": prediction_bytes(cfg, split, c)}
-    cost.note = f"6 whole-net fine-tunes; {crops:.1f} crops x 3 nets per image"
-    return cost
-
-
-GPU_COSTS = {"image": image_cost, "composed": composed_cost, "base": base_cost, "rank_count_net": specialists_cost}
-HEAD_COSTS = {"fuse": fuse_cost, "rank_count": rank_count_cost}
-
-
-def recipe_costs(recipes: list, split: Split, c: Counts, table: dict, read_mb_s: float) -> list[Cost]:
-    bases = {cfg.name: cfg for cfg in recipes if cfg.stage == "base"}
+def recipe_costs(graph, split: Split, c: Counts, table: dict, read_mb_s: float) -> list[Cost]:
+    """Each recipe node's cost, by the cost model its kind registered (RecipeKind.cost)."""
+    ctx = CostContext(split, c, table, {n.name: n.recipe for n in graph.recipes()}, read_mb_s)
     costs = []
-    for cfg in recipes:
-        if cfg.stage in GPU_COSTS:
-            costs.append(GPU_COSTS[cfg.stage](cfg, split, c, table))
-        elif cfg.stage in HEAD_COSTS:
-            costs.append(HEAD_COSTS[cfg.stage](cfg, split, c, table, bases, read_mb_s))
-        else:
-            raise DataError(f"recipe {cfg.source}: the plan has no cost model for stage {cfg.stage!r}")
+    for node in graph.recipes():
+        if node.recipe_kind.cost is None:
+            raise DataError(f"recipe {node.name}: its kind ({node.recipe.stage}) registers no cost model (RecipeKind.cost)")
+        costs.append(node.recipe_kind.cost(node.recipe, ctx))
     return costs
 
 
@@ -386,7 +122,10 @@ def plan(opts: PlanOptions, work: WorkDir) -> dict:
     counts = data_counts(opts.data, work, opts.build_index) if opts.data else official_counts()
     split = protocol_split(counts, protocol, opts.n_folds, opts.holdout_fraction)
     table = load_throughput(opts.throughput)
-    costs = recipe_costs(profile_configs(opts.profile), split, counts, table, opts.read_mb_s)
+    from .pipeline import RunOptions, build_graph
+
+    graph = build_graph(RunOptions(profile=opts.profile, protocol=protocol), work)
+    costs = recipe_costs(graph, split, counts, table, opts.read_mb_s)
     cpu = cpu_stages(counts, split, opts.cores, opts.stack_rounds)
     disk = disk_by_stage(counts, costs, split)
     return {"profile": opts.profile, "gpus": opts.gpus, "counts": dataclasses.asdict(counts), "split": dataclasses.asdict(split),

@@ -16,7 +16,8 @@ from .cli import parse_stage, run
 from .config import batch_split
 from .errors import DataError
 from .models import ModelSpec, check_model, is_timm_model
-from .recipe import fast_dev_run, load_recipe, profile_recipes, solution_kinds, solutions, weights_available
+from .recipe import fast_dev_run, load_recipe, profile_recipes, weights_available
+from .registry import Solution, solutions
 
 FETCH = "python scripts/fetch_weights.py"
 NUM_CLASSES = 5270  # the official tree: the head every full recipe builds
@@ -25,7 +26,8 @@ NUM_CLASSES = 5270  # the official tree: the head every full recipe builds
 @dataclass
 class PreflightOptions:
     profile: str = "mini"  # mini | full
-    nproc: int = 1  # processes the training stages run on (each recipe's global batch must split over them)
+    nproc: int = 1  # processes each recipe trains on (its global batch must split over them)
+    worlds: dict = field(default_factory=dict)  # {source: processes} for the recipes that run on another count (a scheduler's GPUs per recipe)
     fast_dev_run: bool = False  # the wiring check: a missing weight file means random initial weights, not a stop
 
 
@@ -38,9 +40,9 @@ class Check:
     missing: tuple[str, str] | None = None  # (model, weight file) when the file is absent
 
 
-def check_recipe(solution: str, path: Path, kinds: dict, default: str, opts: PreflightOptions) -> Check:
-    cfg = load_recipe(path, kinds, default)
-    check = Check(solution, path.stem, [f"stage {cfg.stage}", f"model {cfg.model}"])
+def check_recipe(sol: Solution, path: Path, opts: PreflightOptions) -> Check:
+    cfg = load_recipe(path, sol)
+    check = Check(sol.name, path.stem, [f"stage {cfg.stage}", f"model {cfg.model}"])
     if is_timm_model(cfg.model) or cfg.pretrained:
         try:
             check.facts.append(f"{check_model(ModelSpec(cfg.model, NUM_CLASSES, None, cfg.drop_rate)) / 1e6:.1f}M params")
@@ -52,7 +54,7 @@ def check_recipe(solution: str, path: Path, kinds: dict, default: str, opts: Pre
             check.problems.append(f"weight file {cfg.pretrained} is missing")
     run_cfg = fast_dev_run(cfg, warn=False) if opts.fast_dev_run else cfg  # the missing files are said once, together
     try:
-        check.facts.append(str(batch_split(run_cfg, opts.nproc)))
+        check.facts.append(str(batch_split(run_cfg, int(opts.worlds.get(cfg.source, opts.nproc)))))
     except DataError as e:
         check.problems.append(str(e))
     check.facts.append(f"weights {run_cfg.pretrained or 'random init'}")
@@ -61,14 +63,13 @@ def check_recipe(solution: str, path: Path, kinds: dict, default: str, opts: Pre
 
 def check_profile(opts: PreflightOptions) -> list[Check]:
     checks = []
-    for solution in solutions():
-        kinds, default = solution_kinds(solution)
+    for sol in solutions():
         try:
-            paths = profile_recipes(solution, opts.profile, kinds, default)
+            paths = profile_recipes(sol, opts.profile)
         except DataError as e:
-            checks.append(Check(solution, "(profile)", problems=[str(e)]))
+            checks.append(Check(sol.name, "(profile)", problems=[str(e)]))
             continue
-        checks += [check_recipe(solution, p, kinds, default, opts) for p in paths]
+        checks += [check_recipe(sol, p, opts) for p in paths]
     return checks
 
 

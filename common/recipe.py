@@ -26,7 +26,9 @@ import torch
 from torch import nn
 
 from .atomic import write_json
+from .bench_feed import image_feed
 from .cli import load_yaml, parse_stage, read_yaml
+from .costs import image_cost
 from .config import REUSE_IGNORES, TrainConfig, batch_split, config_changes, for_world
 from .data import ImageDataset, collate_images, image_table
 from .errors import DataError, log
@@ -41,7 +43,8 @@ from .models import (
     resolve_weights,
     smallest_input,
 )
-from .paths import REPO, WorkDir, recipe_profile
+from .paths import WorkDir, recipe_profile
+from .registry import Solution, solution as registered, solution_of_path, solutions
 from .predictions import TopK, average_topk, concat_topk, load_topk, save_topk
 from .sources import write_summary
 from .train import Runtime, eval_loader, fit, image_batch, load_checkpoint, setup_runtime, train_loader
@@ -86,6 +89,9 @@ class RecipeKind:
     merge_extra: Callable[[list[dict]], dict] | None = None
     predict_test: Callable[[FoldJob], TopK] | None = None  # a trained fold's models on the test split (ensembling.predict: new products)
     single_image: bool = False  # a fold's last.pt is one single-image net of the recipe's `model` (exportable to ONNX)
+    cost: Callable | None = None  # the plan's cost model: (recipe, common.costs.CostContext) -> common.costs.Cost
+    bench_feed: Callable | None = None  # what bench/bench_gpu.py feeds its network: (recipe, BenchData, Runtime) -> common.bench_feed.Feed
+    bench_skip: str = ""  # why there is no bench feed (the bench's JSON says it)
 
 
 # ----------------------------------------------------------------------------- the shared image fold
@@ -169,7 +175,7 @@ def image_predict_test(job: FoldJob) -> TopK:
     return image_test(job, trained_model(job.cfg, job.num_classes, job.out / "last.pt"))
 
 
-IMAGE = RecipeKind(TrainConfig, image_fold, predict_test=image_predict_test, single_image=True)
+IMAGE = RecipeKind(TrainConfig, image_fold, predict_test=image_predict_test, single_image=True, cost=image_cost, bench_feed=image_feed)
 
 
 # ----------------------------------------------------------------------------- folds -> source
@@ -178,6 +184,8 @@ IMAGE = RecipeKind(TrainConfig, image_fold, predict_test=image_predict_test, sin
 def run_recipe(cfg: TrainConfig, work: WorkDir, kind: RecipeKind, force: bool = False) -> dict | None:
     """Every fold of cfg (or cfg.folds) through the kind's fold function, then merged into
     preds/<solution>_<name>/; returns the summary on the main process."""
+    if not cfg.solution or not cfg.name:
+        raise DataError(f"recipe {cfg.name or '?'}: no solution / name (load it with common.recipe.load_recipe or a solution's trainer)")
     runtime = setup_runtime()
     cfg = for_world(cfg, runtime.world)
     if runtime.is_main:
@@ -243,7 +251,7 @@ def run_one_fold(cfg: TrainConfig, data: FoldData, work: WorkDir, fold: int, run
     missing = [dep for dep in cfg.requires() if not (work.model_dir(cfg.solution, dep, fold) / "oof.npz").exists()]
     if missing:  # before anything is written: the fold is not started, so training them first needs no --force
         raise DataError(f"{out}: recipe {cfg.name} needs {', '.join(missing)} fold {fold} first: train "
-                        f"{'it' if len(missing) == 1 else 'them'} (solutions/{cfg.solution}/configs/<name>.yaml) before this recipe")
+                        f"{'it' if len(missing) == 1 else 'them'} ({registered(cfg.solution).configs}/<name>.yaml) before this recipe")
     out.mkdir(parents=True, exist_ok=True)
     if runtime.is_main:
         cfg.save(out / "config.yaml")
@@ -334,51 +342,60 @@ def kind_of(kinds: dict[str, RecipeKind], default: str) -> Callable[[dict], type
     return choose
 
 
-def solutions() -> list[str]:
-    """Every solution package with a train.py (the stage run_all.sh runs for it)."""
-    return sorted(p.name for p in (REPO / "solutions").iterdir() if (p / "train.py").is_file())
+def identity(path: Path, sol: Solution, values: dict) -> dict:
+    """A recipe's solution and name, from where its file lies: a file in a solution's configs folder
+    is that solution's recipe named by the file; a file elsewhere belongs to the solution whose
+    trainer runs it, named by its `name` (or the file). A YAML that says otherwise is refused, so a
+    recipe never trains into another solution's folder."""
+    home = solution_of_path(path)
+    if home is not None and home.name != sol.name:
+        raise DataError(f"{path}: a recipe of {home.name}, not of {sol.name} (python -m {home.trainer})")
+    name = path.stem if home is not None else str(values.get("name") or path.stem)
+    for key, want in (("solution", sol.name), ("name", name)):
+        if key in values and values[key] != want:
+            raise DataError(f"{path}: {key}: {values[key]!r}, but the file makes it {want!r} (its {'folder' if key == 'solution' else 'file name'}): "
+                            f"remove the line or move / rename the file")
+    return {"solution": sol.name, "name": name}
 
 
 def solution_kinds(solution: str) -> tuple[dict[str, RecipeKind], str]:
     """The solution's registered kinds and the stage of a recipe that names none (its train.py)."""
-    import importlib
-
-    module = importlib.import_module(f"solutions.{solution}.train")
-    return module.KINDS, module.DEFAULT
+    return registered(solution).kinds()
 
 
-def load_recipe(path: Path, kinds: dict[str, RecipeKind], default: str) -> TrainConfig:
-    """A recipe YAML in its kind's config class: an unknown key or a bad choice is a DataError naming the file."""
-    cls = kind_of(kinds, default)(read_yaml(path))
-    return cls(**load_yaml(path, cls))
+def load_recipe(path: Path, sol: Solution | str) -> TrainConfig:
+    """A recipe YAML in its kind's config class: an unknown key or a bad choice is a DataError naming the file.
+    A fold's saved config.yaml (a file outside the configs folders) keeps the solution and name it records."""
+    sol = registered(sol) if isinstance(sol, str) else sol
+    path = Path(path)
+    kinds, default = sol.kinds()
+    values = read_yaml(path)
+    cls = kind_of(kinds, default)(values)
+    return cls(**{**load_yaml(path, cls), **identity(path, sol, values)})
 
 
 def profile_configs(profile: str) -> list[TrainConfig]:
     """Every recipe of every solution's profile, each after those it requires (plan, benchmarks)."""
-    out = []
-    for solution in solutions():
-        kinds, default = solution_kinds(solution)
-        out += [load_recipe(p, kinds, default) for p in profile_recipes(solution, profile, kinds, default)]
-    return out
+    return [load_recipe(p, sol) for sol in solutions() for p in profile_recipes(sol, profile)]
 
 
-def profile_recipes(solution: str, profile: str, kinds: dict[str, RecipeKind], default: str) -> list[Path]:
+def profile_recipes(sol: Solution | str, profile: str) -> list[Path]:
     """The recipe files of a profile (mini: mini_*.yaml; full: the others; never an ablation, but its
     baselines), each after the recipes it requires (a fusion head after its base nets)."""
-    paths = sorted((REPO / "solutions" / solution / "configs").glob("*.yaml"))
+    sol = registered(sol) if isinstance(sol, str) else sol
     chosen = {}
-    for path in paths:
+    for path in sorted(sol.configs.glob("*.yaml")):
         values = read_yaml(path)
         if (values.get("ablation") and not values.get("baseline")) or recipe_profile(path.stem) != profile:
             continue
-        chosen[path.stem] = load_recipe(path, kinds, default)
+        chosen[path.stem] = load_recipe(path, sol)
     order: list[str] = []
 
     def visit(name: str, chain: tuple[str, ...] = ()) -> None:
         if name in order:
             return
         if name not in chosen or name in chain:
-            raise DataError(f"solutions/{solution}/configs: recipe {chain[-1] if chain else name} requires {name!r}, "
+            raise DataError(f"{sol.configs}: recipe {chain[-1] if chain else name} requires {name!r}, "
                             + ("a cycle" if name in chain else f"which is not a {profile} recipe"))
         for dep in chosen[name].requires():
             visit(dep, (*chain, name))
@@ -386,7 +403,7 @@ def profile_recipes(solution: str, profile: str, kinds: dict[str, RecipeKind], d
 
     for name in chosen:
         visit(name)
-    return [REPO / "solutions" / solution / "configs" / f"{n}.yaml" for n in order]
+    return [sol.configs / f"{n}.yaml" for n in order]
 
 
 def train_main(solution: str, kinds: dict[str, RecipeKind], default: str, argv: list[str] | None = None, description: str = "") -> dict | None:
@@ -402,12 +419,17 @@ def train_main(solution: str, kinds: dict[str, RecipeKind], default: str, argv: 
     pre.add_argument("--profile", choices=["mini", "full"])
     pre.add_argument("--fast-dev-run", action="store_true")
     pre.add_argument("--force", action="store_true")  # retrain a fold made by another recipe or from other data, instead of stopping
+    pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(argv)
     if known.profile:
-        recipes = profile_recipes(solution, known.profile, kinds, default)
+        recipes = profile_recipes(solution, known.profile)
         flags = ["--fast-dev-run"] * known.fast_dev_run + ["--force"] * known.force
         summaries = [train_main(solution, kinds, default, ["--config", str(p), *flags, *rest], description) for p in recipes]
         return summaries[-1] if summaries else None
-    args = parse_stage(rest, description, kind_of(kinds, default), config_required=True)
-    cfg = fast_dev_run(args.options) if known.fast_dev_run else args.options
+    if known.config is None:
+        raise DataError("--config recipe.yaml (or --profile mini|full) is required")
+    args = parse_stage(["--config", known.config, *rest], description, kind_of(kinds, default), config_required=True)
+    path = Path(known.config)
+    cfg = dataclasses.replace(args.options, **identity(path, registered(solution), read_yaml(path)))
+    cfg = fast_dev_run(cfg) if known.fast_dev_run else cfg
     return run_recipe(cfg, args.work, kinds[cfg.stage], known.force)

@@ -9,6 +9,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# one torch thread in every test and every stage it starts: the runs of a test compare byte for byte
+# (CPU float rounding depends on the thread count), and two recipes side by side on the 2 cores
+# (tests/test_scheduler.py) do not spin against each other's threads
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from common.bson_format import BsonWriter  # noqa: E402
 from common.bson_reader import iter_products  # noqa: E402

@@ -41,25 +41,43 @@ def test_bad_yaml(tmp_path, text, problem):
 
 
 def test_every_shipped_recipe_parses_and_profiles_order_their_requirements():
-    import importlib
-
-    from common.recipe import kind_of, profile_recipes
+    from common.recipe import load_recipe, profile_recipes
+    from common.registry import solution
 
     recipes = sorted((REPO / "solutions").glob("*/configs/*.yaml"))
     assert len(recipes) >= 25
-    for solution in ("dylan", "bestfitting", "convoluted"):
-        train = importlib.import_module(f"solutions.{solution}.train")
-        default = next(iter(train.KINDS))
-        for path in (REPO / "solutions" / solution / "configs").glob("*.yaml"):
-            cls = kind_of(train.KINDS, default)(read_yaml(path))
-            cfg = cls(**load_yaml(path, cls))
-            assert cfg.name == path.stem and cfg.solution == solution and cfg.stage in train.KINDS, path
+    for name in ("dylan", "bestfitting", "convoluted"):
+        sol = solution(name)
+        kinds, _ = sol.kinds()
+        for path in sol.configs.glob("*.yaml"):
+            cfg = load_recipe(path, sol)
+            assert cfg.name == path.stem and cfg.solution == name and cfg.stage in kinds, path
         for profile in ("mini", "full"):
-            order = [p.stem for p in profile_recipes(solution, profile, train.KINDS, default)]
+            order = [p.stem for p in profile_recipes(sol, profile)]
             assert order and all(p.startswith("mini_") == (profile == "mini") and not p.startswith("ablation") for p in order)
-            for i, name in enumerate(order):  # a head after its base nets, whatever the file names
-                cls = kind_of(train.KINDS, default)(read_yaml(REPO / "solutions" / solution / "configs" / f"{name}.yaml"))
-                assert set(cls(**load_yaml(REPO / "solutions" / solution / "configs" / f"{name}.yaml", cls)).requires()) <= set(order[:i])
+            for i, recipe in enumerate(order):  # a head after its base nets, whatever the file names
+                assert set(load_recipe(sol.configs / f"{recipe}.yaml", sol).requires()) <= set(order[:i])
+
+
+def test_a_recipe_takes_its_solution_and_name_from_its_file(tmp_path):
+    """In a solution's configs folder the folder and the file name say whose recipe it is; a YAML
+    that says otherwise is refused; a recipe file elsewhere belongs to the trainer running it (never
+    to dylan by default, as TrainConfig's old default had it)."""
+    from common.recipe import identity, load_recipe
+    from common.registry import solution
+
+    dylan, convoluted = solution("dylan"), solution("convoluted")
+    cfg = load_recipe(dylan.configs / "mini_lite0.yaml", dylan)
+    assert (cfg.solution, cfg.name) == ("dylan", "mini_lite0") and TrainConfig().solution == ""
+    with pytest.raises(DataError, match="a recipe of dylan, not of convoluted"):
+        load_recipe(dylan.configs / "mini_lite0.yaml", convoluted)
+    with pytest.raises(DataError, match="name: 'other'.*file name"):
+        identity(dylan.configs / "mini_lite0.yaml", dylan, {"name": "other"})
+    with pytest.raises(DataError, match="solution: 'bestfitting'"):
+        identity(dylan.configs / "mini_lite0.yaml", dylan, {"solution": "bestfitting"})
+    (tmp_path / "mine.yaml").write_text("model: resnet10t\n")
+    assert identity(tmp_path / "mine.yaml", convoluted, {}) == {"solution": "convoluted", "name": "mine"}
+    assert identity(tmp_path / "mine.yaml", convoluted, {"name": "tb"}) == {"solution": "convoluted", "name": "tb"}
 
 
 def test_every_stage_takes_the_same_command_line(tmp_path):
@@ -97,11 +115,10 @@ def test_a_number_written_as_yaml_reads_it_is_checked_when_the_recipe_loads(tmp_
 
 def test_a_baseline_is_trained_by_its_profile_but_reported_as_an_ablation():
     """bestfitting's single-image controls run in the full profile; an ablation never does."""
-    from common.recipe import profile_recipes
-    from solutions.bestfitting.train import KINDS
+    from common.recipe import load_recipe, profile_recipes
 
-    full = [p.stem for p in profile_recipes("bestfitting", "full", KINDS, "composed")]
+    full = [p.stem for p in profile_recipes("bestfitting", "full")]
     assert {"single_resnet50", "single_inceptionresnetv2"} <= set(full) and "ablation_mini_lite0_grid" not in full
-    assert full.index("single_resnet50") >= 0 and all(not p.startswith("ablation") for p in full)
-    cfg = TrainConfig(**load_yaml(REPO / "solutions/bestfitting/configs/single_resnet50.yaml"))
+    assert all(not p.startswith("ablation") for p in full)
+    cfg = load_recipe(REPO / "solutions/bestfitting/configs/single_resnet50.yaml", "bestfitting")
     assert cfg.baseline and cfg.stage == "image" and cfg.model == "resnet50"

@@ -12,19 +12,18 @@ needs is then rebuilt on it by the stage that made it, so a new product gets exa
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from common.atomic import write_json
 from common.errors import DataError
-from common.paths import REPO, WorkDir
+from common.paths import WorkDir
 from common.predictions import average_topk, save_topk
 from common.prepare import DatasetPaths
+from common.registry import SideSource, side_sources, solution
 from common.sources import SourceInfo, list_sources, read_source
 
 
@@ -93,26 +92,25 @@ def in_order(work: WorkDir, name: str) -> list[SourceInfo]:
 
 
 def stage_hint(name: str) -> str | None:
-    """The run_all.sh stage that writes source `name` (None: no stage does)."""
-    if name == "stack":
-        return "./run_all.sh --only stack (python -m ensembling.stack)"
-    if name in SIDE_SOURCES:
-        return f"./run_all.sh --only {name}"
-    solution = name.split("_", 1)[0]
-    if (REPO / "solutions" / solution / "train.py").is_file():
-        return f"./run_all.sh --only {solution} (python -m solutions.{solution}.train / .submit)"
+    """The run_all.sh stage whose node writes source `name`, by the pipeline graph (None: no node does).
+    A recipe of the other profile is looked for there too."""
+    from common.pipeline import RunOptions, build_graph
+
+    for profile in ("mini", "full"):
+        node = build_graph(RunOptions(profile=profile), WorkDir()).producer(name)
+        if node is not None:
+            return f"./run_all.sh --only {node.stage}" + (f" --profile {profile}" if profile != "mini" else "") + f" (python -m {node.module})"
     return None
 
 
 def recipe_of(work: WorkDir, info: SourceInfo):
     """The recipe a model source was trained from: its first fold's config.yaml, in its kind's class."""
-    from common.recipe import load_recipe, solution_kinds
+    from common.recipe import load_recipe
 
-    kinds, default = solution_kinds(info.solution)
     name, folds = info.summary["recipe"]["name"], info.summary.get("folds", [])
     if not folds:
         raise DataError(f"{work.preds(info.name)}/summary.json: records no fold")
-    return load_recipe(work.model_dir(info.solution, name, folds[0]) / "config.yaml", kinds, default)
+    return load_recipe(work.model_dir(info.solution, name, folds[0]) / "config.yaml", info.solution)
 
 
 def _share(work: WorkDir, scratch: WorkDir, info: SourceInfo, files: tuple[str, ...] = ("summary.json", "oof.npz")) -> None:
@@ -151,46 +149,15 @@ def rebuild_model(work: WorkDir, scratch: WorkDir, info: SourceInfo) -> None:
 def rebuild_blend(work: WorkDir, scratch: WorkDir, info: SourceInfo) -> None:
     from ensembling.blend import BlendOptions, blend
 
-    spec = importlib.import_module(f"solutions.{info.solution}.submit").BLEND
-    blend(scratch, spec, dict(zip(info.members, info.weights)), BlendOptions(max_fallback_share=1.0, accept_lost_products=True))
-
-
-def rebuild_md5(scratch: WorkDir, options: dict, summary: dict) -> None:
-    from md5.run import Md5Options, run_md5
-
-    options.update(shard="", write_submissions=False, workers=0, override_base=list(summary.get("override", {})))
-    run_md5(scratch, Md5Options(**options), progress=False)
-
-
-def rebuild_ocr(scratch: WorkDir, options: dict, summary: dict) -> None:
-    from ocr.run import OcrOptions, run_ocr
-
-    cache = Path(summary.get("reading", {}).get("cache", ""))  # the texts the run read (copied: reading new images adds rows)
-    if cache.is_file():
-        (scratch.root / "ocr").mkdir(parents=True, exist_ok=True)
-        shutil.copy(cache, scratch.root / "ocr" / "cache.sqlite3")
-    options.update(shard="", merge_caches=[], cache=None, sources=list(summary.get("selection_sources", [])))
-    run_ocr(scratch, OcrOptions(**options), progress=False)
-
-
-@dataclass(frozen=True)
-class SideSource:
-    """How the stage of a side source reruns on the scratch work dir, and what it reads there."""
-
-    needs: Callable[[dict], list[str]]
-    rerun: Callable[[WorkDir, dict, dict], None]
-
-
-SIDE_SOURCES = {  # by the source a stage writes (md5.run.SOURCE, ocr.run.SOURCE): run_all.sh's stage of the same name
-    "md5": SideSource(lambda s: list(s.get("override", {})), rebuild_md5),  # the blends it reports its override on
-    "ocr": SideSource(lambda s: list(s.get("selection_sources", [])), rebuild_ocr),  # the CNN sources choosing the products
-}
+    blend(scratch, solution(info.solution).blend(), dict(zip(info.members, info.weights)), BlendOptions(max_fallback_share=1.0, accept_lost_products=True))
 
 
 def side_source(info: SourceInfo) -> SideSource:
-    if info.name not in SIDE_SOURCES:
-        raise DataError(f"side source {info.name}: no stage known to rebuild it (known: {sorted(SIDE_SOURCES)})")
-    return SIDE_SOURCES[info.name]
+    """How the side source's own stage reruns (registered by ocr/, md5/: common.registry)."""
+    known = side_sources()
+    if info.name not in known:
+        raise DataError(f"side source {info.name}: no stage known to rebuild it (known: {sorted(known)})")
+    return known[info.name]
 
 
 def rebuild_side_source(work: WorkDir, scratch: WorkDir, info: SourceInfo) -> None:

@@ -36,6 +36,8 @@ from common.recipe import (
 )
 from common.train import eval_loader, fit, train_loader
 
+from .bench_feed import composed_feed
+from .costs import composed_cost
 from .data import (
     MAX_K,
     ByCountBatchSampler,
@@ -113,7 +115,8 @@ def composed_predict_test(job: FoldJob) -> TopK:
     return composed_test(job, ByCountNet({k: load_trained(copy.deepcopy(shared), p) if p.exists() else shared for k, p in tuned.items()}))
 
 
-KINDS = {"composed": RecipeKind(BestfittingConfig, composed_fold, predict_test=composed_predict_test), "image": IMAGE}  # image: the single-image baselines
+KINDS = {"composed": RecipeKind(BestfittingConfig, composed_fold, predict_test=composed_predict_test, cost=composed_cost, bench_feed=composed_feed),
+         "image": IMAGE}  # image: the single-image baselines
 DEFAULT = "composed"  # the stage of a recipe that names none
 
 

@@ -15,16 +15,21 @@ Each writes preds/convoluted_<name>/; `python -m solutions.convoluted.submit` bl
 from __future__ import annotations
 
 from common.cli import run
+from common.bench_feed import image_feed
 from common.recipe import IMAGE, RecipeKind, train_main
 
-from . import base, fuse, rank_count, rank_count_net
+from . import base, costs, fuse, rank_count, rank_count_net
 
+HEAD = "a head on stored features: no CNN (the plan bounds it by disk reads)"
 KINDS = {
-    "base": RecipeKind(base.BaseConfig, base.base_fold, predict_test=base.base_predict_test, single_image=True),
-    "fuse": RecipeKind(fuse.FuseConfig, fuse.fuse_fold, predict_test=fuse.fuse_predict_test),
-    "rank_count": RecipeKind(rank_count.RankCountConfig, rank_count.rank_count_fold, rank_count.merge_variants, rank_count.rank_count_predict_test),
+    "base": RecipeKind(base.BaseConfig, base.base_fold, predict_test=base.base_predict_test, single_image=True, cost=costs.base_cost,
+                       bench_feed=image_feed),
+    "fuse": RecipeKind(fuse.FuseConfig, fuse.fuse_fold, predict_test=fuse.fuse_predict_test, cost=costs.fuse_cost, bench_skip=HEAD),
+    "rank_count": RecipeKind(rank_count.RankCountConfig, rank_count.rank_count_fold, rank_count.merge_variants, rank_count.rank_count_predict_test,
+                             cost=costs.rank_count_cost, bench_skip=HEAD),
     "rank_count_net": RecipeKind(rank_count_net.RankCountNetConfig, rank_count_net.rank_count_net_fold,
-                                 predict_test=rank_count_net.rank_count_net_predict_test),
+                                 predict_test=rank_count_net.rank_count_net_predict_test, cost=costs.specialists_cost,
+                                 bench_skip="whole-net specialists: no benchmark feed yet"),
     "image": IMAGE,
 }
 DEFAULT = "base"  # the stage of a recipe that names none

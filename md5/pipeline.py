@@ -1,0 +1,33 @@
+"""MD5 as a node of the pipeline (common/pipeline.py) and as a side source that reruns for new
+products (ensembling.predict). Under a scheduler its hashing is split into shards (one per
+worker, md5/shards/), which the last task concatenates."""
+from __future__ import annotations
+
+from common.paths import WorkDir
+from common.pipeline import BLEND, CPU, Node, RunOptions, flag
+from common.registry import SideSource, register_side_source, register_stage
+
+SOURCE = "md5"
+
+
+@register_stage
+def md5_stage(opts: RunOptions, work: WorkDir, before: list[Node]) -> list[Node]:
+    args = ("--work", str(work.root), *flag(opts.accept_lost_products, "--accept-lost-products"))
+
+    def shards(n: int) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
+        return [("--work", str(work.root), "--shard", f"{i}/{n}") for i in range(n)], args
+
+    blends = tuple(n.name for n in before if n.kind == BLEND)
+    return [Node(SOURCE, "md5", CPU, "md5.run", args, blends, done=(f"preds/{SOURCE}/summary.json",), shards=shards,
+                 note="duplicate images' labels; overrides the blends")]
+
+
+def rerun(scratch: WorkDir, options: dict, summary: dict) -> None:
+    """The stage on a prediction work dir, with the options the run recorded (train hashes reused)."""
+    from .run import Md5Options, run_md5
+
+    options.update(shard="", write_submissions=False, workers=0, override_base=list(summary.get("override", {})))
+    run_md5(scratch, Md5Options(**options), progress=False)
+
+
+register_side_source(SOURCE, SideSource(lambda s: list(s.get("override", {})), rerun))  # the blends it reports its override on

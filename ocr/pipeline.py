@@ -1,0 +1,43 @@
+"""OCR as a node of the pipeline (common/pipeline.py) and as a side source that reruns for new
+products (ensembling.predict): read the covers of the products the solution blends call media,
+classify their text. Under a scheduler its reading is split into shards (one per worker), each
+into its own text cache, merged by the last task."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from common.paths import WorkDir
+from common.pipeline import BLEND, CPU, Node, RunOptions
+from common.registry import SideSource, register_side_source, register_stage
+
+SOURCE = "ocr"
+
+
+@register_stage
+def ocr_stage(opts: RunOptions, work: WorkDir, before: list[Node]) -> list[Node]:
+    w = str(work.root)
+    args = ("--work", w)
+
+    def shards(n: int) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
+        caches = [str(work.root / "ocr" / f"cache_shard_{i}of{n}.sqlite3") for i in range(n)]
+        return [(*args, "--shard", f"{i}/{n}", "--cache", c) for i, c in enumerate(caches)], (*args, "--merge-caches", *caches)
+
+    blends = tuple(n.name for n in before if n.kind == BLEND)
+    return [Node(SOURCE, "ocr", CPU, "ocr.run", args, blends, done=(f"preds/{SOURCE}/summary.json",), shards=shards,
+                 note="tesseract on the products the blends call media")]
+
+
+def rerun(scratch: WorkDir, options: dict, summary: dict) -> None:
+    """The stage on a prediction work dir, with the options the run recorded and the texts it read."""
+    from .run import OcrOptions, run_ocr
+
+    cache = Path(summary.get("reading", {}).get("cache", ""))  # copied: reading new images adds rows
+    if cache.is_file():
+        (scratch.root / "ocr").mkdir(parents=True, exist_ok=True)
+        shutil.copy(cache, scratch.root / "ocr" / "cache.sqlite3")
+    options.update(shard="", merge_caches=[], cache=None, sources=list(summary.get("selection_sources", [])))
+    run_ocr(scratch, OcrOptions(**options), progress=False)
+
+
+register_side_source(SOURCE, SideSource(lambda s: list(s.get("selection_sources", [])), rerun))  # the CNN sources choosing the products
