@@ -138,7 +138,7 @@ def announce(event: dict) -> None:
         from distributed import get_worker
 
         worker = get_worker()
-        worker.log_event("pipeline", {**event, "worker": worker.name})
+        worker.log_event("pipeline", {**event, "worker_name": str(worker.name)})
     except (ImportError, ValueError):
         pass
 

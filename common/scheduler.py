@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -26,6 +27,15 @@ from .errors import DataError
 from .paths import WorkDir
 from .pipeline import RunOptions
 from .runner import NodeFailed, Outcome, RunState, TaskSpec, execute, task_spec, visible_gpus
+
+
+_CONSOLE = threading.Lock()
+
+
+def say(line: str) -> None:
+    """One console line at a time (start events arrive on dask's thread, results on the main one)."""
+    with _CONSOLE:
+        print(line, flush=True)
 
 
 def local_cluster(slots: int, gpus_per_recipe: int, on_gpus: bool):
@@ -122,14 +132,14 @@ def run_on_dask(state: RunState, work: WorkDir, opts: RunOptions) -> None:
     started: dict[str, dict] = {}
     try:
         n_workers = check_workers(client, max((n.gpus for n in state.graph.recipes()), default=0), opts.scheduler)
-        print(f"scheduler {client.scheduler.address}: {n_workers} workers, GPUs {sorted(worker_gpus(client).values())}; "
-              f"{len(state.graph.recipes())} recipes on {opts.gpus_per_recipe or 1} GPU(s) each; logs in {work.root / 'logs'}", flush=True)
+        say(f"scheduler {client.scheduler.address}: {n_workers} workers, GPUs {sorted(worker_gpus(client).values())}; "
+            f"{len(state.graph.recipes())} recipes on {opts.gpus_per_recipe or 1} GPU(s) each; logs in {work.root / 'logs'}")
 
         def on_start(event) -> None:
             msg = event[1] if isinstance(event, tuple) else event
             started[msg["name"]] = msg
-            print(f"== {msg['name']}: started on {msg['host']} (worker {msg['worker']}" + (f", GPUs {','.join(msg['gpus'])})" if msg.get("gpus") else ")"),
-                  flush=True)
+            gpus = f", GPUs {','.join(msg['gpus'])}" if msg.get("gpus") else ""
+            say(f"== {msg['name']}: started on {msg['host']} (worker {msg.get('worker_name', msg.get('worker'))}{gpus})")
 
         client.subscribe_topic("pipeline", on_start)
         futures = submit_graph(client, state, work, opts, n_workers)
@@ -155,7 +165,7 @@ def follow(futures: dict, state: RunState, started: dict, every: float, work: Wo
         if time.time() - last >= every and pending:
             last = time.time()
             for name in running(pending, futures, started):
-                print(progress_line(name, started[name], work), flush=True)
+                say(progress_line(name, started[name], work))
 
 
 def running(pending: set, futures: dict, started: dict) -> list[str]:
@@ -169,15 +179,15 @@ def report(future, name: str, state: RunState, started: dict) -> None:
     if future.status == "error":
         error = future.exception()
         if isinstance(error, NodeFailed) and error.name == name:
-            print(f"== {name}: FAILED (exit {error.code}); log {error.log}", flush=True)
+            say(f"== {name}: FAILED (exit {error.code}); log {error.log}")
             outcome = Outcome("failed", why=f"exit {error.code}", code=error.code)
         else:
             why = error.name if isinstance(error, NodeFailed) else f"{type(error).__name__}: {error}"
-            print(f"== {name}: not run: it needs {why}, which did not finish", flush=True)
+            say(f"== {name}: not run: it needs {why}, which did not finish")
             outcome = Outcome("not run", why=why) if isinstance(error, NodeFailed) else Outcome("failed", why=why, code=1)
     else:
         result = future.result()
-        print(f"== {name}: " + (f"up to date ({result['why']})" if result["status"] == "up to date" else f"{result['seconds']:.0f}s"), flush=True)
+        say(f"== {name}: " + (f"up to date ({result['why']})" if result["status"] == "up to date" else f"{result['seconds']:.0f}s"))
         outcome = Outcome(result["status"], result["seconds"], result.get("why", ""), result.get("gpus"))
     started.pop(name, None)
     if name == node:
