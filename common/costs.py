@@ -122,10 +122,18 @@ class Cost:
     disk: dict = field(default_factory=dict)  # bytes: checkpoints / predictions / features
     rate: str = ""
     note: str = ""
+    global_batch: int = 0  # samples (tiles) per optimizer step, over every GPU (the schedule's scaling model)
+    micro_batch: int = 0  # the most one GPU holds per forward (more per GPU: accumulated micro-batches)
+    params: float = 0.0  # trained parameters: the gradients DDP all-reduces per step
 
     @property
     def gpu_hours(self) -> float:
         return sum(self.gpu_s.values()) / 3600
+
+    @property
+    def steps(self) -> float:
+        """Optimizer steps of the training images, summed over the protocol's models."""
+        return self.train_images / self.global_batch if self.global_batch else 0.0
 
 
 OPTIMIZER_STATES = {"sgd": 1, "nag": 1, "nadam": 2, "adam": 2, "adamw": 2}  # tensors per parameter beside the weights
@@ -154,7 +162,12 @@ def val_images(cfg, split: Split) -> float:
 
 
 def new_cost(cfg, rate: Rate | None) -> Cost:
-    return Cost(cfg.source, cfg.solution, cfg.stage, cfg.model, str(cfg.epochs), rate=rate.source if rate else "")
+    """A recipe's cost line; a GPU-bound one (a rate) carries its batch and parameters for the schedule."""
+    cost = Cost(cfg.source, cfg.solution, cfg.stage, cfg.model, str(cfg.epochs), rate=rate.source if rate else "")
+    if rate is not None:
+        cost.global_batch, cost.micro_batch = cfg.global_batch or cfg.batch_size * cfg.accum_steps, cfg.batch_size
+        cost.params = float(network(cfg.model).params)
+    return cost
 
 
 def store_bytes(c: Counts, views: int, dim: int) -> float:
@@ -191,3 +204,46 @@ def image_cost(cfg, ctx: CostContext) -> Cost:
     cost.gpu_s = {"train": cost.train_images / rate.train, "predict": cost.predict_images / rate.infer}
     cost.disk = {"checkpoints": m * checkpoint_bytes(network(cfg.model).params, cfg), "predictions": prediction_bytes(cfg, split, c)}
     return cost
+
+
+# ----------------------------------------------------------------------------- CPU nodes
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a CPU node's cost model (Node.cost) reads: the data, the protocol's split, the machine."""
+
+    counts: Counts
+    split: Split
+    cores: int  # CPU cores of the machine the stage runs on
+    stack_rounds: int = 200  # the stacker's boosting rounds
+
+    @property
+    def products(self) -> float:
+        return self.counts.train_products + self.counts.test_products
+
+    @property
+    def images(self) -> float:
+        return self.counts.train_images + self.counts.test_images
+
+    @property
+    def every_core(self) -> str:
+        from .plan_figures import BENCH_CORES
+
+        return f"time: every core, {BENCH_CORES} measured -> {self.cores} assumed, linear scaling assumed"
+
+    def fitted(self, stage: str, units: float, rounds: int = 200) -> tuple[float, float]:
+        """(peak bytes, seconds) of a stage from bench_scale's fit at `units` (millions x 1e6): a stage
+        that uses every core is scaled from the bench's cores to ours, the stacker by its rounds."""
+        from .plan_figures import BENCH_CORES, CPU_FITS, PARALLEL_STAGES, STACK_FIT_ROUNDS
+
+        a, b, s, fixed = CPU_FITS[stage]
+        scale = rounds / STACK_FIT_ROUNDS[stage] if stage in STACK_FIT_ROUNDS else 1.0
+        if stage in PARALLEL_STAGES:
+            scale *= BENCH_CORES / self.cores
+        return (a + b * units / 1e6) * 1e6, (s * units / 1e6 + fixed) * scale
+
+
+def stage_row(stage: str, peak_bytes: float | None, seconds: float | None, source: str) -> dict:
+    """One line of the plan's CPU table (a node may have several: OCR's selection, tesseract, text model)."""
+    return {"stage": stage, "peak_bytes": peak_bytes, "seconds": seconds, "source": source}

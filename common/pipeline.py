@@ -73,7 +73,7 @@ class Node:
     shards: Callable[[int], tuple[list[tuple[str, ...]], tuple[str, ...]]] | None = None  # n -> (each shard's args, the merge's args)
     recipe: Any = None  # a recipe node's config (TrainConfig subclass)
     recipe_kind: Any = None  # and its RecipeKind (fold function, cost model, benchmark feed)
-    cost: Callable | None = None  # a CPU node: (common.plan context) -> its rows of the plan's CPU table
+    cost: Callable | None = None  # a CPU node: (common.costs.StageContext) -> its rows of the plan's CPU table (None: not measured)
     note: str = ""
 
     @property

@@ -1,7 +1,9 @@
 """What a profile costs before any GPU hour is spent: per recipe the images it trains and predicts,
-GPU-hours from a throughput table, wall-hours on N GPUs, disk per stage, peak RAM of the CPU stages.
+GPU-hours from a throughput table, the wall-hours of the pipeline graph scheduled on M machines of
+N GPUs (common/schedule.py), disk per stage, peak RAM of the CPU stages.
 
-    python -m common.plan --profile full [--gpus 8] [--protocol holdout|kfold] [--n-folds 5]
+    python -m common.plan --profile full [--gpus 8] [--gpus-per-recipe G] [--machines M]
+                          [--protocol holdout|kfold] [--n-folds 5]
                           [--holdout-fraction 0.05] [--data DIR --work W [--build-index]]
                           [--throughput bench/results/gpu_throughput.json] [--json plan.json]
 
@@ -15,20 +17,23 @@ it with the same code). Every figure says where it comes from:
   scaled by FLOPs from <model>  an extrapolation from a recorded model (FLOPs counted here at 180 px)
   assumed: ...                  a stated assumption (e.g. inference = 3 x training images/s)
   bench/README.md               the CPU stages measured by bench/bench_scale.py
-Wall-hours on N GPUs are GPU-hours / N: linear scaling is assumed, never measured here.
+Wall-hours are the makespan of the schedule: recipes side by side, each on its G GPUs (without
+--gpus-per-recipe the G per recipe the schedule finds fastest), with the scaling model and its
+assumptions that common/schedule.py states (the plan prints them).
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from .atomic import write_json
 from .cli import parse_stage, run
 from .errors import DataError
 from .paths import WorkDir
-from .plan_figures import (BENCH_CORES, BENCH_README, COLD_READ_MB_S, CPU_FITS, HASH_BYTES, INDEX_BYTES, MEDIA_IMAGE_SHARE, PARALLEL_STAGES,
-                           STACK_FIT_ROUNDS, STACK_SOURCES_NOTE, TESSERACT_IMAGES_S_CORE)
-from .costs import Cost, CostContext, Counts, Split, data_counts, official_counts, protocol_split
+from .plan_figures import COLD_READ_MB_S, HASH_BYTES, INDEX_BYTES
+from .costs import Cost, CostContext, Counts, Split, StageContext, data_counts, official_counts, protocol_split
+from .schedule import ASSUMPTIONS, Job, choose_gpus, critical_path, fixed_gpus, simulate
 from .throughput import load_throughput
 
 GB = 1e9
@@ -47,42 +52,10 @@ def recipe_costs(graph, split: Split, c: Counts, table: dict, read_mb_s: float) 
 
 # ----------------------------------------------------------------------------- CPU stages and disk
 
-def fitted(stage: str, units: float, cores: int, rounds: int = 200) -> tuple[float, float]:
-    """(peak bytes, seconds) of a stage from bench_scale's fit at `units` (millions x 1e6): a stage
-    that uses every core is scaled from the bench's cores to `cores`, the stacker by its rounds."""
-    a, b, s, fixed = CPU_FITS[stage]
-    scale = rounds / STACK_FIT_ROUNDS[stage] if stage in STACK_FIT_ROUNDS else 1.0
-    if stage in PARALLEL_STAGES:
-        scale *= BENCH_CORES / cores
-    return (a + b * units / 1e6) * 1e6, (s * units / 1e6 + fixed) * scale
 
-
-def cpu_stages(c: Counts, split: Split, cores: int, rounds: int) -> list[dict]:
-    """Peak RAM and time of each CPU stage (measured per-unit figures; 'not measured' where none exist)."""
-    every = c.train_products + c.test_products
-    images = c.train_images + c.test_images
-    held = split.models * split.oof_products + c.test_products  # the rows the stacker holds
-    stack, stack_units = ("stack_holdout", every) if split.protocol == "holdout" else ("stack_all", held)
-    cored = f"time: every core, {BENCH_CORES} measured -> {cores} assumed, linear scaling assumed"
-    read = MEDIA_IMAGE_SHARE * c.train_products
-    text_ram, text_s = fitted("ocr_text", read, cores)  # one fold model; the protocol's models one after another
-    rows = [("index", *fitted("index", every, cores), f"{BENCH_README}; time = both BSON files at the {COLD_READ_MB_S:,.0f} MB/s cold read"),
-            ("stats", *fitted("stats", every, cores), BENCH_README),
-            ("ocr (selection)", *fitted("ocr_select", every, cores), BENCH_README),
-            ("ocr (tesseract)", None, MEDIA_IMAGE_SHARE * images / (TESSERACT_IMAGES_S_CORE * cores),
-             f"bench/README.md: {TESSERACT_IMAGES_S_CORE} images/s per core on {MEDIA_IMAGE_SHARE:.1%} of the images, {cores} cores assumed; "
-             "RAM: one tesseract process per core, not measured"),
-            ("ocr (text model)", text_ram, text_s * split.models,
-             f"{BENCH_README}: one fold model on {read:,.0f} read train products ({MEDIA_IMAGE_SHARE:.1%}), x {split.models} model(s); {cored}"),
-            ("md5", *fitted("md5", every, cores), f"{BENCH_README}; {cored}"),
-            ("stack", *fitted(stack, stack_units, cores, rounds), f"{BENCH_README}, " + (
-                f"the holdout protocol's shape ({STACK_SOURCES_NOTE}), {every:,.0f} products" if stack == "stack_holdout" else
-                f"every OOF product trains, {held:,.0f} products held (OOF + test); fit from an older run with 3 synthetic sources, "
-                f"not the full profile's: more than 32 GB at full scale, cap it with --max-train-products") + f", time x {rounds}/{STACK_FIT_ROUNDS[stack]} rounds; {cored}"),
-            ("report", *fitted("report", every, cores), BENCH_README)]
-    out = [{"stage": s, "peak_bytes": ram, "seconds": t, "source": src} for s, ram, t, src in rows]
-    out[0]["seconds"] = c.bson_bytes / (COLD_READ_MB_S * 1e6)
-    return out
+def cpu_stages(graph, ctx: StageContext) -> dict[str, list[dict]]:
+    """Each CPU node's rows of peak RAM and time, by the cost model it carries (Node.cost)."""
+    return {n.name: n.cost(ctx) for n in graph.nodes if n.kind != "recipe" and n.cost is not None}
 
 
 def disk_by_stage(c: Counts, costs: list[Cost], split: Split) -> dict:
@@ -96,6 +69,41 @@ def disk_by_stage(c: Counts, costs: list[Cost], split: Split) -> dict:
     return by
 
 
+# ----------------------------------------------------------------------------- the schedule
+
+
+def jobs_of(graph, costs: list[Cost], cpu: dict[str, list[dict]]) -> dict[str, Job]:
+    """The graph's nodes in order, as the schedule sees them (a CPU node without a cost model takes no time)."""
+    by_source, names = {c.source: c for c in costs}, {n.name for n in graph.nodes}
+    jobs = {}
+    for n in graph.nodes:
+        requires = tuple(r for r in n.requires if r in names)
+        if n.kind == "recipe":
+            c = by_source[n.name]
+            jobs[n.name] = Job(n.name, requires, True, c.gpu_s.get("train", 0.0), c.gpu_s.get("predict", 0.0) + c.gpu_s.get("features", 0.0),
+                               c.io_s, steps=c.steps, global_batch=c.global_batch, micro_batch=c.micro_batch, params=c.params)
+        else:
+            seconds = sum(r["seconds"] or 0.0 for r in cpu.get(n.name, []))
+            jobs[n.name] = Job(n.name, requires, False, cpu_s=seconds, shards=n.shards is not None)
+    return jobs
+
+
+def schedule(jobs: dict[str, Job], opts: PlanOptions) -> dict:
+    """The run's schedule (--gpus-per-recipe G, else the fastest found), beside one after another on every GPU."""
+    per = opts.gpus
+    gpus = fixed_gpus(jobs, opts.gpus_per_recipe, per) if opts.gpus_per_recipe else choose_gpus(jobs, opts.machines, per)
+    sched = simulate(jobs, gpus, opts.machines, per)
+    try:
+        sequential = simulate(jobs, fixed_gpus(jobs, per, per), 1, per).makespan / 3600
+    except DataError as e:
+        sequential = str(e)
+    return {"gpus_per_recipe": sched.gpus, "chosen": not opts.gpus_per_recipe, "machines": opts.machines, "per_machine": per,
+            "start_h": {n: t / 3600 for n, t in sched.start.items()}, "end_h": {n: t / 3600 for n, t in sched.end.items()},
+            "machine": sched.machine, "wall_hours": sched.makespan / 3600, "utilisation": sched.utilisation(),
+            "critical_path": [{"node": n, "after": how} for n, how in critical_path(jobs, sched)],
+            "one_after_another_wall_hours": sequential, "assumptions": ASSUMPTIONS}
+
+
 # ----------------------------------------------------------------------------- the plan
 
 
@@ -103,7 +111,9 @@ def disk_by_stage(c: Counts, costs: list[Cost], split: Split) -> dict:
 class PlanOptions:
     profile: str = "full"  # mini | full: the recipes planned
     data: str = ""  # a Kaggle-layout folder (train.bson, test.bson): its counts (from --work's index); empty = the official counts
-    gpus: int = 1  # GPUs the training stages share (wall-hours = GPU-hours / gpus: linear scaling assumed)
+    gpus: int = 1  # GPUs per machine
+    gpus_per_recipe: int = 0  # every recipe on G GPUs of one machine (0: the G per recipe the schedule finds fastest)
+    machines: int = 1  # machines alike, each with --gpus GPUs (a dask scheduler's workers)
     protocol: str = ""  # holdout | kfold (default: holdout for full, kfold for mini, as run_all.sh)
     n_folds: int = 5  # kfold: models per recipe
     holdout_fraction: float = 0.05  # holdout when the 2nd team's 50,000 ids are not in the data
@@ -116,8 +126,9 @@ class PlanOptions:
 
 
 def plan(opts: PlanOptions, work: WorkDir) -> dict:
-    if opts.gpus < 1:
-        raise DataError(f"--gpus {opts.gpus}: at least 1")
+    if opts.gpus < 1 or opts.machines < 1 or opts.gpus_per_recipe < 0:
+        raise DataError(f"--gpus {opts.gpus} --machines {opts.machines} --gpus-per-recipe {opts.gpus_per_recipe}: whole numbers, at least 1 "
+                        "(--gpus-per-recipe 0: the schedule's choice)")
     protocol = opts.protocol or ("holdout" if opts.profile == "full" else "kfold")
     counts = data_counts(opts.data, work, opts.build_index) if opts.data else official_counts()
     split = protocol_split(counts, protocol, opts.n_folds, opts.holdout_fraction)
@@ -126,22 +137,23 @@ def plan(opts: PlanOptions, work: WorkDir) -> dict:
 
     graph = build_graph(RunOptions(profile=opts.profile, protocol=protocol), work)
     costs = recipe_costs(graph, split, counts, table, opts.read_mb_s)
-    cpu = cpu_stages(counts, split, opts.cores, opts.stack_rounds)
+    by_node = cpu_stages(graph, StageContext(counts, split, opts.cores, opts.stack_rounds))
+    cpu = [row | {"node": name} for name, rows in by_node.items() for row in rows]
     disk = disk_by_stage(counts, costs, split)
-    return {"profile": opts.profile, "gpus": opts.gpus, "counts": dataclasses.asdict(counts), "split": dataclasses.asdict(split),
-            "throughput_file": table.get("file"), "recipes": [dataclasses.asdict(x) | {"gpu_hours": x.gpu_hours} for x in costs],
-            "cpu_stages": cpu, "disk_bytes": disk, "totals": totals(costs, cpu, disk, opts.gpus)}
+    sched = schedule(jobs_of(graph, costs, by_node), opts)
+    return {"profile": opts.profile, "gpus": opts.gpus, "machines": opts.machines, "counts": dataclasses.asdict(counts),
+            "split": dataclasses.asdict(split), "throughput_file": table.get("file"),
+            "recipes": [dataclasses.asdict(x) | {"gpu_hours": x.gpu_hours} for x in costs], "cpu_stages": cpu, "disk_bytes": disk,
+            "schedule": sched, "totals": totals(costs, cpu, disk, sched)}
 
 
-def totals(costs: list[Cost], cpu: list[dict], disk: dict, gpus: int) -> dict:
+def totals(costs: list[Cost], cpu: list[dict], disk: dict, sched: dict) -> dict:
     gpu_h = sum(x.gpu_hours for x in costs)
     by_part = {p: sum(x.gpu_s.get(p, 0.0) for x in costs) / 3600 for p in ("train", "predict", "features")}
-    heads_h = sum(x.io_s for x in costs) / 3600
-    cpu_h = sum(s["seconds"] or 0.0 for s in cpu) / 3600
     peak = max((s for s in cpu if s["peak_bytes"]), key=lambda s: s["peak_bytes"])
-    return {"gpu_hours": gpu_h, "gpu_hours_by_part": by_part, "wall_hours_gpu": gpu_h / gpus, "heads_io_hours": heads_h,
-            "cpu_stage_hours": cpu_h, "wall_hours": gpu_h / gpus + heads_h + cpu_h, "disk_bytes": sum(disk.values()),
-            "peak_ram_bytes": peak["peak_bytes"], "peak_ram_stage": peak["stage"], "scaling": f"GPU-hours / {gpus}: linear scaling assumed"}
+    return {"gpu_hours": gpu_h, "gpu_hours_by_part": by_part, "heads_io_hours": sum(x.io_s for x in costs) / 3600,
+            "cpu_stage_hours": sum(s["seconds"] or 0.0 for s in cpu) / 3600, "wall_hours": sched["wall_hours"],
+            "disk_bytes": sum(disk.values()), "peak_ram_bytes": peak["peak_bytes"], "peak_ram_stage": peak["stage"]}
 
 
 # ----------------------------------------------------------------------------- printing
@@ -155,11 +167,16 @@ def _h(seconds: float) -> str:
     return f"{seconds / 3600:,.1f}"
 
 
+def machines_text(p: dict) -> str:
+    gpus = f"{p['gpus']} GPU{'s' * (p['gpus'] > 1)}"
+    return gpus if p["machines"] == 1 else f"{p['machines']} machines x {gpus}"
+
+
 def header(p: dict) -> list[str]:
     c, s = p["counts"], p["split"]
     models = "1 model per recipe" if s["models"] == 1 else f"{s['models']} models per recipe"
     throughput = p["throughput_file"] or "no bench_gpu.json (bench/bench_gpu.py writes it): the winners' recorded figures"
-    return [f"Plan of the {p['profile']} profile on {p['gpus']} GPU{'s' * (p['gpus'] > 1)}: protocol {s['protocol']}, {models}, each trains on "
+    return [f"Plan of the {p['profile']} profile on {machines_text(p)}: protocol {s['protocol']}, {models}, each trains on "
             f"{s['train_products']:,.0f} products / {s['train_images']:,.0f} images and predicts {s['oof_products']:,.0f} / "
             f"{s['oof_images']:,.0f} out of fold ({s['what']}) and the test set",
             f"Data: {c['train_products']:,.0f} train products / {c['train_images']:,.0f} images, {c['test_products']:,.0f} test / "
@@ -180,24 +197,44 @@ def recipe_table(p: dict) -> tuple[list[str], list[str]]:
     """One line per recipe, its throughput source as a footnote letter."""
     sources: list[str] = list(dict.fromkeys(r["rate"] for r in p["recipes"]))
     lines = [f"{'recipe':34s} {'epochs':>11s} {'train img':>9s} {'pred img':>9s} {'train/s':>8s} {'infer/s':>8s} src "
-             f"{'GPU-h train':>11s} {'predict':>8s} {'features':>8s} {'GPU-h':>8s} {'wall-h':>7s} {'disk GB':>8s}"]
+             f"{'GPU-h train':>11s} {'predict':>8s} {'features':>8s} {'GPU-h':>8s} {'G':>2s} {'wall-h':>7s} {'disk GB':>8s}"]
+    sched = p["schedule"]
     for r in p["recipes"]:
         g, (train, infer) = r["gpu_s"], _rates(r)
-        wall = r["gpu_hours"] / p["gpus"] + r["io_s"] / 3600
+        wall = sched["end_h"][r["source"]] - sched["start_h"][r["source"]]
         lines.append(f"{r['solution'] + '/' + r['source'].split('_', 1)[1]:34s} {r['epochs']:>11s} {_m(r['train_images']):>9s} "
                      f"{_m(r['predict_images'] + r['feature_images']):>9s} {train:>8s} {infer:>8s} {chr(97 + sources.index(r['rate'])):>3s} "
                      f"{_h(g.get('train', 0)):>11s} {_h(g.get('predict', 0)):>8s} {_h(g.get('features', 0)):>8s} {r['gpu_hours']:8,.1f} "
-                     f"{wall:7,.1f} {sum(r['disk'].values()) / GB:8,.1f}")
+                     f"{sched['gpus_per_recipe'][r['source']]:2d} {wall:7,.1f} {sum(r['disk'].values()) / GB:8,.1f}")
     return lines, [f"  [{chr(97 + i)}] {s}" for i, s in enumerate(sources)]
 
 
 def solution_table(p: dict) -> list[str]:
-    lines = [f"{'solution':14s} {'GPU-hours':>10s} {'wall-h on ' + str(p['gpus']):>12s} {'heads I/O h':>11s} {'disk GB':>9s}"]
+    lines = [f"{'solution':14s} {'GPU-hours':>10s} {'heads I/O h':>11s} {'disk GB':>9s} {'blend done at h':>16s}"]
+    end = p["schedule"]["end_h"]
     for sol in dict.fromkeys(r["solution"] for r in p["recipes"]):
         rs = [r for r in p["recipes"] if r["solution"] == sol]
         gpu = sum(r["gpu_hours"] for r in rs)
         io = sum(r["io_s"] for r in rs) / 3600
-        lines.append(f"{sol:14s} {gpu:10,.1f} {gpu / p['gpus']:12,.1f} {io:11,.1f} {sum(sum(r['disk'].values()) for r in rs) / GB:9,.1f}")
+        done = end.get(sol, max(end[r["source"]] for r in rs))
+        lines.append(f"{sol:14s} {gpu:10,.1f} {io:11,.1f} {sum(sum(r['disk'].values()) for r in rs) / GB:9,.1f} {done:16,.1f}")
+    return lines
+
+
+def schedule_table(p: dict) -> list[str]:
+    """Each recipe's GPUs, machine, start and end hour, then the critical path and the comparison."""
+    s = p["schedule"]
+    how = "the G per recipe found fastest" if s["chosen"] else f"--gpus-per-recipe {next(iter(s['gpus_per_recipe'].values()), 0)}"
+    lines = [f"Schedule on {machines_text(p)} ({how}; list scheduling, longest remaining path first; {s['assumptions']}):",
+             f"  {'node':40s} {'G':>2s} {'machine':>7s} {'start h':>8s} {'end h':>8s}"]
+    for n in sorted(s["start_h"], key=lambda n: (s["start_h"][n], n)):
+        g = s["gpus_per_recipe"].get(n)
+        lines.append(f"  {n:40s} {g if g else 'CPU':>2} {s['machine'][n]:7d} {s['start_h'][n]:8,.1f} {s['end_h'][n]:8,.1f}")
+    path = "".join({"needs": " -> ", "gpus": " => ", "": ""}[c["after"]] + c["node"] for c in s["critical_path"])
+    seq = s["one_after_another_wall_hours"]
+    lines += [f"Critical path (-> needs, => waits for the GPUs the node before frees): {path}", f"GPU utilisation {s['utilisation']:.0%} of {p['machines'] * p['gpus']} GPUs over {s['wall_hours']:,.1f} h",
+              "One after another, each recipe on all GPUs of one machine (run_all.sh without a scheduler): " +
+              (f"{seq:,.1f} h" if isinstance(seq, float) else seq)]
     return lines
 
 
@@ -207,19 +244,30 @@ def render(p: dict) -> str:
     out = header(p) + ["", "Per recipe (images summed over the protocol's models; pred img = per-epoch validation + OOF/test x TTA views"
                            " + the feature pass; throughput per GPU):"] + rows + ["Throughput sources:"] + notes
     out += ["", "Per solution:"] + solution_table(p)
+    out += [""] + schedule_table(p)
     out += ["", "Disk per stage (GB):"] + [f"  {k:58s} {v / GB:10,.1f}" for k, v in p["disk_bytes"].items()]
-    out += ["", "CPU stages (peak RAM, time on one machine):"]
+    out += ["", "CPU stages (peak RAM, time on one machine; folds and the blends: not measured, seconds):"]
     for s in p["cpu_stages"]:
         ram = f"{s['peak_bytes'] / GB:6.1f} GB" if s["peak_bytes"] else "     n/a "
         time = f"{s['seconds'] / 3600:6.2f} h" if s["seconds"] is not None else "   n/a  "
         out.append(f"  {s['stage']:16s} {ram} {time}  {s['source']}")
     parts = ", ".join(f"{k} {v:,.1f}" for k, v in t["gpu_hours_by_part"].items())
     out += ["", f"TOTAL GPU-hours {t['gpu_hours']:,.1f} ({parts})",
-            f"TOTAL wall-hours on {p['gpus']} GPU{'s' * (p['gpus'] > 1)} {t['wall_hours']:,.1f} = {t['wall_hours_gpu']:,.1f} GPU stages "
-            f"({t['scaling']}) + {t['heads_io_hours']:,.1f} heads on stored features (I/O-bound) + {t['cpu_stage_hours']:,.1f} CPU stages",
+            f"TOTAL wall-hours on {machines_text(p)} {t['wall_hours']:,.1f} (the schedule's makespan; critical path above; "
+            f"{t['heads_io_hours']:,.1f} h of heads on stored features, I/O-bound, and {t['cpu_stage_hours']:,.1f} h of CPU stages within it)",
             f"TOTAL disk {t['disk_bytes'] / GB:,.1f} GB (work dir; the Kaggle files add {p['counts']['bson_bytes'] / GB:,.1f} GB); "
             f"peak RAM of the CPU stages {t['peak_ram_bytes'] / GB:,.1f} GB ({t['peak_ram_stage']})"]
     return "\n".join(out)
+
+
+def fastest_gpus(run, work: WorkDir, gpus: int) -> dict[str, int]:
+    """The G per recipe the schedule finds fastest for a run (common.runner's default on N > 1 GPUs)."""
+    from .bson_index import index_is_current
+
+    data = run.data if run.data and all(index_is_current(work.index(s), Path(run.data) / f"{s}.bson") for s in ("train", "test")) else ""
+    opts = PlanOptions(profile=run.profile, data=data, gpus=gpus, protocol=run.protocol, n_folds=run.n_folds,
+                       holdout_fraction=run.holdout_fraction)
+    return plan(opts, work)["schedule"]["gpus_per_recipe"]
 
 
 def main(argv: list[str] | None = None) -> dict:

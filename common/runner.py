@@ -14,6 +14,7 @@ log. Every node's output is appended to work/logs/<node>.log (one log per recipe
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import shutil
@@ -341,14 +342,39 @@ def visible_gpus() -> int:
         return 0
 
 
+def default_schedule(opts: RunOptions, gpus: int) -> RunOptions:
+    """The full profile on N > 1 GPUs (no --nproc, --scheduler, --gpus-per-recipe given) runs side by
+    side on a local cluster, each recipe on the G the plan finds fastest (common.schedule)."""
+    if opts.profile != "full" or gpus < 2 or opts.nproc >= 0 or opts.scheduler or opts.gpus_per_recipe:
+        return opts
+    return dataclasses.replace(opts, scheduler=f"local:{gpus}")
+
+
+def recipe_gpus(graph: Graph, opts: RunOptions, work: WorkDir, gpus: int) -> dict[str, int]:
+    """--gpus-per-recipe G for every recipe; else, on a local cluster of the full profile, the plan's
+    fastest G per recipe on this machine's GPUs (the data's counts when indexed, else the official)."""
+    if opts.gpus_per_recipe or opts.profile != "full" or not opts.scheduler.startswith("local") or gpus < 2:
+        return {n.name: opts.gpus_per_recipe or 1 for n in graph.recipes()}
+    from .plan import fastest_gpus
+
+    chosen = fastest_gpus(opts, work, gpus)
+    print(f"schedule: the plan's fastest GPUs per recipe on {gpus} GPUs: " +
+          ", ".join(f"{n} {g}" for n, g in chosen.items()), flush=True)
+    return chosen
+
+
 def run_pipeline(opts: RunOptions, work: WorkDir) -> int:
     started = time.time()
     handle = lock_work(work)
     try:
         graph = build_graph(opts, work)
         nproc = opts.nproc if opts.nproc >= 0 else visible_gpus()
+        opts = default_schedule(opts, nproc)
         if opts.scheduler:
-            graph = graph.with_gpus({n.name: opts.gpus_per_recipe or 1 for n in graph.recipes()})
+            gpus = recipe_gpus(graph, opts, work, nproc)
+            graph = graph.with_gpus(gpus)
+            if len(set(gpus.values())) == 1:  # one G for all: a local cluster of one worker per G GPUs
+                opts = dataclasses.replace(opts, gpus_per_recipe=next(iter(gpus.values())))
         elif opts.gpus_per_recipe:
             raise DataError("--gpus-per-recipe G runs recipes side by side: give --scheduler local[:N] or tcp://HOST:PORT")
         state = RunState(graph, select(graph, opts))

@@ -40,17 +40,20 @@ def say(line: str) -> None:
 
 def local_cluster(slots: int, gpus_per_recipe: int, on_gpus: bool):
     """slots // G workers, each with GPU=G (its own CUDA_VISIBLE_DEVICES on a GPU machine) and two
-    threads: its recipe and a CPU task beside it."""
+    threads: its recipe and a CPU task beside it. G = 0 (recipes of their own G, the plan's choice):
+    one worker holding every GPU, a thread per GPU and two for CPU tasks."""
     from distributed import Nanny, Scheduler, SpecCluster
 
-    g = max(gpus_per_recipe, 1)
+    g = gpus_per_recipe or slots
     if slots < g or slots % g:
         raise DataError(f"--scheduler local:{slots}: {slots} GPUs do not split into recipes of --gpus-per-recipe {g}")
     workers = {}
     for i in range(slots // g):
+        name = f"gpu{i * g}" + (f"-{(i + 1) * g - 1}" if g > 1 else "")
         env = {"CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in range(i * g, (i + 1) * g))} if on_gpus else {}
-        workers[f"gpu{i * g}" + (f"-{(i + 1) * g - 1}" if g > 1 else "")] = {
-            "cls": Nanny, "options": {"name": f"gpu{i * g}" + (f"-{(i + 1) * g - 1}" if g > 1 else ""), "nthreads": 2, "resources": {"GPU": g}, "env": env, "host": "127.0.0.1", "silence_logs": 50}}
+        threads = 2 if gpus_per_recipe else slots + 2
+        workers[name] = {"cls": Nanny, "options": {"name": name, "nthreads": threads, "resources": {"GPU": g}, "env": env, "host": "127.0.0.1",
+                                                   "silence_logs": 50}}
     scheduler = {"cls": Scheduler, "options": {"dashboard": False, "host": "127.0.0.1", "port": 0}}
     return SpecCluster(scheduler=scheduler, workers=workers, silence_logs=50)
 

@@ -3,6 +3,7 @@ products (ensembling.predict). Under a scheduler its hashing is split into shard
 worker, md5/shards/), which the last task concatenates."""
 from __future__ import annotations
 
+from common.costs import StageContext, stage_row
 from common.paths import WorkDir
 from common.pipeline import BLEND, CPU, Node, RunOptions, flag
 from common.registry import SideSource, register_side_source, register_stage
@@ -19,7 +20,13 @@ def md5_stage(opts: RunOptions, work: WorkDir, before: list[Node]) -> list[Node]
 
     blends = tuple(n.name for n in before if n.kind == BLEND)
     return [Node(SOURCE, "md5", CPU, "md5.run", args, blends, done=(f"preds/{SOURCE}/summary.json",), shards=shards,
-                 note="duplicate images' labels; overrides the blends")]
+                 cost=md5_cost, note="duplicate images' labels; overrides the blends")]
+
+
+def md5_cost(ctx: StageContext) -> list[dict]:
+    from common.plan_figures import BENCH_README
+
+    return [stage_row("md5", *ctx.fitted("md5", ctx.products), f"{BENCH_README}; {ctx.every_core}")]
 
 
 def rerun(scratch: WorkDir, options: dict, summary: dict) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from common.costs import StageContext, stage_row
 from common.paths import WorkDir
 from common.pipeline import BLEND, CPU, Node, RunOptions
 from common.registry import SideSource, register_side_source, register_stage
@@ -25,7 +26,22 @@ def ocr_stage(opts: RunOptions, work: WorkDir, before: list[Node]) -> list[Node]
 
     blends = tuple(n.name for n in before if n.kind == BLEND)
     return [Node(SOURCE, "ocr", CPU, "ocr.run", args, blends, done=(f"preds/{SOURCE}/summary.json",), shards=shards,
-                 note="tesseract on the products the blends call media")]
+                 cost=ocr_cost, note="tesseract on the products the blends call media")]
+
+
+def ocr_cost(ctx: StageContext) -> list[dict]:
+    """The selection, tesseract on the media products' images, the text model (one per protocol model)."""
+    from common.plan_figures import BENCH_README, MEDIA_IMAGE_SHARE, TESSERACT_IMAGES_S_CORE
+
+    read = MEDIA_IMAGE_SHARE * ctx.counts.train_products
+    text_ram, text_s = ctx.fitted("ocr_text", read)
+    models = ctx.split.models
+    return [stage_row("ocr (selection)", *ctx.fitted("ocr_select", ctx.products), BENCH_README),
+            stage_row("ocr (tesseract)", None, MEDIA_IMAGE_SHARE * ctx.images / (TESSERACT_IMAGES_S_CORE * ctx.cores),
+                      f"bench/README.md: {TESSERACT_IMAGES_S_CORE} images/s per core on {MEDIA_IMAGE_SHARE:.1%} of the images, {ctx.cores} "
+                      "cores assumed; RAM: one tesseract process per core, not measured"),
+            stage_row("ocr (text model)", text_ram, text_s * models, f"{BENCH_README}: one fold model on {read:,.0f} read train products "
+                      f"({MEDIA_IMAGE_SHARE:.1%}), x {models} model(s); {ctx.every_core}")]
 
 
 def rerun(scratch: WorkDir, options: dict, summary: dict) -> None:
