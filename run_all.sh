@@ -15,7 +15,7 @@
 #   ./run_all.sh --profile full --fast-dev-run   # every full recipe, a few steps at a small input: the wiring in minutes (work/fast_dev_run)
 #   ./run_all.sh --from STAGE | --only STAGE|NODE | --force   # stages: python -m common.pipeline --list
 #   ./run_all.sh --accept-lost-products   # write the submissions although the test index lost documents of a cut test.bson
-#   ./run_all.sh --profile full --plan [--data DIR] [--gpus N] [--gpus-per-recipe G] [--machines M]
+#   ./run_all.sh --profile full --plan [--data DIR] [--gpus N] [--gpus-per-recipe G] [--machines M] [--speeds recorded]
 #                                      # what the run costs (GPU-hours, its schedule's wall-hours, disk, RAM), then exit: no stage runs
 # A node (a stage or a recipe) whose output is newer than the outputs of the nodes it needs (and
 # than its recipe) is skipped, so an interrupted run continues where it stopped; what a stage
@@ -23,7 +23,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DATA="" WORK="" PRESET="default" PROFILE="mini" FROM="" ONLY="" FORCE=0 SEED=0 N_FOLDS="" NPROC="" PROTOCOL="" HOLDOUT_FRACTION="0.05" FAST_DEV=0
-PLAN=0 GPUS="" ACCEPT_LOST=() GPUS_PER_RECIPE="" SCHEDULER="" MACHINES="" PROGRESS_S=60  # --plan: python -m common.plan on --gpus N GPUs, no stage
+PLAN=0 GPUS="" ACCEPT_LOST=() GPUS_PER_RECIPE="" SCHEDULER="" MACHINES="" PROGRESS_S=60 SPEEDS=""  # --plan: python -m common.plan on --gpus N GPUs, no stage
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -47,6 +47,7 @@ while [ $# -gt 0 ]; do
     --fast-dev-run) FAST_DEV=1; shift ;;
     --accept-lost-products) ACCEPT_LOST=(--accept-lost-products); shift ;;
     --plan) PLAN=1; shift ;;
+    --speeds) [[ "${2:-}" =~ ^(estimated|recorded)$ ]] || { echo "run_all.sh: --speeds takes estimated or recorded" >&2; exit 2; }; SPEEDS="$2"; shift 2 ;;
     --gpus) [[ "${2:-}" =~ ^[0-9]+$ ]] || { echo "run_all.sh: --gpus takes a whole number" >&2; exit 2; }; GPUS="$2"; shift 2 ;;
     --gpus-per-recipe) [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || { echo "run_all.sh: --gpus-per-recipe takes a whole number of GPUs" >&2; exit 2; }
                        GPUS_PER_RECIPE="$2"; shift 2 ;;
@@ -80,6 +81,7 @@ if [ "$PLAN" = 1 ]; then  # the plan of this run (common/plan.py): counts, GPU-h
   [ -n "$GPUS" ] && PLAN_ARGS+=(--gpus "$GPUS")
   [ -n "$GPUS_PER_RECIPE" ] && PLAN_ARGS+=(--gpus-per-recipe "$GPUS_PER_RECIPE")
   [ -n "$MACHINES" ] && PLAN_ARGS+=(--machines "$MACHINES")
+  [ -n "$SPEEDS" ] && PLAN_ARGS+=(--speeds "$SPEEDS")
   exec python -m common.plan "${PLAN_ARGS[@]}" --build-index  # a data folder without an index: built here, one read of the files
 fi
 # the pipeline graph (common/pipeline.py) run by common/runner.py: every stage and recipe in

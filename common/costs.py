@@ -120,7 +120,8 @@ class Cost:
     gpu_s: dict = field(default_factory=dict)  # train / predict / features
     io_s: float = 0.0  # heads on stored features: reading the stores (does not scale with GPUs)
     disk: dict = field(default_factory=dict)  # bytes: checkpoints / predictions / features
-    rate: str = ""
+    rate: str = ""  # where the images/s come from
+    speed: str = ""  # its kind: measured | estimated | recorded (I/O: a head bound by reading its stores)
     note: str = ""
     global_batch: int = 0  # samples (tiles) per optimizer step, over every GPU (the schedule's scaling model)
     micro_batch: int = 0  # the most one GPU holds per forward (more per GPU: accumulated micro-batches)
@@ -163,7 +164,7 @@ def val_images(cfg, split: Split) -> float:
 
 def new_cost(cfg, rate: Rate | None) -> Cost:
     """A recipe's cost line; a GPU-bound one (a rate) carries its batch and parameters for the schedule."""
-    cost = Cost(cfg.source, cfg.solution, cfg.stage, cfg.model, str(cfg.epochs), rate=rate.source if rate else "")
+    cost = Cost(cfg.source, cfg.solution, cfg.stage, cfg.model, str(cfg.epochs), rate=rate.source if rate else "", speed=rate.kind if rate else "I/O")
     if rate is not None:
         cost.global_batch, cost.micro_batch = cfg.global_batch or cfg.batch_size * cfg.accum_steps, cfg.batch_size
         cost.params = float(network(cfg.model).params)
@@ -189,6 +190,11 @@ class CostContext:
     table: dict  # bench_gpu.json's figures ({} when none)
     recipes: dict  # source -> config of every recipe of the profile (a head's base nets)
     read_mb_s: float  # disk read rate of the heads on stored features
+    speeds: str = "estimated"  # a recipe without a measurement: estimated (timm's tables) or recorded (2017 logs)
+
+    def rate(self, cfg) -> Rate:
+        """The recipe's images/s per GPU: measured, else estimated or recorded (common.throughput)."""
+        return rate_of(cfg, self.table, self.speeds)
 
     def recipe(self, solution: str, name: str):
         return self.recipes[f"{solution}_{name}"]
@@ -197,7 +203,7 @@ class CostContext:
 def image_cost(cfg, ctx: CostContext) -> Cost:
     """dylan: single images, then the OOF and test products through the inference driver (TTA views)."""
     split, c = ctx.split, ctx.counts
-    rate, m = rate_of(cfg, ctx.table), split.models
+    rate, m = ctx.rate(cfg), split.models
     cost = new_cost(cfg, rate)
     cost.train_images = m * cfg.epochs * epoch_images(cfg, split.train_images)
     cost.predict_images = m * (cfg.epochs * val_images(cfg, split) + len(cfg.tta) * (split.oof_images + c.test_images))

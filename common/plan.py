@@ -5,16 +5,19 @@ N GPUs (common/schedule.py), disk per stage, peak RAM of the CPU stages.
     python -m common.plan --profile full [--gpus 8] [--gpus-per-recipe G] [--machines M]
                           [--protocol holdout|kfold] [--n-folds 5]
                           [--holdout-fraction 0.05] [--data DIR --work W [--build-index]]
-                          [--throughput bench/results/gpu_throughput.json] [--json plan.json]
+                          [--throughput bench/results/gpu_throughput.json] [--speeds estimated|recorded]
+                          [--json plan.json]
 
 Trains nothing and runs in seconds on a CPU (FLOPs and parameters are counted on torch's meta
 device, without weights). Without --data it plans the official Kaggle data (7,069,896 train
 products / 12,371,293 images, 1,768,182 test / 3,095,080); with --data DIR the counts of DIR's
 train.bson / test.bson, read from the index `common.prepare` built in --work (--build-index builds
 it with the same code). Every figure says where it comes from:
-  bench_gpu.json on <device>    measured by bench/bench_gpu.py (default file read when present)
-  recorded: <where>             the winners' own logs (images/s on their machines, fp32, 2017 GPUs)
-  scaled by FLOPs from <model>  an extrapolation from a recorded model (FLOPs counted here at 180 px)
+  measured   bench_gpu.json on <device>: bench/gpu_check.sh (default file read when present)
+  estimated  timm's published AMP tables (RTX 3090) x the H100's memory bandwidth ratio, scaled
+             by FLOPs to the recipe's input size: the default for what is not measured
+  recorded   the winners' own logs (images/s on their machines, fp32, 2017 GPUs): --speeds recorded
+  scaled by FLOPs from <model>  an extrapolation from the nearest listed model
   assumed: ...                  a stated assumption (e.g. inference = 3 x training images/s)
   bench/README.md               the CPU stages measured by bench/bench_scale.py
 Wall-hours are the makespan of the schedule: recipes side by side, each on its G GPUs (without
@@ -34,14 +37,14 @@ from .paths import WorkDir
 from .plan_figures import COLD_READ_MB_S, HASH_BYTES, INDEX_BYTES
 from .costs import Cost, CostContext, Counts, Split, StageContext, data_counts, official_counts, protocol_split
 from .schedule import ASSUMPTIONS, Job, choose_gpus, critical_path, fixed_gpus, simulate
-from .throughput import load_throughput
+from .throughput import TIMM_SETUP, TIMM_TABLES, load_throughput
 
 GB = 1e9
 
 
-def recipe_costs(graph, split: Split, c: Counts, table: dict, read_mb_s: float) -> list[Cost]:
+def recipe_costs(graph, split: Split, c: Counts, table: dict, read_mb_s: float, speeds: str = "estimated") -> list[Cost]:
     """Each recipe node's cost, by the cost model its kind registered (RecipeKind.cost)."""
-    ctx = CostContext(split, c, table, {n.name: n.recipe for n in graph.recipes()}, read_mb_s)
+    ctx = CostContext(split, c, table, {n.name: n.recipe for n in graph.recipes()}, read_mb_s, speeds)
     costs = []
     for node in graph.recipes():
         if node.recipe_kind.cost is None:
@@ -118,6 +121,7 @@ class PlanOptions:
     n_folds: int = 5  # kfold: models per recipe
     holdout_fraction: float = 0.05  # holdout when the 2nd team's 50,000 ids are not in the data
     throughput: str = ""  # bench/bench_gpu.py's JSON (default bench/results/gpu_throughput.json when present)
+    speeds: str = "estimated"  # recipes it does not measure: estimated (timm's AMP tables, scaled to an H100) | recorded (the 3rd place's 2017 logs)
     json: str = ""  # also write the plan as JSON here
     build_index: bool = False  # with --data: build the missing index (what common.prepare does) instead of stopping
     cores: int = 16  # CPU cores of the machine the CPU stages run on (OCR, MD5, the text model and the stacker use every core)
@@ -136,12 +140,12 @@ def plan(opts: PlanOptions, work: WorkDir) -> dict:
     from .pipeline import RunOptions, build_graph
 
     graph = build_graph(RunOptions(profile=opts.profile, protocol=protocol), work)
-    costs = recipe_costs(graph, split, counts, table, opts.read_mb_s)
+    costs = recipe_costs(graph, split, counts, table, opts.read_mb_s, opts.speeds)
     by_node = cpu_stages(graph, StageContext(counts, split, opts.cores, opts.stack_rounds))
     cpu = [row | {"node": name} for name, rows in by_node.items() for row in rows]
     disk = disk_by_stage(counts, costs, split)
     sched = schedule(jobs_of(graph, costs, by_node), opts)
-    return {"profile": opts.profile, "gpus": opts.gpus, "machines": opts.machines, "counts": dataclasses.asdict(counts),
+    return {"profile": opts.profile, "gpus": opts.gpus, "machines": opts.machines, "speeds": opts.speeds, "counts": dataclasses.asdict(counts),
             "split": dataclasses.asdict(split), "throughput_file": table.get("file"),
             "recipes": [dataclasses.asdict(x) | {"gpu_hours": x.gpu_hours} for x in costs], "cpu_stages": cpu, "disk_bytes": disk,
             "schedule": sched, "totals": totals(costs, cpu, disk, sched)}
@@ -175,7 +179,10 @@ def machines_text(p: dict) -> str:
 def header(p: dict) -> list[str]:
     c, s = p["counts"], p["split"]
     models = "1 model per recipe" if s["models"] == 1 else f"{s['models']} models per recipe"
-    throughput = p["throughput_file"] or "no bench_gpu.json (bench/bench_gpu.py writes it): the winners' recorded figures"
+    kinds = {k: sum(r["speed"] == k for r in p["recipes"]) for k in ("measured", "estimated", "recorded", "I/O")}
+    fallback = {"estimated": f"{TIMM_TABLES}, {TIMM_SETUP}", "recorded": "the 3rd place's 2017 MXNet logs"}[p["speeds"]]
+    throughput = (f"{p['throughput_file'] or 'no bench_gpu.json (bench/gpu_check.sh writes it)'}; recipes it does not measure: "
+                  f"{p['speeds']} ({fallback}); speeds: " + ", ".join(f"{n} {k}" for k, n in kinds.items() if n))
     return [f"Plan of the {p['profile']} profile on {machines_text(p)}: protocol {s['protocol']}, {models}, each trains on "
             f"{s['train_products']:,.0f} products / {s['train_images']:,.0f} images and predicts {s['oof_products']:,.0f} / "
             f"{s['oof_images']:,.0f} out of fold ({s['what']}) and the test set",
@@ -196,14 +203,14 @@ def _rates(r: dict) -> tuple[str, str]:
 def recipe_table(p: dict) -> tuple[list[str], list[str]]:
     """One line per recipe, its throughput source as a footnote letter."""
     sources: list[str] = list(dict.fromkeys(r["rate"] for r in p["recipes"]))
-    lines = [f"{'recipe':34s} {'epochs':>11s} {'train img':>9s} {'pred img':>9s} {'train/s':>8s} {'infer/s':>8s} src "
+    lines = [f"{'recipe':34s} {'epochs':>11s} {'train img':>9s} {'pred img':>9s} {'train/s':>8s} {'infer/s':>8s} {'speed':>9s} src "
              f"{'GPU-h train':>11s} {'predict':>8s} {'features':>8s} {'GPU-h':>8s} {'G':>2s} {'wall-h':>7s} {'disk GB':>8s}"]
     sched = p["schedule"]
     for r in p["recipes"]:
         g, (train, infer) = r["gpu_s"], _rates(r)
         wall = sched["end_h"][r["source"]] - sched["start_h"][r["source"]]
         lines.append(f"{r['solution'] + '/' + r['source'].split('_', 1)[1]:34s} {r['epochs']:>11s} {_m(r['train_images']):>9s} "
-                     f"{_m(r['predict_images'] + r['feature_images']):>9s} {train:>8s} {infer:>8s} {chr(97 + sources.index(r['rate'])):>3s} "
+                     f"{_m(r['predict_images'] + r['feature_images']):>9s} {train:>8s} {infer:>8s} {r['speed']:>9s} {chr(97 + sources.index(r['rate'])):>3s} "
                      f"{_h(g.get('train', 0)):>11s} {_h(g.get('predict', 0)):>8s} {_h(g.get('features', 0)):>8s} {r['gpu_hours']:8,.1f} "
                      f"{sched['gpus_per_recipe'][r['source']]:2d} {wall:7,.1f} {sum(r['disk'].values()) / GB:8,.1f}")
     return lines, [f"  [{chr(97 + i)}] {s}" for i, s in enumerate(sources)]

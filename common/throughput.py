@@ -1,6 +1,12 @@
-"""GPU throughput per recipe: measured by bench/bench_gpu.py (its JSON) when present, else the
-winners' recorded training speeds, else scaled by FLOPs from the nearest recorded network; every
-rate carries where it comes from (common.plan prints it beside each figure)."""
+"""GPU throughput per recipe, three kinds, each rate labelled with its kind and where it comes from
+(common.plan prints both beside each figure):
+
+  measured   bench/bench_gpu.py's JSON (bench/results/gpu_throughput.json when present)
+  estimated  timm's published AMP training / inference tables (one RTX 3090), scaled to an H100 by
+             the ratio of their memory bandwidths and to the recipe's input size by FLOPs: the
+             default until a measurement overrides it
+  recorded   the 3rd place's 2017 MXNet fp32 training logs (8 GPUs of 2017): `--speeds recorded`
+"""
 from __future__ import annotations
 
 import functools
@@ -42,6 +48,45 @@ RECORDED = {
 INFER_OVER_TRAIN = 3.0  # no inference speed is recorded: a forward pass is about a third of a training step
 
 
+# ----------------------------------------------------------------------------- estimated: timm's tables
+
+TIMM_TABLES = ("huggingface/pytorch-image-models results/benchmark-train-amp-nhwc-pt112-cu113-rtx3090.csv (train_samples_per_sec) and "
+               "results/benchmark-infer-amp-nhwc-pt112-cu113-rtx3090.csv (infer_samples_per_sec)")
+TIMM_SETUP = "one RTX 3090, PyTorch 1.12 + CUDA 11.3, AMP, channels_last, synthetic input"
+H100_OVER_RTX3090 = 3.35e12 / 936e9  # HBM3 of an H100 SXM (3.35 TB/s) over the 3090's GDDR6X (936 GB/s): conv nets in AMP are bandwidth-bound
+
+
+@dataclass(frozen=True)
+class Published:
+    row: str  # the table's model name (timm has renamed some since)
+    train: float  # images/s
+    train_size: int
+    infer: float
+    infer_size: int
+
+
+# Our architecture -> its rows of the two tables (same network; the name the 2022 tables use).
+PUBLISHED = {
+    "densenet161": Published("densenet161", 399.17, 224, 1366.11, 224),
+    "densenet169": Published("densenet169", 752.52, 224, 2421.68, 224),
+    "dpn92": Published("dpn92", 353.0, 224, 1303.44, 224),
+    "dpn98": Published("dpn98", 290.11, 224, 1188.11, 224),
+    "dpn107": Published("dpn107", 194.08, 224, 736.42, 224),
+    "dpn131": Published("dpn131", 216.53, 224, 866.66, 224),
+    "resnext101_32x4d": Published("resnext101_32x4d", 609.01, 224, 1924.17, 224),
+    "resnext101_64x4d": Published("gluon_resnext101_64x4d", 363.93, 224, 1176.11, 224),
+    "seresnext101_64x4d": Published("gluon_seresnext101_64x4d", 319.51, 224, 1088.94, 224),
+    "legacy_seresnext101_32x4d": Published("legacy_seresnext101_32x4d", 484.7, 224, 1697.89, 224),
+    "legacy_seresnet50": Published("legacy_seresnet50", 1003.5, 224, 3311.17, 224),
+    "resnet50": Published("resnet50", 1218.01, 224, 3676.35, 224),
+    "resnet101": Published("resnet101", 747.89, 224, 2246.09, 224),
+    "inception_v3": Published("inception_v3", 782.35, 299, 2512.32, 299),
+    "inception_resnet_v2": Published("inception_resnet_v2", 358.54, 299, 1108.79, 299),
+    "legacy_xception": Published("xception", 497.64, 299, 1578.2, 299),
+    "tf_efficientnet_lite0": Published("tf_efficientnet_lite0", 2134.89, 224, 8115.07, 224),
+}
+
+
 @dataclass(frozen=True)
 class Net:
     flops: float  # one forward pass of one image at the counted size (2 x multiply-adds)
@@ -68,6 +113,10 @@ class Rate:
     train: float  # images (tiles) per second per GPU
     infer: float  # image forwards per second per GPU (one TTA view)
     source: str
+    kind: str = "recorded"  # measured | estimated | recorded
+
+
+SPEEDS = ("estimated", "recorded")  # what a recipe without a measurement gets (common.plan --speeds)
 
 
 def load_throughput(path: str) -> dict:
@@ -85,14 +134,16 @@ def load_throughput(path: str) -> dict:
 def measured_rate(cfg, table: dict) -> Rate | None:
     """The recipe's figures in bench_gpu.json (by source, e.g. dylan_dpn107): loader-fed, else synthetic."""
     entry = table.get("recipes", {}).get(cfg.source)
-    if not entry:
+    if not entry or "error" in entry:  # an errored or partial entry: the next kind of figure stands in
         return None
-    feed = "loader" if entry.get("train_img_s", {}).get("loader") else "synthetic"
-    train, infer = entry["train_img_s"].get(feed), entry.get("infer_img_s", {}).get(feed)
+    trains, infers = entry.get("train_img_s") or {}, entry.get("infer_img_s") or {}
+    feed = "loader" if trains.get("loader") and infers.get("loader") else "synthetic"
+    train, infer = trains.get(feed), infers.get(feed)
     if not train or not infer:
         return None
     where = f"bench_gpu.json on {table.get('device', '?')}" + ("" if table.get("gpu", True) else " (a CPU: not a GPU figure)")
-    return Rate(float(train), float(infer), f"{where}, {feed}-fed, {entry.get('input_size', table.get('size', '?'))} px ({table['file']})")
+    return Rate(float(train), float(infer), f"{where}, {feed}-fed, {entry.get('input_size', table.get('size', '?'))} px ({table['file']})",
+                "measured")
 
 
 def recorded_rate(model: str, size: int = 180) -> Rate:
@@ -106,10 +157,27 @@ def recorded_rate(model: str, size: int = 180) -> Rate:
         ref, how = RECORDED[name], f"scaled by FLOPs from {name} ({network(name).flops / 1e9:.1f} GFLOPs vs {flops / 1e9:.1f} at {size} px)"
     train = ref.per_gpu * network(name).flops / flops
     return Rate(train, INFER_OVER_TRAIN * train, f"{how}: {ref.images_per_s:.0f} img/s on {ref.gpus} GPUs ({ref.where}); "
-                                                 f"inference assumed {INFER_OVER_TRAIN:.0f} x training")
+                                                 f"inference assumed {INFER_OVER_TRAIN:.0f} x training", "recorded")
 
 
-def rate_of(cfg, table: dict) -> Rate:
-    return measured_rate(cfg, table) or recorded_rate(cfg.model, cfg.input_size)
+def estimated_rate(model: str, size: int = 180) -> Rate:
+    """timm's published figures for this architecture (else the published one nearest in FLOPs),
+    x H100_OVER_RTX3090, scaled by FLOPs from the table's input size to the recipe's."""
+    arch, flops = model.split(".")[0], network(model, size).flops
+    name = arch if arch in PUBLISHED else min(PUBLISHED, key=lambda m: abs(math.log(network(m, 224).flops / network(model, 224).flops)))
+    pub = PUBLISHED[name]
+    train = pub.train * H100_OVER_RTX3090 * network(name, pub.train_size).flops / flops
+    infer = pub.infer * H100_OVER_RTX3090 * network(name, pub.infer_size).flops / flops
+    how = pub.row if name == arch else f"{pub.row} (nearest published in FLOPs)"
+    return Rate(train, infer, f"estimated: timm's {how}, {pub.train:.0f} train / {pub.infer:.0f} infer img/s at {pub.train_size} px on an RTX 3090 "
+                              f"(AMP, channels_last), x {H100_OVER_RTX3090:.2f} to an H100 (memory bandwidth, assumed), FLOPs-scaled to {size} px", "estimated")
+
+
+def rate_of(cfg, table: dict, speeds: str = "estimated") -> Rate:
+    """Measured when bench_gpu.json has the recipe, else `speeds`: estimated (timm's tables) or recorded (2017)."""
+    if speeds not in SPEEDS:
+        raise DataError(f"--speeds {speeds!r}: choose from {', '.join(SPEEDS)}")
+    fallback = estimated_rate if speeds == "estimated" else recorded_rate
+    return measured_rate(cfg, table) or fallback(cfg.model, cfg.crop or cfg.input_size)  # the network sees the crop
 
 

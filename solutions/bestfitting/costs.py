@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from common.costs import Cost, CostContext, checkpoint_bytes, epoch_images, new_cost, prediction_bytes, val_images
-from common.throughput import network, rate_of
+from common.throughput import network
 
 
 def composed_cost(cfg, ctx: CostContext) -> Cost:
     """A shared model on every product's tiles, then finetune_epochs on the products of each K."""
     split, c = ctx.split, ctx.counts
-    rate, m, ft = rate_of(cfg, ctx.table), split.models, cfg.finetune_epochs
+    rate, m, ft = ctx.rate(cfg), split.models, cfg.finetune_epochs
     cost = new_cost(cfg, rate)
     cost.epochs = f"{cfg.epochs} + {ft} per K" if ft else str(cfg.epochs)
     k_images = [k * n for k, n in c.by_k.items()]

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from common.costs import (Cost, CostContext, checkpoint_bytes, epoch_images, new_cost, prediction_bytes, read_seconds, store_bytes,
                           val_images)
-from common.throughput import N_CLASSES, network, rate_of
+from common.throughput import N_CLASSES, network
 
 
 def base_cost(cfg, ctx: CostContext) -> Cost:
     """2nd place's base nets: train, then ONE pass over every train and test image x views that predicts
     the OOF and test products and stores the features (a store per model)."""
     split, c = ctx.split, ctx.counts
-    rate, m, net = rate_of(cfg, ctx.table), split.models, network(cfg.model)
+    rate, m, net = ctx.rate(cfg), split.models, network(cfg.model)
     cost = new_cost(cfg, rate)
     stored = split.train_images if cfg.feature_train_products <= 0 else min(cfg.feature_train_products, split.train_products) * \
         split.train_images / max(split.train_products, 1)
@@ -72,7 +72,7 @@ def specialists_cost(cfg, ctx: CostContext) -> Cost:
     """2nd place's member C as whole nets: six fine-tunes of its base (each image in one rank and one
     count model), then every image on its tta_crops through three nets (base, rank, count)."""
     split, c = ctx.split, ctx.counts
-    rate, m = rate_of(cfg, ctx.table), split.models
+    rate, m = ctx.rate(cfg), split.models
     cost, k_images = new_cost(cfg, rate), {k: k * n for k, n in c.by_k.items()}
     crops = sum(cfg.tta_crops[min(int(k), 4) - 1] * v for k, v in k_images.items()) / sum(k_images.values())
     cost.train_images = m * 2 * cfg.epochs * epoch_images(cfg, split.train_images)
