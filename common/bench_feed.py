@@ -43,19 +43,21 @@ def target(n: int, runtime: Runtime) -> torch.Tensor:
 
 
 def image_feed(cfg, data: BenchData, runtime: Runtime) -> Feed:
-    """dylan and the 2nd place's base nets: single images through ImageDataset."""
+    """dylan, the 2nd place's base nets and its whole-net specialists: single images through
+    ImageDataset (the crop window a recipe trains on included)."""
     from .models import normalization
     from .recipe import build_model
 
     model = build_model(cfg, N_CLASSES)
     table = image_table(data.reader.index.n_imgs, data.rows)
     decode = cfg.decode_on == "device"
-    train_set = ImageDataset(data.reader, table, data.labels, cfg.input_size, hflip=cfg.hflip, device_decode=decode)
-    eval_set = ImageDataset(data.reader, table, data.labels, cfg.input_size, device_decode=decode)
+    train_set = ImageDataset(data.reader, table, data.labels, cfg.input_size, hflip=cfg.hflip, device_decode=decode, crop=cfg.crop, random_crop=True)
+    eval_set = ImageDataset(data.reader, table, data.labels, cfg.input_size, device_decode=decode, crop=cfg.crop)
 
     def synthetic(step: int, train: bool) -> Batch:
         n = cfg.batch_size if train else cfg.eval_batch_size
-        return Batch(synthetic_images(n, cfg.input_size, runtime, cfg.channels_last), target(n, runtime), torch.ones(n, dtype=torch.bool, device=runtime.device))
+        x = synthetic_images(n, cfg.crop or cfg.input_size, runtime, cfg.channels_last)  # what the network sees
+        return Batch(x, target(n, runtime), torch.ones(n, dtype=torch.bool, device=runtime.device))
 
     return Feed(model, lambda: iter(train_loader(train_set, cfg, runtime, collate_images)), lambda: iter(eval_loader(eval_set, cfg, runtime, collate_images)),
                 image_batch(*normalization(model), cfg.channels_last, cfg.input_size), synthetic)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
-import bson  # pymongo's bson (never the unrelated `bson` package from PyPI)
 
 from .atomic import atomic_path
 from .errors import BsonDocumentError, NotBsonError, SkipLog
@@ -27,15 +26,6 @@ _INT64 = struct.Struct("<q")
 _FIXED_SIZES = {0x01: 8, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 0x11: 8, 0x12: 8, 0x13: 16}
 
 
-def _check_pymongo_bson() -> None:
-    if not hasattr(bson, "decode") or not hasattr(bson, "encode"):
-        raise ImportError(
-            "the imported `bson` module is not pymongo's (the PyPI package `bson` shadows it): "
-            "run `pip uninstall bson && pip install --force-reinstall pymongo`"
-        )
-
-
-_check_pymongo_bson()
 
 
 @dataclass(frozen=True)
@@ -264,7 +254,7 @@ def _count_array_documents(doc: bytes, start: int, end: int) -> tuple[int, int]:
 def parse_header(doc: bytes, path: str | os.PathLike = "?", offset: int = -1) -> DocHeader:
     """Read `_id`, the number of images and `category_id` from one raw document.
 
-    Why not `bson.decode`: the index scan of 58 GB only needs these three fields; walking the
+    Why not a full decode (decode_document): the index scan of 58 GB only needs these three fields; walking the
     element headers skips the JPEG payloads without copying them.
     """
     product_id, n_imgs, category_id, empty = None, -1, -1, 0
@@ -351,10 +341,14 @@ def parse_headers_fast(batch: DocumentBatch) -> tuple[np.ndarray, np.ndarray, np
 
 
 def decode_document(doc: bytes, path: str | os.PathLike = "?", offset: int = -1) -> dict:
-    """Full decode with pymongo, with the file and offset in the error message."""
+    """Full decode of one document, with the file and offset in the error message."""
     try:
-        return bson.decode(doc)
-    except Exception as e:  # bson raises InvalidBSON and assorted errors on garbage
+        doc = bytes(doc)
+        value, end = _decode_doc(doc, 0, len(doc))
+        if end != len(doc):
+            raise ValueError(f"{len(doc) - end} bytes after the document's end")
+        return value
+    except (ValueError, IndexError, struct.error, UnicodeDecodeError) as e:
         raise BsonDocumentError(f"{path}: cannot decode document at offset {offset}: {e}") from None
 
 
@@ -363,7 +357,86 @@ def encode_product(product_id: int, images: Sequence[bytes], category_id: int | 
     doc: dict = {"_id": int(product_id), "imgs": [{"picture": bytes(jpeg)} for jpeg in images]}
     if category_id is not None:
         doc["category_id"] = int(category_id)
-    return bson.encode(doc)
+    return encode_document(doc)
+
+
+# ----------------------------------------------------------------------------- the codec
+# The subset of BSON (bsonspec.org) a product document can hold, in Python: no pymongo needed (a bare
+# GPU machine has none); tests/test_bson.py checks it byte for byte against pymongo's bson.
+
+_DOUBLE = struct.Struct("<d")
+
+
+def _name_end(buf: bytes, pos: int, stop: int) -> int:
+    end = buf.find(b"\x00", pos, stop)
+    if end < 0:
+        raise ValueError("an element name runs past its document")
+    return end
+
+
+def _decode_doc(buf: bytes, pos: int, limit: int, as_list: bool = False) -> tuple[dict | list, int]:
+    """(the document or array at `pos`, the position after it); ValueError on anything malformed."""
+    if pos + MIN_DOC_BYTES > limit:
+        raise ValueError("truncated document")
+    (size,) = _INT32.unpack_from(buf, pos)
+    stop = pos + size
+    if size < MIN_DOC_BYTES or stop > limit or buf[stop - 1] != 0:
+        raise ValueError(f"bad document length {size}")
+    out, pos = {}, pos + 4
+    while pos < stop - 1:
+        kind, name_end = buf[pos], _name_end(buf, pos + 1, stop - 1)
+        name = buf[pos + 1 : name_end].decode()
+        out[name], pos = _decode_value(kind, buf, name_end + 1, stop - 1)
+    if pos != stop - 1:
+        raise ValueError("an element overruns its document")
+    return (list(out.values()) if as_list else out), stop
+
+
+def _decode_value(kind: int, buf: bytes, pos: int, limit: int):
+    if kind in (0x03, 0x04):
+        return _decode_doc(buf, pos, limit, as_list=kind == 0x04)
+    if kind in (0x02, 0x05):  # string / binary: int32 length first
+        (size,) = _INT32.unpack_from(buf, pos)
+        start = pos + 4 + (kind == 0x05)  # binary: a subtype byte
+        end = start + size
+        if size < (1 if kind == 0x02 else 0) or end > limit:
+            raise ValueError(f"bad {'string' if kind == 0x02 else 'binary'} length {size}")
+        return (buf[start : end - 1].decode() if kind == 0x02 else buf[start:end]), end
+    fixed = {0x01: (8, lambda at: _DOUBLE.unpack_from(buf, at)[0]), 0x08: (1, lambda at: bool(buf[at])), 0x0A: (0, lambda at: None),
+             0x10: (4, lambda at: _INT32.unpack_from(buf, at)[0]), 0x12: (8, lambda at: _INT64.unpack_from(buf, at)[0])}
+    if kind not in fixed:
+        raise ValueError(f"BSON type 0x{kind:02x} is not one a product holds")
+    size, read = fixed[kind]
+    if pos + size > limit:
+        raise ValueError("a value runs past its document")
+    return read(pos), pos + size
+
+
+def encode_document(doc: dict | list) -> bytes:
+    """BSON of a dict (a list: an array, keys "0", "1", ...) of ints, floats, str, bytes, bool, None, dicts and lists."""
+    items = enumerate(doc) if isinstance(doc, list) else doc.items()
+    body = b"".join(_encode_element(str(k), v) for k, v in items)
+    return _INT32.pack(len(body) + 5) + body + b"\x00"
+
+
+def _encode_element(name: str, v) -> bytes:
+    key = name.encode() + b"\x00"
+    if isinstance(v, bool):
+        return b"\x08" + key + (b"\x01" if v else b"\x00")
+    if isinstance(v, int):  # int32 when it fits, as pymongo writes it
+        return (b"\x10" + key + _INT32.pack(v)) if -(2**31) <= v < 2**31 else (b"\x12" + key + _INT64.pack(v))
+    if isinstance(v, float):
+        return b"\x01" + key + _DOUBLE.pack(v)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return b"\x05" + key + _INT32.pack(len(v)) + b"\x00" + bytes(v)
+    if isinstance(v, str):
+        raw = v.encode()
+        return b"\x02" + key + _INT32.pack(len(raw) + 1) + raw + b"\x00"
+    if v is None:
+        return b"\x0a" + key
+    if isinstance(v, (dict, list)):
+        return (b"\x04" if isinstance(v, list) else b"\x03") + key + encode_document(v)
+    raise TypeError(f"{name}: cannot encode {type(v).__name__} as BSON")
 
 
 class BsonWriter:

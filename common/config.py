@@ -64,6 +64,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     amp: str = "bf16"  # bf16 | fp16 | none (CUDA only; CPU runs fp32)
     channels_last: bool = True  # CUDA only
+    compile: bool = False  # torch.compile the training net (--compile): the same losses, faster steps once compiled; checkpoints load without it
     seed: int = 0
     # inference
     tta: list[str] = field(default_factory=lambda: list(TTA_VIEWS))
@@ -150,7 +151,7 @@ def for_world(cfg: TrainConfig, world: int) -> TrainConfig:
 
 # fields that do not change what a fold learns (run length, loader and batch mechanics: the global
 # batch is compared, its per-process split is not): a finished fold or a checkpoint stays valid
-REUSE_IGNORES = {"epochs", "resume", "num_workers", "eval_batch_size", "folds", "val_products", "decode_on", "batch_size", "accum_steps"}
+REUSE_IGNORES = {"epochs", "resume", "num_workers", "eval_batch_size", "folds", "val_products", "decode_on", "batch_size", "accum_steps", "compile"}
 
 
 def config_changes(old: dict, new: dict) -> list[str]:

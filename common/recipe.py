@@ -307,6 +307,14 @@ def weights_available(spec: str | None) -> bool:
         return False
 
 
+def sized(cfg: TrainConfig, seen: int) -> dict:
+    """The fields that make the network see `seen` px: the input size, or with a crop the crop,
+    the decoded tile keeping the recipe's margin around it (bench/bench_gpu.py, the fast dev run)."""
+    if not cfg.crop:
+        return {"input_size": seen}
+    return {"crop": seen, "input_size": seen + max(2, seen * (cfg.input_size - cfg.crop) // cfg.crop)}
+
+
 def fast_dev_run(cfg: TrainConfig, warn: bool = True) -> TrainConfig:
     """The recipe as it is (architecture, 5270-way head, optimiser, schedule, TTA, aggregation,
     every stage of its kind) but one epoch (and one per-K / fine-tune epoch) of a few steps at a
@@ -317,9 +325,7 @@ def fast_dev_run(cfg: TrainConfig, warn: bool = True) -> TrainConfig:
                    val_products=FAST_DEV_VAL_PRODUCTS, eval_batch_size=min(cfg.eval_batch_size, 64), num_workers=min(cfg.num_workers, 2),
                    warmup_epochs=0.0, fast_dev_run=True)
     if is_timm_model(cfg.model):
-        changes["input_size"] = smallest_input(cfg.model)  # 32 px, or the smallest the stem takes (Inceptions: 80)
-        if cfg.crop:  # the network sees the smallest input; the decoded tile keeps the recipe's margin
-            changes.update(crop=changes["input_size"], input_size=changes["input_size"] + max(2, changes["input_size"] * (cfg.input_size - cfg.crop) // cfg.crop))
+        changes.update(sized(cfg, smallest_input(cfg.model)))  # 32 px, or the smallest the stem takes (Inceptions: 80)
     if not weights_available(cfg.pretrained):
         if warn:
             log.warning("fast dev run: %s: no weight file %s, random initial weights", cfg.source, cfg.pretrained)

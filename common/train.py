@@ -38,13 +38,14 @@ from .progress import bar
 
 # ----------------------------------------------------------------------------- registries
 
-OPTIMIZERS: dict[str, Callable[[list, TrainConfig], torch.optim.Optimizer]] = {
-    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
-    "nag": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=True),
-    "nadam": lambda p, c: torch.optim.NAdam(p, lr=c.lr, weight_decay=c.weight_decay),
-    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay),
-    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay),
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {  # (params, config, **kw): kw is fused=True on CUDA where FUSED
+    "sgd": lambda p, c, **kw: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, **kw),
+    "nag": lambda p, c, **kw: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=True, **kw),
+    "nadam": lambda p, c, **kw: torch.optim.NAdam(p, lr=c.lr, weight_decay=c.weight_decay, **kw),
+    "adam": lambda p, c, **kw: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay, **kw),
+    "adamw": lambda p, c, **kw: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay, **kw),
 }
+FUSED = {"sgd", "nag", "adam", "adamw"}  # torch has a fused CUDA kernel for these (one launch for every parameter); NAdam: foreach
 
 SCHEDULES: dict[str, Callable[[TrainConfig, float], float]] = {
     "constant": lambda c, e: 1.0,
@@ -63,10 +64,12 @@ def lr_factor(cfg: TrainConfig, epoch: float) -> float:
     return warm * SCHEDULES[cfg.schedule](cfg, epoch)
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: TrainConfig, model: nn.Module, cuda: bool = False) -> torch.optim.Optimizer:
+    """The recipe's optimiser over the trainable parameters; its fused kernel on CUDA (same update)."""
     if cfg.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose from {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[cfg.optimizer]([p for p in model.parameters() if p.requires_grad], cfg)
+    kw = {"fused": True} if cuda and cfg.optimizer in FUSED else {}
+    return OPTIMIZERS[cfg.optimizer]([p for p in model.parameters() if p.requires_grad], cfg, **kw)
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -205,9 +208,10 @@ def train_loader(dataset: Dataset, cfg: TrainConfig, runtime: Runtime, collate: 
 def eval_loader(dataset: Dataset, cfg: TrainConfig, runtime: Runtime, collate: Callable, batch_sampler: Sampler | None = None) -> DataLoader:
     """The per-epoch validation metric's batches, sharded over ranks, in order."""
     if batch_sampler is not None:
-        return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=cfg.num_workers)
+        return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=cfg.num_workers, pin_memory=runtime.cuda)
     sampler = EpochSampler(len(dataset), cfg.seed, 0, runtime.rank, runtime.world, shuffle=False)
-    return DataLoader(dataset, batch_size=cfg.eval_batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers)
+    return DataLoader(dataset, batch_size=cfg.eval_batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
+                      pin_memory=runtime.cuda)
 
 
 def _set_epoch(loader: DataLoader, epoch: int) -> None:
@@ -235,7 +239,7 @@ def fit(cfg: TrainConfig, model: nn.Module, train: DataLoader, val: DataLoader |
     last = out_dir / "last.pt"
     torch.manual_seed(cfg.seed)
     prepare_model(cfg, model, runtime)
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model, runtime.cuda)
     scaler = torch.amp.GradScaler(enabled=runtime.cuda and cfg.amp == "fp16")
     start_epoch, history = 0, []
     if cfg.resume and last.exists():
@@ -251,8 +255,8 @@ def fit(cfg: TrainConfig, model: nn.Module, train: DataLoader, val: DataLoader |
         start_epoch, history = state["epoch"] + 1, state["history"]
         if runtime.is_main:
             log.info("resumed %s at epoch %d", last, start_epoch)
-    net = nn.parallel.DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.cuda else None) if runtime.distributed else model
-    transform = transform or build_augment(cfg.augment, cfg.augment_args, *normalization(model))
+    net = training_net(cfg, model, runtime)
+    transform = transform or train_transform(cfg, model)
     for epoch in range(start_epoch, cfg.epochs):
         _set_epoch(train, epoch)
         t0 = time.perf_counter()
@@ -274,54 +278,115 @@ def fit(cfg: TrainConfig, model: nn.Module, train: DataLoader, val: DataLoader |
     return model
 
 
+def training_net(cfg: TrainConfig, model: nn.Module, runtime: Runtime) -> nn.Module:
+    """What the loop steps: DDP under torchrun (gradients as views of its buckets, no copy; a static
+    graph when every micro-step syncs), compiled when the recipe says `compile: true`. `model`
+    itself stays the plain module: checkpoints and evaluation never see the wrappers."""
+    net = model
+    if runtime.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.cuda else None,
+                                                  gradient_as_bucket_view=True, static_graph=cfg.accum_steps == 1)
+    return torch.compile(net) if cfg.compile else net
+
+
+def train_transform(cfg: TrainConfig, model: nn.Module) -> Callable | None:
+    """The recipe's on-device training augmentation, with the network's normalisation."""
+    return build_augment(cfg.augment, cfg.augment_args, *normalization(model))
+
+
+def micro_step(cfg: TrainConfig, net: nn.Module, batch: Batch, transform, scaler, runtime: Runtime, sync_grads: bool = True) -> tuple:
+    """One micro-batch: augment, autocast forward, masked cross-entropy, scaled backward (the
+    gradient all-reduce only when `sync_grads`). Returns (loss, logits, inputs): nothing leaves the
+    device (bench/bench_gpu.py times exactly this)."""
+    inputs = transform(batch.inputs) if transform is not None else batch.inputs
+    with contextlib.nullcontext() if sync_grads or not runtime.distributed else net.no_sync():
+        with autocast(cfg, runtime):
+            logits = forward(net, inputs)
+        loss = masked_cross_entropy(logits.float(), batch.target, batch.valid, cfg.label_smoothing)
+        scaler.scale(loss / cfg.accum_steps).backward()
+    return loss, logits, inputs
+
+
+def optimizer_step(optimizer, scaler) -> None:
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def forward(net: nn.Module, inputs: torch.Tensor | tuple) -> torch.Tensor:
     """A task's inputs are one tensor or a tuple of the model's arguments (e.g. features, mask)."""
     return net(*inputs) if isinstance(inputs, tuple) else net(inputs)
 
 
+LOG_EVERY = 50  # micro-steps between the epoch figures' one GPU-to-CPU sync (progress line, unusable inputs' _ids)
+
+
+class EpochFigures:
+    """The epoch's running sums, kept on the device: a micro-step adds to them without waiting for
+    the GPU; `sync` reads them (one transfer) for a log line and at the end of the epoch."""
+
+    def __init__(self, device: torch.device, skips: SkipLog, dataset):
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss x samples, correct
+        self.seen = torch.zeros((), dtype=torch.int64, device=device)
+        self.fed = self.tiles = self.steps = 0  # known on the host (shapes)
+        self.skips, self.dataset, self.pending = skips, dataset, []
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, batch: Batch, inputs, raw: dict, size: int) -> None:
+        valid = batch.valid
+        n = valid.sum()
+        self.sums += torch.stack([loss.detach().double() * n, ((logits.detach().argmax(1) == batch.target) & valid).sum().double()])
+        self.seen += n
+        self.fed += len(batch.target)
+        self.tiles += image_tiles(inputs, size)
+        self.pending.append((raw["pos"], ~batch.ok))
+
+    def sync(self) -> tuple[float, float, int]:
+        """(mean loss, accuracy, usable samples) so far; names the unusable inputs met since the last sync."""
+        if self.pending:
+            bad = torch.cat([b for _, b in self.pending]).cpu().numpy()
+            if bad.any():
+                pos = torch.cat([p for p, _ in self.pending]).numpy()[bad]
+                ids = self.dataset.product_ids(pos) if hasattr(self.dataset, "product_ids") else []
+                self.skips.add_ids("unusable_input", f"{int(bad.sum())} training inputs could not be used (undecodable images) and add nothing to the loss",
+                                   ids, count=int(bad.sum()))
+            self.pending = []
+        loss_sum, correct = self.sums.tolist()
+        seen = int(self.seen)
+        return loss_sum / max(seen, 1), correct / max(seen, 1), seen
+
+
 def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runtime: Runtime, epoch: int, transform=None) -> dict:
     """One pass; LR set per optimizer step from the fractional epoch. Under DDP the gradient
-    all-reduce runs on the last micro-step of each optimizer step only (`no_sync` before it).
-    Returns loss, accuracy, samples and the measured samples per optimizer step, over all ranks."""
+    all-reduce runs on the last micro-step of each optimizer step only (`no_sync` before it). The
+    figures stay on the device between log lines. Returns loss, accuracy, samples and the measured
+    samples per optimizer step, over all ranks."""
     net.train()
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.accum_steps))
-    loss_sum, correct, seen, fed, steps, tiles = 0.0, 0, 0, 0, 0, 0
     skips = SkipLog(f"{cfg.name} epoch {epoch}" + (f" (rank {runtime.rank})" if runtime.distributed else ""), max_logged=0)
+    figures = EpochFigures(runtime.device, skips, loader.dataset)
     progress = bar(len(loader), f"{cfg.name} epoch {epoch}", "batch", enabled=runtime.is_main, every=None)  # the epoch line is the log
     optimizer.zero_grad(set_to_none=True)
     for i, raw in enumerate(loader):
-        step = i // cfg.accum_steps
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(cfg, epoch + step / steps_per_epoch)
+            group["lr"] = cfg.lr * lr_factor(cfg, epoch + i // cfg.accum_steps / steps_per_epoch)
         batch = to_batch(raw, runtime)
-        inputs = transform(batch.inputs) if transform is not None else batch.inputs
         last_micro = (i + 1) % cfg.accum_steps == 0 or i + 1 == len(loader)
-        with contextlib.nullcontext() if last_micro or not runtime.distributed else net.no_sync():
-            with autocast(cfg, runtime):
-                logits = forward(net, inputs)
-            valid = batch.valid
-            loss = masked_cross_entropy(logits.float(), batch.target, valid, cfg.label_smoothing)
-            scaler.scale(loss / cfg.accum_steps).backward()
+        loss, logits, inputs = micro_step(cfg, net, batch, transform, scaler, runtime, sync_grads=last_micro)
         if last_micro:
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            steps += 1
-        _count_unusable(skips, batch, raw, loader.dataset)
-        n = int(valid.sum())
-        loss_sum += float(loss.detach()) * n
-        correct += int(((logits.argmax(1) == batch.target) & valid).sum())
-        seen, fed = seen + n, fed + len(batch.target)
-        tiles += image_tiles(inputs, cfg.crop or cfg.input_size)
+            optimizer_step(optimizer, scaler)
+            figures.steps += 1
+        figures.add(loss, logits, batch, inputs, raw, cfg.crop or cfg.input_size)
         progress.update(1)
-        progress.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}")
+        if (i + 1) % LOG_EVERY == 0:
+            mean_loss, acc, _ = figures.sync()
+            progress.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{acc:.3f}")
     progress.close()
+    loss, acc, seen = _reduce(runtime, *figures.sync())
     skips.report()
-    loss, acc, seen = _reduce(runtime, loss_sum / max(seen, 1), correct / max(seen, 1), seen)
-    fed_all = _reduce(runtime, 0.0, 0.0, fed)[2]
+    fed_all = _reduce(runtime, 0.0, 0.0, figures.fed)[2]
     unusable = _reduce(runtime, 0.0, 0.0, skips.counts["unusable_input"])[2]
-    tiles = _reduce(runtime, 0.0, 0.0, tiles)[2]
-    return {"train_loss": loss, "train_acc": acc, "samples": seen, "samples_per_step": fed_all / max(steps, 1), "unusable_inputs": unusable,
+    tiles = _reduce(runtime, 0.0, 0.0, figures.tiles)[2]
+    return {"train_loss": loss, "train_acc": acc, "samples": seen, "samples_per_step": fed_all / max(figures.steps, 1), "unusable_inputs": unusable,
             "image_tiles": tiles}
 
 
@@ -334,18 +399,6 @@ def image_tiles(inputs: torch.Tensor | tuple, size: int) -> int:
     return int(inputs.shape[0] * per_sample * round(inputs.shape[-2] * inputs.shape[-1] / size**2))
 
 
-def _count_unusable(skips: SkipLog, batch: Batch, raw: dict, dataset) -> None:
-    """Samples whose input could not be used (a corrupt image, no decodable view): counted for the
-    epoch's line and CSV, named by _id where the dataset can say which product they belong to."""
-    bad = (~batch.ok).cpu().numpy()
-    if not bad.any():
-        return
-    pos = raw["pos"].numpy()[bad]
-    ids = dataset.product_ids(pos) if hasattr(dataset, "product_ids") else []
-    skips.add_ids("unusable_input", f"{int(bad.sum())} training inputs could not be used (undecodable images) and add nothing to the loss",
-                  ids, count=int(bad.sum()))
-
-
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, smoothing: float) -> torch.Tensor:
     """Cross-entropy over usable samples only (a corrupt image or an unknown label adds nothing)."""
     losses = nn.functional.cross_entropy(logits, target.clamp_min(0), reduction="none", label_smoothing=smoothing)
@@ -356,17 +409,16 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, valid: torc
 def evaluate(cfg, model, loader: DataLoader, to_batch: BatchFn, runtime: Runtime) -> tuple[float, float]:
     """Sample-level loss and accuracy on a validation loader (no TTA), reduced over ranks."""
     model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
+    sums = torch.zeros(3, dtype=torch.float64, device=runtime.device)  # loss x samples, correct, samples: one sync at the end
     for raw in loader:
         batch = to_batch(raw, runtime)
         with autocast(cfg, runtime):
             logits = forward(model, batch.inputs).float()
         valid = batch.valid
-        n = int(valid.sum())
-        loss_sum += float(masked_cross_entropy(logits, batch.target, valid, 0.0)) * n
-        correct += int(((logits.argmax(1) == batch.target) & valid).sum())
-        seen += n
-    loss, acc, _ = _reduce(runtime, loss_sum / max(seen, 1), correct / max(seen, 1), seen)
+        n = valid.sum().double()
+        sums += torch.stack([masked_cross_entropy(logits, batch.target, valid, 0.0).double() * n, ((logits.argmax(1) == batch.target) & valid).sum().double(), n])
+    loss_sum, correct, seen = sums.tolist()
+    loss, acc, _ = _reduce(runtime, loss_sum / max(seen, 1), correct / max(seen, 1), int(seen))
     return loss, acc
 
 

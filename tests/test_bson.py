@@ -7,6 +7,7 @@ import pytest
 from common.bson_format import encode_product, iter_raw_documents, parse_header
 from common.bson_index import build_index, get_index, index_is_current, load_index, save_index
 from common.bson_reader import BsonReader, iter_products
+from common.paths import TRAIN_EXAMPLE_BSON
 from common.errors import BsonDocumentError, DataError, NotBsonError, SkipLog
 from tests.conftest import solid_jpeg
 
@@ -379,3 +380,22 @@ def test_a_skip_log_names_the_first_ids_and_does_not_flood_the_log(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 5 + 1 + 1 + 1 and "further no_images are counted" in lines[5]
     assert lines[-1] == "train.bson: skipped no_images=10000 (first _ids 100, 101, 102, 103, 104, 105, 106, 107, 108, 109), unusable_input=3 (first _ids 5, 6, 7)"
+
+
+def test_the_codec_matches_pymongo_byte_for_byte():
+    """common.bson_format's own codec (no pymongo at run time: a bare GPU machine has none) against
+    pymongo's bson, on the real products of train_example.bson and on every type a document may hold."""
+    import bson
+
+    from common.bson_format import decode_document, encode_document, iter_raw_documents
+
+    docs = [bytes(raw) for _, raw in iter_raw_documents(TRAIN_EXAMPLE_BSON)]
+    assert len(docs) == 82
+    for raw in docs:
+        assert decode_document(raw) == bson.decode(raw)
+        assert encode_document(bson.decode(raw)) == raw
+    odd = {"_id": 2**40, "neg": -5, "f": 1.5, "s": "é", "b": True, "n": None, "nested": {"x": [1, b"", {"picture": b"\x00\xff"}]}}
+    assert encode_document(odd) == bson.encode(odd) and decode_document(bson.encode(odd)) == odd
+    for cut in (3, 10, len(docs[0]) - 1):
+        with pytest.raises(BsonDocumentError, match="cannot decode document at offset 7"):
+            decode_document(docs[0][:cut], "x.bson", 7)

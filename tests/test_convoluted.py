@@ -205,8 +205,8 @@ def test_member_b_base_nets_see_random_crops_in_training_and_the_centre_one_when
     table = image_table(reader.index.n_imgs, np.arange(len(reader.index)))
     train = ImageDataset(reader, table, None, 36, crop=32, random_crop=True)
     test = ImageDataset(reader, table, None, 36, crop=32)
-    assert train[0][0].shape == test[0][0].shape == (3, 32, 32)
-    assert torch.equal(test[(0, 1)][0], test[(0, 2)][0]) and not all(torch.equal(train[(0, 1)][0], train[(0, s)][0]) for s in range(2, 8))
+    assert train[0][0].shape == test[0][0].shape == (32, 32, 3)
+    assert np.array_equal(test[(0, 1)][0], test[(0, 2)][0]) and not all(np.array_equal(train[(0, 1)][0], train[(0, s)][0]) for s in range(2, 8))
     with pytest.raises(DataError, match="crop 200 needs"):
         BaseConfig(crop=200)
     with pytest.raises(DataError, match="decode_on: workers"):

@@ -167,7 +167,7 @@ def test_bench_gpu_on_cpu_writes_what_the_plan_reads(tmp_path):
     from bench.bench_gpu import main as bench_main
 
     out = tmp_path / "cpu.json"
-    result = bench_main(["--cpu", "--quick", "--size", "64", "--batch", "4", "--workers", "0", "--steps", "1", "--warmup", "1", "--size-mb", "1",
+    result = bench_main(["--device", "cpu", "--quick", "--size", "64", "--batch", "4", "--workers", "0", "--steps", "1", "--warmup", "1", "--size-mb", "1",
                          "--work", str(tmp_path), "--out", str(out), "--recipes", "dylan/mini_lite0", "bestfitting/mini_lite0_strip", "convoluted/mini_fuse_max"])
     assert result["gpu"] is False and result["device"].startswith("cpu")
     assert set(result["recipes"]) == {"dylan_mini_lite0", "bestfitting_mini_lite0_strip"}

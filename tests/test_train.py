@@ -303,3 +303,48 @@ def test_image_tiles_count_the_compute_an_ablation_holds_equal():
     assert image_tiles(torch.zeros(8, 3, 96, 96), 48) == 32  # 2x2 grids
     assert image_tiles(torch.zeros(8, 3, 3, 48, 48), 48) == 24  # bestfitting's [B, K, C, S, S] batches of K=3 products
     assert image_tiles((torch.zeros(8, 4, 2048), torch.ones(8, 4)), 48) == 0  # stored features are not images
+
+
+def test_compile_trains_the_same_losses_and_its_checkpoint_loads_without_compile(tiny_work, tmp_path):
+    """`compile: true` (torch.compile, inductor on the CPU): the losses of a few steps equal eager's
+    within float tolerance, and last.pt holds the plain module's weights (no `_orig_mod.` keys)."""
+    cfg = small_cfg(model="test_resnet", epochs=2, lr=1e-3)
+    _fit(tmp_path / "eager", tiny_work, cfg)
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    _fit(tmp_path / "compiled", tiny_work, small_cfg(model="test_resnet", epochs=2, lr=1e-3, compile=True))
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo traced the training net (not an eager run in disguise)
+    eager, compiled = (pd.read_csv(tmp_path / d / "summary.csv") for d in ("eager", "compiled"))
+    assert np.allclose(compiled["train_loss"], eager["train_loss"], rtol=2e-3), (eager["train_loss"].tolist(), compiled["train_loss"].tolist())
+    assert np.allclose(compiled["val_loss"], eager["val_loss"], rtol=2e-3)
+    state = torch.load(tmp_path / "compiled" / "last.pt", weights_only=True)
+    plain = create_model(ModelSpec("test_resnet", len(load_fold_data(WorkDir(tiny_work)).tree)))
+    plain.load_state_dict(state["model"])  # strict: every key the uncompiled module's
+    assert not any(k.startswith("_orig_mod") for k in state["model"])
+
+
+def test_a_batch_crosses_from_its_workers_as_one_tensor(tiny_work):
+    """The worker path's tiles collate HWC into one channels_last uint8 tensor; the device path's JPEGs
+    into one packed tensor + offsets. Through 2 worker processes both equal the in-process batches."""
+    from torch.utils.data import DataLoader
+
+    from common.data import batch_pixels, unpack_jpegs
+
+    data = load_fold_data(WorkDir(tiny_work))
+    table = image_table(data.train.index.n_imgs, np.arange(12))
+    for device_decode in (False, True):
+        ds = ImageDataset(data.train, table, None, 32, hflip=True, device_decode=device_decode)
+        local = [collate_images([ds[(i, i)] for i in range(b, min(b + 8, len(ds)))]) for b in range(0, len(ds), 8)]
+        sampler = [[(i, i) for i in range(b, min(b + 8, len(ds)))] for b in range(0, len(ds), 8)]
+        remote = list(DataLoader(ds, batch_sampler=sampler, collate_fn=collate_images, num_workers=2))
+        for a, b in zip(local, remote):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        if device_decode:
+            jpegs = unpack_jpegs(local[0]["jpeg"], local[0]["jpeg_offsets"])
+            assert [bytes(j.numpy()) for j in jpegs] == [bytes(ds[i][0]) for i in range(8)]
+        else:
+            assert local[0]["pixels"].shape == (8, 3, 32, 32) and local[0]["pixels"].is_contiguous(memory_format=torch.channels_last)
+        pixels, _ = batch_pixels(remote[0], 32, torch.device("cpu"))
+        assert pixels.shape == (8, 3, 32, 32)

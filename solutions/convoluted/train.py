@@ -29,7 +29,7 @@ KINDS = {
                              cost=costs.rank_count_cost, bench_skip=HEAD),
     "rank_count_net": RecipeKind(rank_count_net.RankCountNetConfig, rank_count_net.rank_count_net_fold,
                                  predict_test=rank_count_net.rank_count_net_predict_test, cost=costs.specialists_cost,
-                                 bench_skip="whole-net specialists: no benchmark feed yet"),
+                                 bench_feed=image_feed),  # each specialist trains a single-image net
     "image": IMAGE,
 }
 DEFAULT = "base"  # the stage of a recipe that names none
