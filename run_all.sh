@@ -14,6 +14,7 @@
 #   ./run_all.sh --holdout-fraction F  # the holdout's share when the 2nd team's 50k ids are not in the data (default 0.05)
 #   ./run_all.sh --profile full --fast-dev-run   # every full recipe, a few steps at a small input: the wiring in minutes (work/fast_dev_run)
 #   ./run_all.sh --from STAGE | --only STAGE|NODE | --force   # stages: python -m common.pipeline --list
+#   ./run_all.sh --compile               # every recipe's training through torch.compile (as `compile: true` in each recipe)
 #   ./run_all.sh --accept-lost-products   # write the submissions although the test index lost documents of a cut test.bson
 #   ./run_all.sh --profile full --plan [--data DIR] [--gpus N] [--gpus-per-recipe G] [--machines M] [--speeds recorded]
 #                                      # what the run costs (GPU-hours, its schedule's wall-hours, disk, RAM), then exit: no stage runs
@@ -23,7 +24,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DATA="" WORK="" PRESET="default" PROFILE="mini" FROM="" ONLY="" FORCE=0 SEED=0 N_FOLDS="" NPROC="" PROTOCOL="" HOLDOUT_FRACTION="0.05" FAST_DEV=0
-PLAN=0 GPUS="" ACCEPT_LOST=() GPUS_PER_RECIPE="" SCHEDULER="" MACHINES="" PROGRESS_S=60 SPEEDS=""  # --plan: python -m common.plan on --gpus N GPUs, no stage
+PLAN=0 GPUS="" ACCEPT_LOST=() GPUS_PER_RECIPE="" SCHEDULER="" MACHINES="" PROGRESS_S=60 SPEEDS="" COMPILE=0  # --plan: python -m common.plan on --gpus N GPUs, no stage
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -45,6 +46,7 @@ while [ $# -gt 0 ]; do
     --protocol) PROTOCOL="$2"; shift 2 ;;
     --holdout-fraction) HOLDOUT_FRACTION="$2"; shift 2 ;;
     --fast-dev-run) FAST_DEV=1; shift ;;
+    --compile) COMPILE=1; shift ;;
     --accept-lost-products) ACCEPT_LOST=(--accept-lost-products); shift ;;
     --plan) PLAN=1; shift ;;
     --speeds) [[ "${2:-}" =~ ^(estimated|recorded)$ ]] || { echo "run_all.sh: --speeds takes estimated or recorded" >&2; exit 2; }; SPEEDS="$2"; shift 2 ;;
@@ -93,5 +95,6 @@ RUN_ARGS=(--work "$WORK" --profile "$PROFILE" --preset "$PRESET" --seed "$SEED" 
 [ -n "$GPUS_PER_RECIPE" ] && RUN_ARGS+=(--gpus-per-recipe "$GPUS_PER_RECIPE")
 [ "$FORCE" = 1 ] && RUN_ARGS+=(--force)
 [ "$FAST_DEV" = 1 ] && RUN_ARGS+=(--fast-dev-run)
+[ "$COMPILE" = 1 ] && RUN_ARGS+=(--compile)
 [ ${#ACCEPT_LOST[@]} -gt 0 ] && RUN_ARGS+=(--accept-lost-products)
 exec python -m common.runner "${RUN_ARGS[@]}"

@@ -36,6 +36,7 @@ class RunOptions:
     protocol: str = ""  # kfold | holdout ("": holdout for full, kfold for mini)
     holdout_fraction: float = 0.05  # the holdout's share when the 2nd team's 50,000 ids are not in the data
     fast_dev_run: bool = False  # every recipe a few steps at a small input (the wiring check)
+    compile: bool = False  # every recipe's training net through torch.compile (its `compile: true`)
     force: bool = False  # rerun every selected node, and pass --force to the stages that take it
     accept_lost_products: bool = False  # write the submissions although a cut test.bson lost products
     nproc: int = -1  # processes per recipe when recipes run one after another (-1: one per visible GPU)
@@ -146,7 +147,7 @@ def solution_nodes(sol: Solution, opts: RunOptions, work: WorkDir, before: list[
         cfg = load_recipe(path, sol)
         requires = ("folds", *(f"{sol.name}_{dep}" for dep in cfg.requires()))
         nodes.append(Node(cfg.source, sol.name, RECIPE, sol.trainer, ("--config", str(path), "--work", w, *flag(opts.fast_dev_run, "--fast-dev-run"),
-                          *flag(opts.force, "--force")), requires, gpus=1, done=(f"preds/{cfg.source}/summary.json",), inputs=(str(path),),
+                          *flag(opts.force, "--force"), *flag(opts.compile, "--compile")), requires, gpus=1, done=(f"preds/{cfg.source}/summary.json",), inputs=(str(path),),
                           recipe=cfg, recipe_kind=kinds[cfg.stage], note=f"{cfg.stage} {cfg.model}" + (" (baseline)" if cfg.baseline else "")))
         if not (cfg.ablation or cfg.baseline):
             members.append(cfg.source)

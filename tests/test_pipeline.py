@@ -45,3 +45,14 @@ def test_the_command_line_lists_the_full_profile():
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("pipeline of the full profile: 43 nodes (32 recipes)")
     assert "dylan_dpn107" in out.stdout and "GPU x1" in out.stdout
+
+
+def test_compile_reaches_every_recipe_and_nothing_else(tmp_path):
+    """run_all.sh --compile: each recipe node's trainer gets --compile (TrainConfig.compile); CPU nodes do not."""
+    from common.paths import WorkDir
+    from common.pipeline import RunOptions, build_graph
+
+    graph = build_graph(RunOptions(profile="full", compile=True), WorkDir(tmp_path))
+    assert all(n.args[-1] == "--compile" for n in graph.recipes()) and len(graph.recipes()) == 32
+    assert not any("--compile" in (n.args or ()) for n in graph.nodes if n.kind != RECIPE)
+    assert not any("--compile" in n.args for n in build_graph(RunOptions(profile="full"), WorkDir(tmp_path)).recipes())
