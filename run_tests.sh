@@ -5,11 +5,11 @@
 #   ./run_tests.sh tests/test_bson.py -k truncated   # any pytest arguments
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-source "$ROOT/scripts/setup_env.sh"
+CDISCOUNT_SETUP_BROWSER=1 source "$ROOT/scripts/setup_env.sh"  # also chromium for the service page's browser test
 cd "$ROOT"
 export HF_HUB_OFFLINE=1 MPLBACKEND=Agg
 args=()
 for a in "$@"; do
   if [ "$a" = "--slow" ]; then args+=(-m "slow or not slow"); else args+=("$a"); fi
 done
-exec python -m pytest -q "${args[@]}"
+exec python -m pytest -q -rs "${args[@]}"  # -rs: every skipped test says why

@@ -18,6 +18,7 @@ from common.cli import parse_stage
 from common.errors import DataError
 from common.metrics import accuracy, class_prior_accuracy, product_report
 from common.paths import PROFILES, WorkDir, recipe_profile
+from common.calibration import write_calibration
 from common.predictions import DEFAULT_K, TopK, power_mean, save_topk
 from common.prepare import DatasetPaths
 from common.sources import SplitIds, list_sources, load_predictions, write_summary
@@ -96,6 +97,7 @@ def blend(work: WorkDir, spec: SolutionBlend, members: dict[str, float], opts: B
     test = power_mean(list(tests), opts.topk, weights, spec.power)
     save_topk(work.preds(spec.solution) / "oof.npz", oof)
     save_topk(work.preds(spec.solution) / "test.npz", test)
+    calibration = write_calibration(work.preds(spec.solution), oof, labels.of(oof.ids))
     tree = paths.tree()
     test_index = paths.index(work, "test")
     sub, fallback = submission_from_topk(work.submissions / f"{spec.solution}.csv.gz", test, np.asarray(test_index.ids), tree, labels.fallback,
@@ -104,7 +106,7 @@ def blend(work: WorkDir, spec: SolutionBlend, members: dict[str, float], opts: B
         work, spec.solution, spec.kind, solution=spec.solution, members=names, weights=weights, power=spec.power, profile=opts.profile or None,
         recorded=spec.recorded, leaderboard=spec.leaderboard,
         member_oof_accuracy={s: oof_accuracy(o, labels) for s, o in zip(names, oofs)},
-        oof_products=int(len(oof)), oof_product_accuracy=oof_accuracy(oof, labels),
+        oof_products=int(len(oof)), oof_product_accuracy=oof_accuracy(oof, labels), calibration=calibration,
         oof_report=product_report(oof.top1, labels.of(oof.ids), labels.n_imgs[labels.rows(oof.ids)], tree),
         class_prior_accuracy=class_prior_accuracy(labels.labels[labels.labels >= 0], labels.of(oof.ids)),
         submission=str(sub), test_rows_from_fallback=fallback,

@@ -76,6 +76,24 @@ def plot_by_level1(results: list[SourceResult]) -> bytes:
     return _png(fig)
 
 
+def plot_reliability(results: list[SourceResult]) -> bytes:
+    """Accuracy against mean top-1 score per bin, stored (dashed) and calibrated (solid), for the blends and the stack."""
+    shown = [r for r in results if r.kind in ("solution blend", "team blend", "stack") and r.calibration.get("reliability")]
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
+    for i, r in enumerate(shown):
+        c, colour = r.calibration, f"C{i}"
+        for key, style, label in (("reliability_raw", "--", f"ECE {c['ece_raw']:.3f} stored"), ("reliability", "-", f"ECE {c['ece']:.3f} calibrated")):
+            pts = c[key]
+            ax.plot([p["confidence"] for p in pts], [p["accuracy"] for p in pts], style, marker="o", ms=3, color=colour, label=f"{r.name}: {label}")
+    ax.set_xlabel("top-1 score (bin mean)")
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper left")
+    return _png(fig)
+
+
 def plot_gain(gain: pd.DataFrame) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 0.3 * len(gain) + 1.5))
     colors = ["tab:green" if g >= 0 else "tab:red" for g in gain["gain"]]

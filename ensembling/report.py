@@ -30,12 +30,13 @@ from common.metrics import accuracy, product_report
 from common.paths import WorkDir
 from common.predictions import TopK
 from common.prepare import DatasetPaths
+from common.calibration import calibrate
 from common.sources import KINDS, SourceInfo, SplitIds, list_sources, load_predictions
 from common.submission import score_submission
 from common.workdata import Labels, known_test_labels
 
 from .ablations import html_section
-from .plots import full_coverage, plot_accuracy, plot_by_image_count, plot_by_level1, plot_gain, plot_training_curves, training_curves
+from .plots import full_coverage, plot_accuracy, plot_by_image_count, plot_by_level1, plot_gain, plot_reliability, plot_training_curves, training_curves
 
 COMPETITION = "cdiscount-image-classification-challenge"
 
@@ -109,6 +110,7 @@ class SourceResult:
     report: dict  # product_report on the source's own OOF products
     image_accuracy: float | None
     test_accuracy: float | None
+    calibration: dict  # common.calibration.calibrate on the OOF: ECE raw / calibrated (cross-fitted), reliability points
 
     @property
     def recorded(self) -> dict:
@@ -120,7 +122,8 @@ def evaluate_source(ctx: Context, info: SourceInfo) -> SourceResult:
     oof, test = load_predictions(ctx.work, info.name, ctx.splits)
     known = np.isin(oof.ids, ctx.labels.ids)
     rep = product_report(oof.top1[known], ctx.labels.of(oof.ids[known]), ctx.labels.n_imgs[ctx.labels.rows(oof.ids[known])], ctx.tree)
-    return SourceResult(info.name, info.kind, info.summary, oof, rep, mean_image_accuracy(info.summary), test_accuracy(ctx, info.name, test))
+    return SourceResult(info.name, info.kind, info.summary, oof, rep, mean_image_accuracy(info.summary), test_accuracy(ctx, info.name, test),
+                        calibrate(oof.take(np.flatnonzero(known)), ctx.labels.of(oof.ids[known])))
 
 
 def read_scores(path: Path | None) -> pd.DataFrame:
@@ -148,6 +151,8 @@ def leaderboard_table(ctx: Context, results: list[SourceResult], scores: pd.Data
             "oof_image_accuracy": r.image_accuracy,
             "oof_product_accuracy": r.report["accuracy"],
             "mini_test_accuracy": r.test_accuracy,
+            "ece_raw": r.calibration.get("ece_raw"),
+            "ece_calibrated": r.calibration.get("ece"),
             "team_recorded": rec.get("value"),
             "team_recorded_what": rec.get("what", ""),
             "team_recorded_on": rec.get("measured_on", ""),
@@ -273,7 +278,9 @@ def render_html(ctx: Context, table: pd.DataFrame, figures: list[tuple[str, byte
              "<p>oof_image_accuracy: mean over folds of each fold model's image-level validation accuracy (last epoch, no TTA); "
              "oof_product_accuracy: product-level accuracy of the source's OOF predictions on the products it predicts "
              "(oof_products; side sources cover only some); mini_test_accuracy: its submission scored on the mini test labels "
-             "(products a source does not predict get the most frequent category); team_recorded: what the original team "
+             "(products a source does not predict get the most frequent category); ece_raw / ece_calibrated: expected calibration "
+             "error of the top-1 score over 15 bins, as stored and through the isotonic map fitted on the other 4 of 5 splits of the "
+             "OOF products (common/calibration.py; predicting new products applies the map of the blends and the stack); team_recorded: what the original team "
              "recorded for the same recipe, on team_recorded_on; team_private_lb: the team's final private leaderboard score; "
              "kaggle_public / kaggle_private: our submission's scores, pasted from Kaggle (see the last section).</p>",
              _table(table), "<h2>Stacker against the baselines (same products)</h2>", stack_section(ctx.work, ctx.protocol),
@@ -302,6 +309,7 @@ def build_report(work: WorkDir, scores: Path | None = None) -> dict:
                ("Accuracy by level-1 group", plot_by_level1(results))]
     if gain is not None:
         figures.append(("Stacker gain over the best single source per level-1 group", plot_gain(gain)))
+    figures.append(("Reliability of the top-1 score (blends and the stack): stored and calibrated", plot_reliability(results)))
     curves = plot_training_curves(training_curves(work))
     if curves is not None:
         figures.append(("Training curves: validation accuracy per epoch, each fold", curves))

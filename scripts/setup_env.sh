@@ -6,6 +6,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${CDISCOUNT_VENV:-$ROOT/.venv}"
 PYTHON_BIN="${PYTHON:-python3}"
 APT_PACKAGES=(tesseract-ocr tesseract-ocr-fra tesseract-ocr-eng)
+BROWSER_PACKAGES=(chromium chromium-driver)  # the service page's browser test (tests/test_serve.py)
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating virtual environment $VENV"
@@ -34,6 +35,16 @@ if [ ${#missing_apt[@]} -gt 0 ]; then
   else
     echo "[setup] WARNING: tesseract is missing; the OCR stage and its tests need the Debian packages" >&2
     echo "[setup]          ${missing_apt[*]}: run  sudo apt-get install ${APT_PACKAGES[*]}" >&2
+  fi
+fi
+# run_tests.sh only: the browser the service page's test drives; without it that test is skipped, saying why
+if [ "${CDISCOUNT_SETUP_BROWSER:-0}" = 1 ] && ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing Debian packages: ${BROWSER_PACKAGES[*]}"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${BROWSER_PACKAGES[@]}" >/dev/null; } ||
+      echo "[setup] WARNING: could not install ${BROWSER_PACKAGES[*]}: tests/test_serve.py's browser test will be skipped" >&2
+  else
+    echo "[setup] WARNING: ${BROWSER_PACKAGES[*]} missing (sudo apt-get install ${BROWSER_PACKAGES[*]}): the browser test will be skipped" >&2
   fi
 fi
 export PATH="$VENV/bin:$PATH"

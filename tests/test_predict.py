@@ -146,6 +146,7 @@ def test_onnx_export_gives_torchs_probabilities_on_real_images(tiny_run, tmp_pat
     work, _ = tiny_run
     main(["--work", str(work), "--export-onnx", "dylan_mini_lite0", "--out", str(tmp_path / "m.onnx")])
     meta = json.loads((tmp_path / "m.onnx.json").read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]  # no m.onnx.data beside it: the weights are inside
     assert set(meta["not_included"]) == {"tta", "product"} and meta["input"].startswith("pixels: uint8")
     real = [img for p in iter_products(TRAIN_EXAMPLE_BSON) for img in p.images][:24]
     x = np.stack([resize(decode_jpeg(b), meta["resize_to"]) for b in real]).transpose(0, 3, 1, 2).copy()

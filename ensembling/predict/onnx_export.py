@@ -81,7 +81,8 @@ def export_onnx(work: WorkDir, source: str, out: str | os.PathLike, fold: int = 
     out.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.redirect_stdout(sys.stderr):  # the exporter's progress lines
         torch.onnx.export(net, (example,), str(out), input_names=["pixels"], output_names=["probs"], opset_version=OPSET, dynamo=True,
-                          dynamic_shapes={"pixels": {0: torch.export.Dim("n", min=1)}})  # torch.export's exporter (onnxscript)
+                          dynamic_shapes={"pixels": {0: torch.export.Dim("n", min=1)}},  # torch.export's exporter (onnxscript)
+                          external_data=False)  # the weights inside model.onnx: one file to copy (a net under 2 GB, every recipe's)
     tree = DatasetPaths.load(work).tree()
     write_json(out.with_name(out.name + ".json"), {
         "source": source, "fold": fold, "model": cfg.model, "input": "pixels: uint8 [N, 3, S, S] RGB", "output": "probs: float32 [N, C] softmax",

@@ -11,6 +11,7 @@ import numpy as np
 import xgboost as xgb
 
 from common.atomic import atomic_path, write_json
+from common.calibration import CALIBRATION, write_calibration
 from common.cli import parse_stage
 from common.metrics import accuracy, product_report
 from common.paths import WorkDir
@@ -18,6 +19,7 @@ from common.predictions import TopK, concat_topk, save_topk
 from common.prepare import DatasetPaths
 from common.progress import track
 from common.sources import write_summary
+from common.workdata import Labels
 from common.submission import score_submission, submission_from_topk
 
 from .baselines import score_baselines
@@ -125,8 +127,12 @@ def run_stack(work: WorkDir, cfg: StackConfig) -> dict:
         engine.close()
     gains = importance(booster, names)
     write_json(work.root / STACK / "features.json", {"features": names, "total_gain": gains, "params": xgb_params(cfg, device), "rounds": cfg.rounds})
+    calibration = None
     if oof_top is not None:
         save_topk(work.preds(STACK) / "oof.npz", oof_top)
+        calibration = write_calibration(work.preds(STACK), oof_top, Labels.load(work).of(oof_top.ids))
+    else:
+        (work.preds(STACK) / CALIBRATION).unlink(missing_ok=True)  # a model trained elsewhere: no OOF to calibrate on
     save_topk(work.preds(STACK) / "test.npz", test_top)
     paths = DatasetPaths.load(work)
     sub, n_fallback = submission_from_topk(work.submissions / f"{STACK}.csv.gz", test_top, inp.test_ids, inp.tree, inp.fallback,
@@ -134,7 +140,7 @@ def run_stack(work: WorkDir, cfg: StackConfig) -> dict:
     return write_summary(
         work, STACK, "stack", recorded=RECORDED, sources=[s.name for s in inp.stacked], sources_kinds={s.name: s.kind for s in inp.all_sources},
         left_out=[s.name for s in inp.all_sources if s not in inp.stacked], features=names, config=asdict(cfg), device=device, engine=engine.name,
-        **cv_figures(inp, oof_top, cv, score_baselines(inp, cfg)), feature_importance_gain=gains, test_products=int(len(inp.test_ids)),
+        **cv_figures(inp, oof_top, cv, score_baselines(inp, cfg)), feature_importance_gain=gains, calibration=calibration, test_products=int(len(inp.test_ids)),
         test_rows_from_fallback=n_fallback, submission=str(sub),
         test_accuracy=score_submission(sub, paths.test_labels) if paths.test_labels else None, seconds=round(time.time() - t0, 1))
 
