@@ -35,6 +35,9 @@ class DatasetPaths:
         return cls(**json.loads(path.read_text()))
 
     def tree(self) -> CategoryTree:
+        if not Path(self.categories).is_file():
+            raise DataError(f"{self.categories}: the category file this work dir's dataset.json names is missing "
+                            "(moved or deleted since the run; rerun python -m common.prepare to point it elsewhere)")
         return CategoryTree.from_csv(self.categories)
 
     def index(self, work: WorkDir, split: str) -> ProductIndex:

@@ -159,3 +159,10 @@ def test_onnx_export_gives_torchs_probabilities_on_real_images(tiny_run, tmp_pat
     assert meta["mean"] == list(normalization(model)[0])
     with pytest.raises(DataError, match="not one single-image net"):
         main(["--work", str(work), "--export-onnx", "bestfitting_mini_lite0_strip", "--out", str(tmp_path / "b.onnx")])
+
+
+def test_a_work_dir_whose_category_file_moved_says_so_in_one_line(tmp_path):
+    from common.prepare import DatasetPaths
+
+    with pytest.raises(DataError, match="c.csv: the category file this work dir's dataset.json names is missing"):
+        DatasetPaths("train.bson", "test.bson", str(tmp_path / "c.csv")).tree()
