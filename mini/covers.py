@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from common.images import TILE, encode_jpeg
 
-from .render import FAMILIES, FONT_PATH, SHAPES, Look, background, hsv, paint, shape_mask
+from .render import FAMILIES, SHAPES, Look, background, font_path, hsv, paint, shape_mask
 
 
 # ---------------------------------------------------------------------------------------------
@@ -22,7 +22,7 @@ COVER_BOX = {"book": (0.70, 114, 166), "cd": (1.0, 140, 140), "dvd": (0.72, 118,
 
 @lru_cache(maxsize=64)
 def font(size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(str(FONT_PATH), size)
+    return ImageFont.truetype(str(font_path()), size)
 
 
 def fit_font(draw: ImageDraw.ImageDraw, lines: list[str], width: int, start: int = 24, smallest: int = 13) -> ImageFont.FreeTypeFont:

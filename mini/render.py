@@ -15,12 +15,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
-import matplotlib
 import numpy as np
 
 from common.images import TILE
 
-FONT_PATH = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans-Bold.ttf"
+def font_path() -> Path:
+    """matplotlib's bundled DejaVu Sans Bold (imported here only: the pipeline graph loads this package on machines without matplotlib)."""
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans-Bold.ttf"
 SHIFT = 4  # cv2 fixed-point bits: sub-pixel polygon vertices
 Rgb = tuple[float, float, float]
 

@@ -1,5 +1,6 @@
 """bench/gpu_check.sh, the one command for a GPU machine, here on the CPU at its smallest setting on a
-machine without pymongo (bson) or xgboost: every kind of full recipe measured or skipped with its
+machine without pymongo (bson), xgboost or anything but torch, torchvision, timm, opencv, numpy,
+pandas and PyYAML (the others blocked): every kind of full recipe measured or skipped with its
 reason, no error entry, and the plan reads what it wrote."""
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 from common.paths import REPO, WorkDir
 from common.pipeline import RunOptions, build_graph
 
-BLOCKED = ("bson", "pymongo", "xgboost")
+BLOCKED = ("bson", "pymongo", "xgboost", "matplotlib", "sklearn", "scipy", "dask", "distributed", "pytesseract", "onnxruntime", "fastapi")  # not on a bare GPU machine
 
 
 def test_gpu_check_on_a_bare_machine_measures_every_full_recipe_kind(tmp_path):
