@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from .bson_format import decode_document, iter_raw_documents
-from .bson_index import ProductIndex
+from .bson_index import INDEX_DTYPE, ProductIndex
 from .errors import BsonDocumentError, DataError, SkipLog
 
 
@@ -88,6 +90,30 @@ class BsonReader:
             self.close()
         except OSError:
             pass
+
+
+class MemoryReader:
+    """Products held in memory, read as a BsonReader reads a file's: what the loaded predictor
+    (ensembling.predict) hands the stages' own test functions for new products, with no file."""
+
+    path = Path("<memory>")
+
+    def __init__(self, products: list[Product]):
+        rows = np.zeros(len(products), INDEX_DTYPE)
+        rows["id"] = [p.product_id for p in products]
+        rows["offset"] = np.arange(len(products))
+        rows["n_imgs"] = [len(p.images) for p in products]
+        rows["category_id"] = -1
+        self.products, self.index = list(products), ProductIndex(rows)
+
+    def __len__(self) -> int:
+        return len(self.products)
+
+    def __getitem__(self, row: int) -> Product:
+        return self.products[row]
+
+    def close(self) -> None:
+        pass
 
 
 def iter_products(bson_path: str | os.PathLike, skips: SkipLog | None = None) -> Iterator[Product]:

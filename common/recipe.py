@@ -19,7 +19,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -87,7 +87,11 @@ class RecipeKind:
     config: type
     run_fold: Callable[[FoldJob], FoldOutput]
     merge_extra: Callable[[list[dict]], dict] | None = None
-    predict_test: Callable[[FoldJob], TopK] | None = None  # a trained fold's models on the test split (ensembling.predict: new products)
+    # new products (ensembling.predict): a trained fold's models loaded once from its checkpoints (eval mode, on the runtime's
+    # device; job.work is the trained work dir), then predict_test(job, loaded) on job.data's test split each time, through the
+    # function the fold itself predicted its test products with (job.work: where features of the new products may be written)
+    load_test: Callable[[FoldJob], Any] | None = None
+    predict_test: Callable[[FoldJob, Any], TopK] | None = None
     single_image: bool = False  # a fold's last.pt is one single-image net of the recipe's `model` (exportable to ONNX)
     cost: Callable | None = None  # the plan's cost model: (recipe, common.costs.CostContext) -> common.costs.Cost
     bench_feed: Callable | None = None  # what bench/bench_gpu.py feeds its network: (recipe, BenchData, Runtime) -> common.bench_feed.Feed
@@ -171,11 +175,12 @@ def image_fold(job: FoldJob) -> FoldOutput:
     return FoldOutput(oof, image_test(job, model))
 
 
-def image_predict_test(job: FoldJob) -> TopK:
-    return image_test(job, trained_model(job.cfg, job.num_classes, job.out / "last.pt"))
+def image_load_test(job: FoldJob) -> nn.Module:
+    return trained_model(job.cfg, job.num_classes, job.out / "last.pt").to(job.runtime.device)
 
 
-IMAGE = RecipeKind(TrainConfig, image_fold, predict_test=image_predict_test, single_image=True, cost=image_cost, bench_feed=image_feed)
+IMAGE = RecipeKind(TrainConfig, image_fold, load_test=image_load_test, predict_test=image_test, single_image=True, cost=image_cost,
+                   bench_feed=image_feed)
 
 
 # ----------------------------------------------------------------------------- folds -> source

@@ -51,11 +51,14 @@ class Solution:
 
 @dataclass(frozen=True)
 class SideSource:
-    """How a side source's stage reruns on a prediction work dir (ensembling.predict) and which
-    sources it reads there: both from the summary.json the stage wrote."""
+    """Which sources a side source reads (from the summary.json its stage wrote), and how the
+    loaded predictor (ensembling.predict) loads what its stage fitted, once, to answer new products:
+    `load(work, summary)` returns an object whose `predict(reader, inputs)` gives the top-K of the
+    products of `reader` (a common.bson_reader.MemoryReader) from `inputs` (source name -> TopK of
+    those products, for every source `needs` names), as the stage's test predictions would be."""
 
     needs: Callable[[dict], list[str]]  # summary -> the sources it is made from
-    rerun: Callable[[Any, dict, dict], None]  # (scratch WorkDir, the recorded options, summary)
+    load: Callable[[Any, dict], Any]  # (trained WorkDir, summary) -> a loaded side source
 
 
 StageFactory = Callable[..., list]  # (RunOptions, WorkDir, the nodes before it) -> its nodes (common.pipeline.Node)

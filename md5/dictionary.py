@@ -49,6 +49,20 @@ class Dictionary:
         n = np.asarray(self.counts.sum(axis=1)).ravel()
         return sp.diags(np.divide(1.0, n, out=np.zeros_like(n), where=n > 0)) @ self.counts
 
+    def tables(self, opts: Md5Options) -> VoteTables:
+        """What vote() reads, over the whole dictionary: computed once per dictionary and options
+        (the stage per call of vote(); md5/lookup.py once at load, so a call costs its query only)."""
+        return VoteTables(np.asarray(self.counts.sum(axis=1)).ravel(), self.weights(opts), self.shares())
+
+
+@dataclass
+class VoteTables:
+    """Per hash id: its train products, its vote weight (under given options) and its label shares."""
+
+    n: np.ndarray  # products per hash
+    weights: np.ndarray  # purity ** alpha, 0 where ignored (Dictionary.weights)
+    shares: sp.csr_matrix  # [H, C] label shares (Dictionary.shares)
+
 
 @dataclass
 class Votes:
@@ -130,16 +144,17 @@ def product_hash_pairs(hashes: np.ndarray, hash_ids: np.ndarray, rows: np.ndarra
     return unique_pairs(q[keep], hash_ids[keep])
 
 
-def vote(d: Dictionary, query_q: np.ndarray, query_h: np.ndarray, ids: np.ndarray, opts: Md5Options) -> Votes:
-    """Weighted label shares of each query product's hashes (see the module docstring)."""
-    n_query, (n_hash, n_classes) = len(ids), d.counts.shape
-    w = d.weights(opts)
-    n = np.asarray(d.counts.sum(axis=1)).ravel()
+def vote(d: Dictionary | VoteTables, query_q: np.ndarray, query_h: np.ndarray, ids: np.ndarray, opts: Md5Options) -> Votes:
+    """Weighted label shares of each query product's hashes (see the module docstring). `d`: a
+    dictionary, or its tables under these options (Dictionary.tables: then nothing here is
+    O(dictionary), as the loaded predictor needs)."""
+    t = d.tables(opts) if isinstance(d, Dictionary) else d
+    n_query, (n_hash, n_classes), w, n = len(ids), t.shares.shape, t.weights, t.n
     any_match = np.zeros(n_query, bool)
     any_match[query_q[n[query_h] > 0]] = True
     q = sp.csr_matrix((w[query_h], (query_q, query_h)), shape=(n_query, n_hash))
     q.eliminate_zeros()
-    v = (q @ d.shares()).tocsr()
+    v = (q @ t.shares).tocsr()
     v.eliminate_zeros()
     total = np.asarray(q.sum(axis=1)).ravel()
     conf = q.max(axis=1).toarray().ravel()

@@ -29,14 +29,19 @@ def _init_hasher(reader: BsonReader) -> None:
     _READER = reader
 
 
-def _hash_range(span: tuple[int, int]) -> np.ndarray:
+def hash_rows(reader: BsonReader, span: tuple[int, int]) -> np.ndarray:
     """Per image of rows [start, stop): (row, rank, md5)."""
     out = []
     for row in range(*span):
-        for rank, jpeg in enumerate(_READER[row].images):
+        for rank, jpeg in enumerate(reader[row].images):
             if jpeg:
                 out.append((row, rank, hashlib.md5(jpeg).digest()))
     return np.array(out, HASH_DTYPE)
+
+
+def _hash_range(span: tuple[int, int]) -> np.ndarray:
+    """hash_rows in a worker process, on the reader _init_hasher gave it."""
+    return hash_rows(_READER, span)
 
 
 def hash_images(reader: BsonReader, workers: int, progress: bool = True, span: int = 2048, rows: tuple[int, int] | None = None) -> np.ndarray:
@@ -45,9 +50,8 @@ def hash_images(reader: BsonReader, workers: int, progress: bool = True, span: i
     start, n = rows or (0, len(reader))
     spans = [(s, min(s + span, n)) for s in range(start, n, span)]
     bar = dict(desc=f"md5 {reader.path.name}", total=len(spans), enabled=progress, unit="chunk")
-    if workers <= 1 or len(spans) <= 1:
-        _init_hasher(reader)
-        parts = [_hash_range(s) for s in track(spans, **bar)]
+    if workers <= 1 or len(spans) <= 1:  # in this process: no module state (the loaded predictor may call it from threads)
+        parts = [hash_rows(reader, s) for s in track(spans, **bar)]
     else:
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         with multiprocessing.get_context(method).Pool(workers, initializer=_init_hasher, initargs=(reader,)) as pool:

@@ -1,6 +1,6 @@
-"""MD5 as a node of the pipeline (common/pipeline.py) and as a side source that reruns for new
-products (ensembling.predict). Under a scheduler its hashing is split into shards (one per
-worker, md5/shards/), which the last task concatenates."""
+"""MD5 as a node of the pipeline (common/pipeline.py) and as a side source of the predictor
+(ensembling.predict): `load` reads the dictionary the stage saved and votes for new products. Under a scheduler its
+hashing is split into shards (one per worker, md5/shards/), which the last task concatenates."""
 from __future__ import annotations
 
 from common.costs import StageContext, stage_row
@@ -19,7 +19,7 @@ def md5_stage(opts: RunOptions, work: WorkDir, before: list[Node]) -> list[Node]
         return [("--work", str(work.root), "--shard", f"{i}/{n}") for i in range(n)], args
 
     blends = tuple(n.name for n in before if n.kind == BLEND)
-    return [Node(SOURCE, "md5", CPU, "md5.run", args, blends, done=(f"preds/{SOURCE}/summary.json",), shards=shards,
+    return [Node(SOURCE, "md5", CPU, "md5.run", args, blends, done=(f"preds/{SOURCE}/summary.json", "md5/dictionary.npz"), shards=shards,
                  cost=md5_cost, note="duplicate images' labels; overrides the blends")]
 
 
@@ -29,12 +29,11 @@ def md5_cost(ctx: StageContext) -> list[dict]:
     return [stage_row("md5", *ctx.fitted("md5", ctx.products), f"{BENCH_README}; {ctx.every_core}")]
 
 
-def rerun(scratch: WorkDir, options: dict, summary: dict) -> None:
-    """The stage on a prediction work dir, with the options the run recorded (train hashes reused)."""
-    from .run import Md5Options, run_md5
+def load(work: WorkDir, summary: dict):
+    """The dictionary the stage saved (work/md5/dictionary.npz), loaded once to vote for new products."""
+    from .lookup import load_dictionary
 
-    options.update(shard="", write_submissions=False, workers=0, override_base=list(summary.get("override", {})))
-    run_md5(scratch, Md5Options(**options), progress=False)
+    return load_dictionary(work, summary)
 
 
-register_side_source(SOURCE, SideSource(lambda s: list(s.get("override", {})), rerun))  # the blends it reports its override on
+register_side_source(SOURCE, SideSource(lambda s: [], load))  # its votes read no other source

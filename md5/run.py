@@ -25,7 +25,8 @@ Sellers reuse pictures: on the real data 12.37M train images have 7.77M distinct
    it. Reported on OOF (share, accuracy) and test; applied to --override-base sources, whose
    accuracy before/after is reported (and, with --write-submissions, submitted).
 
-Writes work/preds/md5/{oof,test}.npz + summary.json.
+Writes work/preds/md5/{oof,test}.npz + summary.json, and work/md5/dictionary.npz: the full
+dictionary keyed by MD5, which md5/lookup.py loads once to vote for new products (no rehashing).
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ from .dictionary import (
     unique_pairs,
     vote,
 )
-from .hashing import digest_keys, group_ids, hash_shard, load_or_hash
+from .hashing import digest_keys, group_ids, hash_shard, index_key, load_or_hash
+from .lookup import save_dictionary
 
 SOURCE = "md5"
 RULES = ("image", "product")
@@ -247,6 +249,7 @@ def run_md5(work: WorkDir, opts: Md5Options, progress: bool = True) -> dict:
         return run_shard(work, data, opts, progress)
     h, hashing = hash_data(work, data, opts.workers or os.cpu_count() or 1, progress)
     full, per_fold = train_dictionaries(h)
+    saved = save_dictionary(work, full, h.train["md5"], h.train_hash, {"train_index": index_key(data.train)}, opts)  # for md5/lookup.py
     oof_v, test_v = oof_votes(h, full, per_fold, opts), test_votes(h, full, opts)
     out = work.preds(SOURCE)
     save_topk(out / "oof.npz", oof_v.preds)
@@ -260,7 +263,7 @@ def run_md5(work: WorkDir, opts: Md5Options, progress: bool = True) -> dict:
         work, SOURCE, "side source", recorded=RECORDED, options=asdict(opts), hashing=hashing,
         dictionary=dictionary_report(full, h, opts), oof=votes_report(oof_v, labels.of(oof_v.ids)), test=votes_report(test_v, truth),
         rules={name: {"oof": rule_report(o, labels.of(o.ids)), "test": rule_report(t, truth)} for name, (o, t) in rules.items()},
-        override=by_rule[opts.override_rule], override_by_rule=by_rule, seconds=round(time.perf_counter() - t0, 1))
+        override=by_rule[opts.override_rule], override_by_rule=by_rule, saved_dictionary=saved, seconds=round(time.perf_counter() - t0, 1))
 
 
 def print_summary(s: dict) -> None:

@@ -1,11 +1,8 @@
-"""OCR as a node of the pipeline (common/pipeline.py) and as a side source that reruns for new
-products (ensembling.predict): read the covers of the products the solution blends call media,
+"""OCR as a node of the pipeline (common/pipeline.py) and as a side source that answers new
+products (ensembling.predict: `load`, the fold text models the stage saved): read the covers of the products the solution blends call media,
 classify their text. Under a scheduler its reading is split into shards (one per worker), each
 into its own text cache, merged by the last task."""
 from __future__ import annotations
-
-import shutil
-from pathlib import Path
 
 from common.costs import StageContext, stage_row
 from common.paths import WorkDir
@@ -25,7 +22,7 @@ def ocr_stage(opts: RunOptions, work: WorkDir, before: list[Node]) -> list[Node]
         return [(*args, "--shard", f"{i}/{n}", "--cache", c) for i, c in enumerate(caches)], (*args, "--merge-caches", *caches)
 
     blends = tuple(n.name for n in before if n.kind == BLEND)
-    return [Node(SOURCE, "ocr", CPU, "ocr.run", args, blends, done=(f"preds/{SOURCE}/summary.json",), shards=shards,
+    return [Node(SOURCE, "ocr", CPU, "ocr.run", args, blends, done=(f"preds/{SOURCE}/summary.json", "ocr/text_models/predict.json"), shards=shards,
                  cost=ocr_cost, note="tesseract on the products the blends call media")]
 
 
@@ -44,16 +41,11 @@ def ocr_cost(ctx: StageContext) -> list[dict]:
                       f"({MEDIA_IMAGE_SHARE:.1%}), x {models} model(s); {ctx.every_core}")]
 
 
-def rerun(scratch: WorkDir, options: dict, summary: dict) -> None:
-    """The stage on a prediction work dir, with the options the run recorded and the texts it read."""
-    from .run import OcrOptions, run_ocr
+def load(work: WorkDir, summary: dict):
+    """The saved fold text models, loaded once to answer new products (ocr/predict.py)."""
+    from .predict import load_ocr
 
-    cache = Path(summary.get("reading", {}).get("cache", ""))  # copied: reading new images adds rows
-    if cache.is_file():
-        (scratch.root / "ocr").mkdir(parents=True, exist_ok=True)
-        shutil.copy(cache, scratch.root / "ocr" / "cache.sqlite3")
-    options.update(shard="", merge_caches=[], cache=None, sources=list(summary.get("selection_sources", [])))
-    run_ocr(scratch, OcrOptions(**options), progress=False)
+    return load_ocr(work, summary)
 
 
-register_side_source(SOURCE, SideSource(lambda s: list(s.get("selection_sources", [])), rerun))  # the CNN sources choosing the products
+register_side_source(SOURCE, SideSource(lambda s: list(s.get("selection_sources", [])), load))  # the CNN sources choosing the products

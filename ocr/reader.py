@@ -181,6 +181,16 @@ def image_md5(jpeg: bytes) -> bytes:
 # the cache
 
 
+def _select_texts(db: sqlite3.Connection, key: str, digests: list[bytes], chunk: int) -> dict[bytes, str]:
+    found: dict[bytes, str] = {}
+    for start in range(0, len(digests), chunk):
+        part = digests[start : start + chunk]
+        marks = ",".join("?" * len(part))
+        rows = db.execute(f"SELECT md5, text FROM ocr WHERE settings = ? AND md5 IN ({marks})", [key, *part])
+        found.update((bytes(m), t) for m, t in rows)
+    return found
+
+
 class TextCache:
     """image MD5 + settings key -> text, in one sqlite3 file (single writer: the parent process)."""
 
@@ -196,13 +206,7 @@ class TextCache:
         self.db.commit()
 
     def get_many(self, digests: list[bytes], chunk: int = 500) -> dict[bytes, str]:
-        found: dict[bytes, str] = {}
-        for start in range(0, len(digests), chunk):
-            part = digests[start : start + chunk]
-            marks = ",".join("?" * len(part))
-            rows = self.db.execute(f"SELECT md5, text FROM ocr WHERE settings = ? AND md5 IN ({marks})", [self.key, *part])
-            found.update((bytes(m), t) for m, t in rows)
-        return found
+        return _select_texts(self.db, self.key, digests, chunk)
 
     def put_many(self, items: list[tuple[bytes, str]]) -> None:
         self.db.executemany("INSERT OR REPLACE INTO ocr (md5, settings, text) VALUES (?, ?, ?)", [(m, self.key, t) for m, t in items])
@@ -213,6 +217,44 @@ class TextCache:
 
     def close(self) -> None:
         self.db.close()
+
+
+class FrozenCache:
+    """A TextCache file read and never written (the loaded predictor's view of the trained run's
+    cache): opened immutable, so sqlite creates no -wal / -shm file beside it; texts read since
+    are kept in memory (the newest `keep`). No file (None or absent): memory only."""
+
+    def __init__(self, path: str | os.PathLike | None, settings_key: str, keep: int = 200_000):
+        self.path = None if path is None else Path(path)
+        self.key, self.keep, self.fresh = settings_key, keep, {}
+        self.db = None
+        if self.path is not None and self.path.is_file():
+            self.db = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True, check_same_thread=False)
+
+    def get_many(self, digests: list[bytes], chunk: int = 500) -> dict[bytes, str]:
+        found = {d: self.fresh[d] for d in digests if d in self.fresh}
+        rest = [d for d in digests if d not in found]
+        if self.db is not None and rest:
+            try:
+                found.update(_select_texts(self.db, self.key, rest, chunk))
+            except sqlite3.DatabaseError as e:  # rewritten under us (the stage ran again): read with tesseract from now on
+                log.warning("%s: OCR cache unreadable (%s); reading new images with tesseract only", self.path, e)
+                self.close()
+        return found
+
+    def put_many(self, items: list[tuple[bytes, str]]) -> None:
+        if len(self.fresh) + len(items) > self.keep:
+            self.fresh = {}
+        self.fresh.update(items)
+
+    def __len__(self) -> int:
+        stored = 0 if self.db is None else int(self.db.execute("SELECT COUNT(*) FROM ocr WHERE settings = ?", [self.key]).fetchone()[0])
+        return stored + len(self.fresh)
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
 
 
 def merge_caches(target: str | os.PathLike, sources: list[str | os.PathLike]) -> int:

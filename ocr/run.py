@@ -4,7 +4,9 @@
     python -m ocr.run --work work --config my_ocr.yaml            # any option below, as YAML
 
 Writes work/preds/ocr/{oof,test}.npz (top-K; a product not read, or read without a known word,
-has no row) and summary.json; the per-image text cache is work/ocr/cache.sqlite3.
+has no row) and summary.json; the per-image text cache is work/ocr/cache.sqlite3; each fold's
+text model is saved to work/ocr/text_models/fold<k>.npz with predict.json, what the loaded
+predictor (ocr/predict.py) needs to answer new products without refitting them.
 
 Spreading the reading over machines (the slowest CPU stage at full scale; on the mini data one
 core reads ~35 covers/s with 64 images per tesseract process):
@@ -19,14 +21,18 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from common.atomic import write_json
 from common.bson_reader import BsonReader
 from common.cli import parse_shard, parse_stage, run
 from common.errors import SkipLog
+from common.fingerprint import fingerprint
 from common.images import image_problem
 from common.metrics import accuracy
 from common.paths import WorkDir
@@ -52,7 +58,13 @@ from .select import (
     select_products,
     selection_report,
 )
-from .text_model import FoldTexts, TextModelOptions, cross_fit, has_words
+from .text_model import (
+    FoldTexts,
+    TextClassifier,
+    TextModelOptions,
+    cross_fit,
+    has_words,
+)
 
 SOURCE = "ocr"
 REAL_MEDIA_GROUPS = ["LIBRAIRIE", "MUSIQUE", "DVD - BLU-RAY", "JEUX VIDEO"]
@@ -184,20 +196,33 @@ def selection_summary(data: FoldData, sel: Selection, media: np.ndarray, test_tr
     return out
 
 
-def classify(data: FoldData, sel: Selection, train_texts: list[str], test_texts: list[str], opts: OcrOptions) -> tuple[TopK, TopK, dict]:
-    """OOF (fold models on their own fold) and test (mean of fold models) top-K predictions."""
+def products_with_words(ids: np.ndarray, rows: np.ndarray, texts: list[str]) -> FoldTexts:
+    """The products of `rows` (their `texts`, as read) whose text has a word, sorted by _id: the
+    test products the fold models predict (the stage's, and the loaded predictor's new ones)."""
+    read = np.array([has_words(t) for t in texts], bool)
+    return _sorted(FoldTexts(np.asarray(np.asarray(ids)[np.asarray(rows)[read]], np.int64), [t for t, ok in zip(texts, read) if ok]))
+
+
+def mean_of_folds(parts: list[TopK], k: int) -> TopK:
+    """The test prediction: the mean of the fold models' top-K (average_topk), over those with rows."""
+    parts = [p for p in parts if len(p)]
+    return average_topk(parts, k) if parts else TopK.empty(k)
+
+
+def classify(data: FoldData, sel: Selection, train_texts: list[str], test_texts: list[str], opts: OcrOptions,
+             keep: Callable[[int, TextClassifier], None] | None = None) -> tuple[TopK, TopK, dict]:
+    """OOF (fold models on their own fold) and test (mean of fold models) top-K predictions;
+    `keep(fold, model)` gets each fold's model as it is trained (run_ocr saves them)."""
     read_tr = np.array([has_words(t) for t in train_texts], bool) & (data.labels[sel.train_rows] >= 0)
-    read_te = np.array([has_words(t) for t in test_texts], bool)
-    rows_tr, rows_te = sel.train_rows[read_tr], sel.test_rows[read_te]
+    rows_tr = sel.train_rows[read_tr]
     train = FoldTexts(np.asarray(data.train.index.ids[rows_tr], np.int64), [t for t, ok in zip(train_texts, read_tr) if ok],
                       data.labels[rows_tr], data.fold[rows_tr])
-    test = FoldTexts(np.asarray(data.test.index.ids[rows_te], np.int64), [t for t, ok in zip(test_texts, read_te) if ok])
+    test = products_with_words(data.test.index.ids, sel.test_rows, test_texts)
     k = min(opts.topk, len(data.tree))
-    oof_parts, test_parts, folds = cross_fit(_sorted(train), _sorted(test), len(data.tree), opts.text_model, k)
-    oof_parts, test_parts = [p for p in oof_parts if len(p)], [p for p in test_parts if len(p)]
-    oof = concat_topk(oof_parts, k)
-    test_preds = average_topk(test_parts, k) if test_parts else TopK.empty(k)
-    counts = {"train_products_with_text": int(read_tr.sum()), "test_products_with_text": int(read_te.sum()), "folds_trained": folds}
+    oof_parts, test_parts, folds = cross_fit(_sorted(train), test, len(data.tree), opts.text_model, k, keep)
+    oof = concat_topk([p for p in oof_parts if len(p)], k)
+    test_preds = mean_of_folds(test_parts, k)
+    counts = {"train_products_with_text": int(read_tr.sum()), "test_products_with_text": len(test.ids), "folds_trained": folds}
     return oof, test_preds, counts
 
 
@@ -223,12 +248,71 @@ def run_ocr(work: WorkDir, opts: OcrOptions, progress: bool = True) -> dict:
         print(f"ocr shard {opts.shard}: {len(sel.train_rows)} train + {len(sel.test_rows)} test products read into {cache_path}; "
               "merge the shard caches with --merge-caches and rerun without --shard")
         return {"shard": opts.shard, "reading": reading}
-    oof, test, counts = classify(data, sel, train_texts, test_texts, opts)
+    models = clear_text_models(work)
+    oof, test, counts = classify(data, sel, train_texts, test_texts, opts, keep=lambda fold, model: model.save(fold_model_path(models, fold)))
+    saved = write_text_models(work, counts["folds_trained"], sources, media, opts, min(opts.topk, len(data.tree)), cache_path)
     out = work.preds(SOURCE)
     save_topk(out / "oof.npz", oof)
     save_topk(out / "test.npz", test)
     summary = make_summary(work, data, sel, media, sources, oofs, tests, oof, test, reading, counts, opts)
-    return write_summary(work, SOURCE, "side source", **summary, merged_cache_rows=merged, seconds=round(time.perf_counter() - t0, 1))
+    return write_summary(work, SOURCE, "side source", **summary, text_models=saved, merged_cache_rows=merged,
+                         seconds=round(time.perf_counter() - t0, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# the saved text models (what ocr/predict.py loads to answer new products)
+
+TEXT_MODELS = Path("ocr") / "text_models"  # under the work dir
+MANIFEST = "predict.json"
+MANIFEST_FORMAT = "cdiscount-ocr-predict/1"
+
+
+def text_models_dir(work: WorkDir) -> Path:
+    return work.root / TEXT_MODELS
+
+
+def fold_model_path(folder: Path, fold: int) -> Path:
+    return folder / f"fold{fold}.npz"
+
+
+def clear_text_models(work: WorkDir) -> Path:
+    """Remove the previous run's manifest first, then its fold models: an interrupted run leaves
+    no manifest, so no mix of old and new folds is ever loaded."""
+    folder = text_models_dir(work)
+    (folder / MANIFEST).unlink(missing_ok=True)
+    for old in folder.glob("fold*.npz"):
+        old.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _relative(path: Path, root: Path) -> str:
+    """`path` relative to the work dir when inside it (the work dir may move), else absolute."""
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+def write_text_models(work: WorkDir, folds: list[int], sources: list[str], media: np.ndarray, opts: OcrOptions, k: int,
+                      cache_path: Path) -> dict:
+    """predict.json beside the fold models: what predicting new products needs (the selection, the
+    reading, the folds, each file's fingerprint); returns the summary's record of it (its path and
+    fingerprint: a loader refuses a manifest that is not the one this summary was written with)."""
+    folder = text_models_dir(work)
+    manifest = {
+        "format": MANIFEST_FORMAT, "run": uuid.uuid4().hex,
+        "folds": [int(f) for f in folds],
+        "fold_models": {str(f): {"path": fold_model_path(folder, f).name, "fingerprint": fingerprint(fold_model_path(folder, f))} for f in folds},
+        "selection_sources": list(sources), "media_groups": list(opts.media_groups),
+        "media_labels": np.flatnonzero(media).tolist(), "num_classes": len(media),
+        "threshold": opts.threshold, "max_images": opts.max_images,
+        "read": {"preprocess": list(opts.preprocess), "lang": opts.lang, "psm": opts.psm, "settings_key": opts.settings.key},
+        "workers": opts.workers, "batch": opts.batch, "chunk_images": opts.chunk_images, "topk": int(k),
+        "cache": _relative(cache_path, work.root), "options": asdict(opts),
+    }
+    write_json(folder / MANIFEST, manifest)
+    return {"manifest": str(TEXT_MODELS / MANIFEST), "fingerprint": fingerprint(folder / MANIFEST), "folds": manifest["folds"]}
 
 
 def make_summary(work, data, sel, media, sources, oofs, tests, oof, test, reading, counts, opts) -> dict:
@@ -241,7 +325,7 @@ def make_summary(work, data, sel, media, sources, oofs, tests, oof, test, readin
         "recorded": RECORDED, "options": asdict(opts), "selection_sources": sources, "media_groups_present": sorted(set(data.tree.level1_names[media])),
         "selection": selection_summary(data, sel, media, test_true),
         "reading": reading, **counts,
-        "oof_products": int(len(oof)), "test_products": int(len(test)),
+        "oof_products": len(oof), "test_products": len(test),
         "oof_accuracy_ocr_alone": accuracy(oof.top1, oof_true) if len(oof) else None,
         "media_accuracy_oof": media_accuracy(oofs, oof, train_ids[true_media_rows], data.labels[true_media_rows], k),
     }

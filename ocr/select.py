@@ -75,15 +75,23 @@ def select_products(parts_oof: list[TopK], parts_test: list[TopK], media: np.nda
     no source predicts out of fold (fold -1: always trains) is chosen by its own label instead,
     which is fair because it is never scored, only learnt from."""
     train_mass = mean_mass(parts_oof, media, np.asarray(train_ids, np.int64))
-    test_mass = mean_mass(parts_test, media, np.asarray(test_ids, np.int64))
+    test_rows, test_mass = select_test(parts_test, media, test_ids, threshold)
     usable = train_fold != EXCLUDED
     predicted = ~np.isnan(train_mass)
     by_mass = usable & predicted & (np.nan_to_num(train_mass) >= threshold)
     known = train_labels >= 0
     by_label = usable & ~predicted & known & media[np.where(known, train_labels, 0)]
-    test_rows = np.flatnonzero((np.nan_to_num(test_mass) >= threshold) & first_occurrence(test_ids))
     return Selection(np.flatnonzero(by_mass | by_label), test_rows,
                      train_mass, test_mass, int(by_label.sum()))
+
+
+def select_test(parts_test: list[TopK], media: np.ndarray, test_ids: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of `test_ids` to read, the mean media mass of each id): mass >= threshold, the first
+    document of a repeated _id. The test half of select_products, and what the loaded predictor
+    (ocr.predict) chooses new products by."""
+    test_ids = np.asarray(test_ids, np.int64)
+    test_mass = mean_mass(parts_test, media, test_ids)
+    return np.flatnonzero((np.nan_to_num(test_mass) >= threshold) & first_occurrence(test_ids)), test_mass
 
 
 def load_sources(work: WorkDir, sources: list[str]) -> tuple[list[TopK], list[TopK]]:

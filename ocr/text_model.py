@@ -8,21 +8,33 @@ Honesty: fold k's model learns only from read products outside fold k (fold -1 o
 learn) and predicts the read products of fold k: those are the OOF rows. Test rows are the
 mean of the fold models' probabilities (as the CNN recipes do), so every test prediction comes
 from models that together saw all the training text.
+
+Saving (`TextClassifier.save` / `.load`): one npz without pickle holding what predicting needs:
+the options (JSON), the seen columns, the TF-IDF state (hashed: each analyzer's idf_; exact
+vocabulary: each analyzer's terms and idf_) and the linear model's coef_, intercept_, classes_.
+Loading rebuilds the same scikit-learn objects with `make_model` and sets those fitted
+attributes, so a loaded model predicts through the very `predict_topk` a fitted one does.
 """
 from __future__ import annotations
 
+import json
+import os
 import re
 import warnings
-from dataclasses import dataclass
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import sklearn
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer, TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.pipeline import FeatureUnion, Pipeline
 
-from common.errors import log
+from common.atomic import atomic_path
+from common.errors import DataError, log
 from common.predictions import TopK, concat_topk, topk_from_dense
 
 WORD = re.compile(r"(?u)\b\w\w+\b")
@@ -76,9 +88,29 @@ def make_model(opts: TextModelOptions, n_docs: int) -> tuple[FeatureUnion, objec
     return features, CLASSIFIERS[opts.classifier](opts, n_docs)
 
 
+MODEL_FORMAT = "cdiscount-ocr-text-model/1"
+
+
+def options_from_json(d: dict) -> TextModelOptions:
+    """TextModelOptions from its asdict() as JSON wrote it (lists back to tuples)."""
+    return TextModelOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _pack_strings(terms: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 UTF-8 bytes of all terms, int64 end offset of each): any string, no pickle."""
+    encoded = [t.encode("utf-8") for t in terms]
+    return np.frombuffer(b"".join(encoded), np.uint8).copy(), np.cumsum([len(e) for e in encoded], dtype=np.int64)
+
+
+def _unpack_strings(blob: np.ndarray, ends: np.ndarray) -> list[str]:
+    raw, starts = blob.tobytes(), np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    return [raw[a:b].decode("utf-8") for a, b in zip(starts.tolist(), ends.tolist())]
+
+
 class TextClassifier:
     """fit(texts, labels) / predict_topk(ids, texts, k): top-K over the classes seen in training,
-    chunk by chunk (never a dense N x 5270 array: 21 GB for a million texts)."""
+    chunk by chunk (never a dense N x 5270 array: 21 GB for a million texts); save(path) /
+    TextClassifier.load(path): the fitted state as arrays + JSON in one npz (no pickle)."""
 
     def __init__(self, num_classes: int, opts: TextModelOptions = TextModelOptions()):
         self.num_classes, self.opts = num_classes, opts
@@ -86,6 +118,7 @@ class TextClassifier:
         self.clf = None
         self.seen: np.ndarray | None = None  # the feature columns some training text has (the classifier's inputs)
         self.only_label: int | None = None  # a training set of one class: predict it with certainty
+        self.n_docs = 0  # training texts (make_model's argument: sgd's alpha)
 
     def fit(self, texts: list[str], labels: np.ndarray) -> "TextClassifier":
         labels = np.asarray(labels, np.int64)
@@ -95,6 +128,7 @@ class TextClassifier:
         if len(classes) == 1:
             self.only_label = int(classes[0])
             return self
+        self.n_docs = len(texts)
         self.features, self.clf = make_model(self.opts, len(texts))
         X = self.features.fit_transform(texts).tocsc()
         self.seen = np.flatnonzero(X.getnnz(axis=0) > 0)  # hashed columns no text has would only widen the coefficients
@@ -102,6 +136,79 @@ class TextClassifier:
             warnings.simplefilter("ignore", ConvergenceWarning)
             self.clf.fit(X[:, self.seen].tocsr(), labels)
         return self
+
+    # -- saving ---------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, np.ndarray]:
+        """What predicting needs, as arrays (the JSON of the rest under "meta")."""
+        meta = {"format": MODEL_FORMAT, "num_classes": int(self.num_classes), "options": asdict(self.opts), "only_label": self.only_label,
+                "n_docs": int(self.n_docs), "classifier": type(self.clf).__name__ if self.clf is not None else None,
+                "sklearn": sklearn.__version__}
+        arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8).copy()}
+        if self.only_label is not None:
+            return arrays
+        if self.clf is None:
+            raise ValueError("the text classifier is not fitted: nothing to save")
+        arrays["seen"] = np.asarray(self.seen, np.int64)
+        for name, part in self.features.transformer_list:
+            if self.opts.n_features:
+                arrays[f"{name}.idf"] = part.named_steps["idf"].idf_
+            else:
+                vocab = part.vocabulary_
+                terms = sorted(vocab, key=vocab.__getitem__)
+                arrays[f"{name}.vocab"], arrays[f"{name}.vocab_ends"] = _pack_strings(terms)
+                arrays[f"{name}.idf"] = part.idf_
+        arrays.update(coef=self.clf.coef_, intercept=np.asarray(self.clf.intercept_), classes=np.asarray(self.clf.classes_))
+        return arrays
+
+    def save(self, path: str | os.PathLike) -> None:
+        """One npz (written atomically, no pickle)."""
+        arrays = self.state()
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], where: str = "<state>") -> "TextClassifier":
+        meta = json.loads(arrays["meta"].tobytes().decode())
+        if meta.get("format") != MODEL_FORMAT:
+            raise DataError(f"{where}: not an OCR text model of this version (format {meta.get('format')!r}, expected {MODEL_FORMAT!r})")
+        model = cls(int(meta["num_classes"]), options_from_json(meta["options"]))
+        model.n_docs = int(meta["n_docs"])
+        if meta["only_label"] is not None:
+            model.only_label = int(meta["only_label"])
+            return model
+        model.features, model.clf = make_model(model.opts, model.n_docs)  # the same objects fit() makes, given their fitted state
+        model.seen = arrays["seen"]
+        for name, part in model.features.transformer_list:
+            if model.opts.n_features:
+                idf = part.named_steps["idf"]
+                idf.idf_, idf.n_features_in_ = arrays[f"{name}.idf"], model.opts.n_features
+            else:
+                terms = _unpack_strings(arrays[f"{name}.vocab"], arrays[f"{name}.vocab_ends"])
+                part.vocabulary_ = {t: i for i, t in enumerate(terms)}
+                part.idf_ = arrays[f"{name}.idf"]
+        clf = model.clf
+        clf.coef_, clf.intercept_, clf.classes_ = arrays["coef"], arrays["intercept"], arrays["classes"]
+        clf.n_features_in_ = clf.coef_.shape[1]
+        return model
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TextClassifier":
+        """A model `save` wrote; a DataError naming the file when it is missing or not one."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: no such OCR text model")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {key: z[key] for key in z.files}
+            return cls.from_state(arrays, str(path))
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            if isinstance(e, DataError):
+                raise
+            raise DataError(f"{path}: not a valid OCR text model ({type(e).__name__}: {e})") from None
+
+    # -- predicting -------------------------------------------------------------------------------
 
     def predict_topk(self, ids: np.ndarray, texts: list[str], k: int) -> TopK:
         """Rows only for texts that share a feature with the training texts (the others would get
@@ -140,8 +247,10 @@ class FoldTexts:
     folds: np.ndarray | None = None
 
 
-def cross_fit(train: FoldTexts, test: FoldTexts, num_classes: int, opts: TextModelOptions, k: int) -> tuple[list[TopK], list[TopK], list[int]]:
-    """Per fold: (OOF part, test part); folds without two training texts are skipped (logged)."""
+def cross_fit(train: FoldTexts, test: FoldTexts, num_classes: int, opts: TextModelOptions, k: int,
+              keep: Callable[[int, TextClassifier], None] | None = None) -> tuple[list[TopK], list[TopK], list[int]]:
+    """Per fold: (OOF part, test part); folds without two training texts are skipped (logged).
+    `keep(fold, model)` gets each trained fold model as soon as it is fitted (the stage saves it)."""
     oof_parts, test_parts, used = [], [], []
     for fold in sorted(int(f) for f in np.unique(train.folds) if f >= 0):
         learn, score = np.flatnonzero(train.folds != fold), np.flatnonzero(train.folds == fold)
@@ -152,4 +261,6 @@ def cross_fit(train: FoldTexts, test: FoldTexts, num_classes: int, opts: TextMod
         oof_parts.append(model.predict_topk(train.ids[score], [train.texts[i] for i in score], k))
         test_parts.append(model.predict_topk(test.ids, test.texts, k))
         used.append(fold)
+        if keep is not None:
+            keep(fold, model)
     return oof_parts, test_parts, used

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from common.bson_index import load_index
+from common.bson_reader import iter_products
 from common.config import load_yaml
 from common.errors import DataError
 from common.models import ModelSpec, create_model, normalization
@@ -379,11 +380,17 @@ def test_tiny_run_of_member_c_as_whole_nets(tiny_work, tmp_path):
     validate_topk(oof, "member C oof")  # probabilities in [0, 1], non-increasing along K
     assert (oof.probs.astype(np.float32).sum(1) <= 1.01).all()  # the geometric mean, renormalised
     # new products (here the test file again) through the trained folds: the same predictions, crops included
-    from ensembling.predict.workspace import make_workspace, rebuild
+    from ensembling.predict import Predictor
+    from ensembling.predict.products import NewProduct
 
-    scratch = make_workspace(work, Path(json.loads((work.root / "dataset.json").read_text())["test"]), tmp_path / "scratch")
-    rebuild(work, scratch, "convoluted_tcn")  # and, first, the image recipe it starts from
+    test_bson = json.loads((work.root / "dataset.json").read_text())["test"]
+    products = [NewProduct(str(p.product_id), p.images) for p in iter_products(test_bson) if p.images]
+    predictor = Predictor(work, "convoluted_tcn")  # and, loaded first, the image recipe it starts from
+    preds, names = predictor.predict_sources(products)
+    predictor.close()
     for source in ("convoluted_tcb", "convoluted_tcn"):
-        ran, again = load_topk(work.preds(source) / "test.npz"), load_topk(scratch.preds(source) / "test.npz")
-        assert (ran.ids == again.ids).all() and (ran.top1 == again.top1).all(), source
+        ran, new = load_topk(work.preds(source) / "test.npz"), preds[source]
+        order = np.argsort([int(names[i]) for i in new.ids], kind="stable")
+        again = new.take(order)
+        assert (ran.ids == np.array([int(names[i]) for i in again.ids])).all() and (ran.top1 == again.top1).all(), source
         assert np.abs(ran.probs.astype(np.float32) - again.probs.astype(np.float32)).max() < 2e-3, source

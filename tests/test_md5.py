@@ -32,21 +32,28 @@ TRAIN = {
 TEST = {101: [B], 102: [P], 103: [E], 104: [solid_jpeg(200)], 105: [A, C]}
 
 
-@pytest.fixture
-def md5_work(tmp_path, write_bson):
-    """A prepared work dir over the products above, folds as written."""
+def prepare_md5_work(tmp_path, write_bson, test: list[tuple[int, list[bytes]]], test_labels: list[int] | None = None):
+    """A prepared work dir over TRAIN (folds as written) and the given test documents, in order."""
     tree = CategoryTree.from_csv(CATEGORY_NAMES_CSV).subset(TINY_CATEGORIES)
     data = tmp_path / "data"
     data.mkdir()
     tree.to_csv(data / "category_names.csv")
     train = write_bson("train.bson", [(i, imgs, int(tree.ids[lab])) for i, (imgs, lab, _) in sorted(TRAIN.items())])
-    test = write_bson("test.bson", [(i, imgs, None) for i, imgs in sorted(TEST.items())])
-    pd.DataFrame({"_id": sorted(TEST), "category_id": tree.ids[[1, 0, 0, 2, 2]]}).to_csv(data / "test_labels.csv", index=False)
+    test_bson = write_bson("test.bson", [(i, imgs, None) for i, imgs in test])
+    labels = []
+    if test_labels is not None:
+        pd.DataFrame({"_id": [i for i, _ in test], "category_id": tree.ids[test_labels]}).to_csv(data / "test_labels.csv", index=False)
+        labels = ["--test-labels", str(data / "test_labels.csv")]
     work = tmp_path / "work"
-    prepare_main(["--train", str(train), "--test", str(test), "--categories", str(data / "category_names.csv"),
-                  "--test-labels", str(data / "test_labels.csv"), "--work", str(work)])
+    prepare_main(["--train", str(train), "--test", str(test_bson), "--categories", str(data / "category_names.csv"), *labels, "--work", str(work)])
     pd.DataFrame({"_id": sorted(TRAIN), "fold": [TRAIN[i][2] for i in sorted(TRAIN)]}).to_csv(work / "folds.csv", index=False)
     return work
+
+
+@pytest.fixture
+def md5_work(tmp_path, write_bson):
+    """A prepared work dir over the products above, folds as written."""
+    return prepare_md5_work(tmp_path, write_bson, sorted(TEST.items()), [1, 0, 0, 2, 2])
 
 
 def row_of(preds, pid: int) -> dict[int, float] | None:
@@ -236,3 +243,120 @@ def test_both_override_rules_are_measured_and_one_is_applied(md5_work):
     assert summary["override"]["base"]["rule"] == "product" and set(summary["override_by_rule"]) == {"image", "product"}
     with pytest.raises(DataError, match="override_rule"):
         Md5Options(override_rule="hash")
+
+
+# ---------------------------------------------------------------------------------------------
+# the saved dictionary (md5/lookup.py): new products voted without rebuilding it
+
+
+def read_test_products(work):
+    """Every document of the work dir's test BSON, in file order, as the predictor hands them over."""
+    from common.bson_reader import MemoryReader, iter_products
+    from common.prepare import DatasetPaths
+
+    return MemoryReader(list(iter_products(DatasetPaths.load(WorkDir(work)).test)))
+
+
+def assert_same_topk(a, b):
+    assert np.array_equal(a.ids, b.ids) and np.array_equal(a.labels, b.labels)
+    assert a.probs.dtype == b.probs.dtype and np.array_equal(a.probs.view(np.uint16), b.probs.view(np.uint16))  # bit for bit
+
+
+@pytest.mark.parametrize("options, matched", [({}, 3), ({"alpha": 1.0, "max_labels": 6, "topk": 3}, 4)])  # 4: the placeholder votes
+def test_the_saved_dictionary_votes_exactly_as_the_stage(md5_work, options, matched):
+    """Loaded once, the dictionary gives the run's test products exactly preds/md5/test.npz, under
+    the options the run recorded; it holds the train images' hashes only (a test-only hash votes
+    nothing either way)."""
+    from md5.lookup import dictionary_path, load_dictionary
+
+    summary = run_md5(WorkDir(md5_work), Md5Options(workers=1, override_base=[], **options), progress=False)
+    saved = load_dictionary(WorkDir(md5_work), summary)
+    stage = load_topk(md5_work / "preds" / "md5" / "test.npz")
+    assert len(stage) == matched and stage.k == min(options.get("topk", 20), saved.meta["classes"])
+    assert_same_topk(saved.predict(read_test_products(md5_work)), stage)
+    d = summary["dictionary"]
+    assert saved.meta["hashes"] == len(saved.keys) == d["distinct_train_hashes"] < d["distinct_hashes"]
+    assert summary["saved_dictionary"]["path"] == str(dictionary_path(WorkDir(md5_work)))
+    order = np.lexsort((saved.keys[:, 1], saved.keys[:, 0]))
+    assert np.array_equal(order, np.arange(len(order)))  # sorted, as the look-up needs
+
+
+def test_repeated_ids_and_test_only_pictures_vote_as_in_the_stage(tmp_path, write_bson):
+    """A repeated test _id is voted for from its first document (which here matches nothing, or a
+    different picture than the repeat); a picture only test products share links nothing."""
+    from md5.lookup import load_dictionary
+
+    shared, unseen = solid_jpeg(222), solid_jpeg(233)
+    test = [(101, [B]), (106, [unseen]), (107, [shared, E]), (108, [shared]), (106, [A]), (101, [A]), (109, [b"", D])]
+    work = prepare_md5_work(tmp_path, write_bson, test)
+    summary = run_md5(WorkDir(work), Md5Options(workers=1, override_base=[]), progress=False)
+    stage = load_topk(work / "preds" / "md5" / "test.npz")
+    assert stage.ids.tolist() == [101, 107, 109]  # 106's first document matches nothing; 108 shares a picture with test only
+    assert row_of(stage, 101) == {1: 1.0} and row_of(stage, 109) == {3: 1.0}  # 101 from B (its first document), not A
+    assert_same_topk(load_dictionary(WorkDir(work), summary).predict(read_test_products(work)), stage)
+
+
+def test_a_new_product_with_a_train_picture_takes_its_label(md5_work, monkeypatch):
+    """Through the registry's loader: new products are hashed and looked up, never a dictionary
+    rebuilt, nor its tables recomputed per call; an unseen picture (or the placeholder) gives no row."""
+    import time
+
+    from common.bson_reader import MemoryReader, Product
+    from common.registry import side_sources
+    from md5 import lookup
+
+    summary = run_md5(WorkDir(md5_work), Md5Options(workers=1, override_base=[]), progress=False)
+    loaded = side_sources()["md5"].load(WorkDir(md5_work), summary)
+    assert isinstance(loaded, lookup.SavedDictionary)
+
+    def rebuilt(*args, **kwargs):
+        raise AssertionError("predict rebuilt the dictionary or its tables")
+
+    monkeypatch.setattr(Dictionary, "tables", rebuilt)
+    monkeypatch.setattr(Dictionary, "build", rebuilt)
+    monkeypatch.setattr("md5.run.run_md5", rebuilt)
+    reader = MemoryReader([Product(900, [B]), Product(901, [solid_jpeg(222)]), Product(902, [b"", D]), Product(903, [P])])
+    preds = loaded.predict(reader, {})
+    assert preds.ids.tolist() == [900, 902]
+    assert row_of(preds, 900) == {1: 1.0} and row_of(preds, 902) == {3: 1.0}  # B: products 3 and 4; D: 12 and 13
+    w = (2 / 3) ** 2  # E: labels 0, 1, 0 (as the stage's test product 103)
+    assert row_of(loaded.predict(MemoryReader([Product(5, [E, solid_jpeg(1)])])), 5) == pytest.approx({0: w * 2 / 3, 1: w / 3}, abs=1e-3)
+    assert len(loaded.predict(MemoryReader([Product(7, [solid_jpeg(5)])]))) == 0
+    one = MemoryReader([Product(900, [B])])
+    start = time.perf_counter()
+    for _ in range(20):
+        loaded.predict(one)
+    assert (time.perf_counter() - start) / 20 < 0.05  # milliseconds a call (generous for a loaded CI box)
+
+
+def test_the_look_up_uses_all_16_bytes_of_a_digest():
+    """Keys sharing their first 8 bytes are told apart by the last 8; a digest no train image has is -1."""
+    from md5.lookup import SavedDictionary
+
+    def digests(pairs):
+        return np.ascontiguousarray(np.array(pairs, "<u8")).view("S16").ravel()
+
+    saved = SavedDictionary(digest_keys(digests([[1, 5], [1, 7], [2, 0], [4, 9]])), None, Md5Options(), {})
+    assert saved.hash_ids(digests([[1, 7], [1, 6], [2, 1], [3, 0], [2, 0], [1, 5], [4, 0], [9, 9]])).tolist() == [1, -1, -1, -1, 2, 0, -1, -1]
+    assert saved.hash_ids(digests(np.zeros((0, 2)))).tolist() == []
+
+
+def test_a_missing_or_stale_dictionary_is_one_clear_line(md5_work):
+    from md5.lookup import dictionary_path, load_dictionary
+
+    work = WorkDir(md5_work)
+    path = dictionary_path(work)
+    with pytest.raises(DataError, match=r"dictionary\.npz: missing.*md5\.run --work"):
+        load_dictionary(work)  # a work dir made before the stage saved it
+    summary = run_md5(work, Md5Options(workers=1, override_base=[]), progress=False)
+    load_dictionary(work, summary)
+    with pytest.raises(DataError, match=r"dictionary\.npz: stale \(its options \['alpha'\]"):
+        load_dictionary(work, {**summary, "options": {**summary["options"], "alpha": 1.0}})
+    meta = work.index("train").with_suffix(".json")
+    meta.write_text(meta.read_text().replace('"rows_sha256": "', '"rows_sha256": "other-'))  # the train index changed
+    with pytest.raises(DataError, match=r"dictionary\.npz: stale \(made from another train index.*--only md5"):
+        load_dictionary(work, summary)
+    path.write_bytes(path.read_bytes()[:100])  # cut short
+    with pytest.raises(DataError, match=r"dictionary\.npz: unreadable"):
+        load_dictionary(work, summary)
+    assert str(path) in str(pytest.raises(DataError, load_dictionary, work).value)

@@ -268,3 +268,179 @@ def test_the_read_names_the_products_whose_images_cannot_be_read(caplog):
     assert skips.first_ids == {"no_images": [7], "unreadable_image": [8]}
     skips.report()
     assert "no_images=1 (first _ids 7), unreadable_image=1 (first _ids 8)" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# saved text models and the loaded predictor (ocr/predict.py)
+
+
+def toy_texts(n_per_class: int = 10, classes: int = 3, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    vocab = [["océan", "marée", "phare", "navire"], ["guitare", "riff", "ampli", "orage"], ["recette", "gâteau", "tarte", "soupe"],
+             ["château", "forêt", "roi", "épée"]][:classes]
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(classes), n_per_class)
+    texts = [" ".join(rng.permutation([*rng.choice(vocab[y], 2, replace=False), *rng.choice(["le", "la", "grand", "petit"], 2)])) for y in labels]
+    return texts, labels
+
+
+@pytest.mark.parametrize("classifier", ["sgd", "logreg"])
+@pytest.mark.parametrize("n_features", [2**12, 0])
+@pytest.mark.parametrize("classes", [3, 2, 1])
+def test_a_saved_text_model_predicts_exactly_as_the_fitted_one(tmp_path, classifier, n_features, classes):
+    """Both classifiers, hashed and exact-vocabulary features, two classes (one coefficient row)
+    and one class (no model: the label with certainty): the loaded model's top-K equals the
+    fitted one's bit for bit, from a file numpy reads without pickle."""
+    texts, labels = toy_texts(classes=classes)
+    labels = labels * 2 + 1  # class numbers that are not 0..n-1: classes_ must be restored, not assumed
+    opts = TextModelOptions(classifier=classifier, n_features=n_features, predict_chunk=3)
+    fitted = TextClassifier(num_classes=8, opts=opts).fit(texts, labels)
+    fitted.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as z:
+        assert ("coef" in z.files) == (classes > 1)
+    loaded = TextClassifier.load(tmp_path / "m.npz")
+    assert loaded.opts == opts and loaded.num_classes == 8 and loaded.only_label == fitted.only_label
+    held_out = ["le phare perdu", "AMPLI", "gateau petit", "la maree", "zzz", "orage grand", "soupe", "roi épée", "château riff"]
+    ids = np.arange(200, 200 + len(held_out))
+    for k in (1, 3, 8):
+        a, b = fitted.predict_topk(ids, held_out, k), loaded.predict_topk(ids, held_out, k)
+        assert len(a) > 0 and a.k == k
+        assert np.array_equal(a.ids, b.ids) and np.array_equal(a.labels, b.labels) and np.array_equal(a.probs, b.probs), (k, a, b)
+    if classes > 1:
+        assert np.array_equal(fitted.clf.coef_, loaded.clf.coef_) and loaded.clf is not fitted.clf
+
+
+def test_a_broken_text_model_file_is_named(tmp_path):
+    from common.errors import DataError
+
+    with pytest.raises(DataError, match="nothing.npz"):
+        TextClassifier.load(tmp_path / "nothing.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="bad.npz: not a valid OCR text model"):
+        TextClassifier.load(tmp_path / "bad.npz")
+
+
+def colour_words(images, settings):
+    """A stand-in tesseract whose text names the picture's colour (deterministic, fast); a dark
+    picture reads as no word."""
+    means = [img.reshape(-1, 3).mean(0) for img in images]
+    return [" ".join(f"c{c}x{int(v) // 64}" for c, v in enumerate(m)) if m.mean() > 70 else "| ." for m in means]
+
+
+def media_looking_run(work, monkeypatch, **options) -> dict:
+    """The stage on the tiny work dir with `colour_words` for tesseract and a CNN source that puts
+    0.5 on a media label for every product (so the text model sees several classes)."""
+    monkeypatch.setattr(reader, "run_tesseract", colour_words)
+    fake_cnn_source(work)
+    media_label = int(np.flatnonzero(load_fold_data(WorkDir(work)).tree.level1_names == "MUSIQUE")[0])
+    for split in ("oof", "test"):
+        p = load_topk(work / "preds" / "dylan" / f"{split}.npz")
+        labels, probs = p.labels.copy(), p.probs.copy()
+        labels[:, 1] = media_label
+        probs[:, 1] = np.resize([0.5, 0.3, 0.5, 0.1], len(p))  # some products fall under the threshold (0.4): not read
+        labels[labels[:, 0] == media_label, 1] = (media_label + 1) % 5
+        save_topk(work / "preds" / "dylan" / f"{split}.npz", TopK(p.ids, labels, probs))
+    return run_ocr(WorkDir(work), OcrOptions(**{"workers": 1, "preprocess": [], "threshold": 0.4, **options}), progress=False)
+
+
+def work_files(root) -> dict:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_loaded_ocr_predicts_the_test_products_as_the_stage(tiny_work, monkeypatch):
+    """load_ocr + predict on a MemoryReader of the test BSON's products, with the selection
+    sources' test predictions, gives exactly preds/ocr/test.npz: nothing refitted, and the trained
+    work dir untouched (not a byte, not a new file) by loading and predicting."""
+    from common.bson_reader import MemoryReader, iter_products
+    from ocr.pipeline import load as registered_load
+    from ocr.predict import LoadedOcr, load_ocr
+
+    summary = media_looking_run(tiny_work, monkeypatch, n_features=2**12, max_images=2)
+    expected = load_topk(tiny_work / "preds" / "ocr" / "test.npz")
+    folder = tiny_work / "ocr" / "text_models"
+    assert summary["folds_trained"] == [0, 1] and sorted(p.name for p in folder.iterdir()) == ["fold0.npz", "fold1.npz", "predict.json"]
+    # some test products are not selected, some selected ones read no word: neither has a row
+    assert 0 < len(expected) == summary["test_products_with_text"] < summary["selection"]["test"]["selected"] < 16
+    before = work_files(tiny_work)
+    monkeypatch.setattr(TextClassifier, "fit", lambda *a: pytest.fail("the loaded predictor refitted a text model"))
+    recorded = json.loads((tiny_work / "preds" / "ocr" / "summary.json").read_text())
+    loaded = registered_load(WorkDir(tiny_work), recorded)
+    assert isinstance(loaded, LoadedOcr) and len(loaded.models) == 2
+    products = list(iter_products(load_fold_data(WorkDir(tiny_work)).test.path))
+    inputs = {"dylan": load_topk(tiny_work / "preds" / "dylan" / "test.npz")}
+    for _ in range(2):  # twice: the same answer from the same loaded object
+        got = loaded.predict(MemoryReader(products), inputs)
+        assert np.array_equal(got.ids, expected.ids) and np.array_equal(got.labels, expected.labels) and np.array_equal(got.probs, expected.probs)
+    # one product at a time: its row of the stage's file, or no row when the stage has none
+    for product in products[:6]:
+        one = loaded.predict(MemoryReader([product]), inputs)
+        rows, have = expected.lookup(np.array([product.product_id]))
+        assert len(one) == int(have[0]) and (not have[0] or np.array_equal(one.probs[0], expected.probs[rows[0]]))
+    assert len(loaded.predict(MemoryReader([]), inputs)) == 0 and loaded.predict(MemoryReader([]), inputs).k == expected.k
+    loaded.close()
+    # without the run's cache every image is read again, in a pool of 2 workers kept across calls
+    (tiny_work / "ocr" / "cache.sqlite3").unlink()
+    before.pop("ocr/cache.sqlite3")
+    with load_ocr(WorkDir(tiny_work), recorded, workers=2) as loaded:
+        got = loaded.predict(MemoryReader(products), inputs)
+        pool = loaded.readers.pool
+        again = loaded.predict(MemoryReader(products[::-1]), inputs)
+        assert pool is not None and loaded.readers.pool is pool
+    for top in (got, again):
+        assert np.array_equal(top.ids, expected.ids) and np.array_equal(top.labels, expected.labels) and np.array_equal(top.probs, expected.probs)
+    assert work_files(tiny_work) == before
+
+
+def test_the_loaded_ocr_refuses_missing_or_stale_models(tiny_work, monkeypatch):
+    """A work dir without saved text models (an older version), a missing fold file, a manifest
+    or fold model from another run: one-line DataErrors naming the file and the stage to rerun."""
+    from common.errors import DataError
+    from ocr.predict import load_ocr
+
+    media_looking_run(tiny_work, monkeypatch)
+    work = WorkDir(tiny_work)
+    summary = json.loads((tiny_work / "preds" / "ocr" / "summary.json").read_text())
+    folder = tiny_work / "ocr" / "text_models"
+    load_ocr(work, summary).close()
+
+    def refused(summary: dict, name: str) -> str:
+        with pytest.raises(DataError) as e:
+            load_ocr(work, summary)
+        message = str(e.value)
+        assert name in message and "./run_all.sh --only ocr" in message and "\n" not in message, message
+        return message
+
+    older = {k: v for k, v in summary.items() if k != "text_models"}  # a summary of a version that saved none
+    assert "missing" in refused(older, str(folder / "predict.json"))
+    fold1 = (folder / "fold1.npz").read_bytes()
+    (folder / "fold1.npz").unlink()
+    assert "missing" in refused(summary, str(folder / "fold1.npz"))
+    (folder / "fold1.npz").write_bytes(fold1[:-1] + bytes([fold1[-1] ^ 1]))
+    assert "stale" in refused(summary, str(folder / "fold1.npz"))
+    (folder / "fold1.npz").write_bytes(fold1)
+    load_ocr(work, summary).close()
+    manifest = folder / "predict.json"
+    manifest.write_text(manifest.read_text().replace('"threshold": 0.4', '"threshold": 0.5'))
+    assert "stale" in refused(summary, str(manifest))
+    manifest.unlink()
+    assert "missing" in refused(summary, str(manifest))
+
+
+def test_a_rerun_of_the_stage_replaces_every_saved_model(tiny_work, monkeypatch):
+    """A second run removes the first run's manifest and folds before saving its own: what it
+    leaves is only its own set, and the first run's summary no longer loads it."""
+    from common.errors import DataError
+    from ocr.predict import load_ocr
+
+    first = media_looking_run(tiny_work, monkeypatch)
+    folder = tiny_work / "ocr" / "text_models"
+    (folder / "fold7.npz").write_bytes(b"left over")
+    second = run_ocr(WorkDir(tiny_work), OcrOptions(workers=1, preprocess=[], threshold=0.4, classifier="logreg"), progress=False)
+    assert sorted(p.name for p in folder.iterdir()) == ["fold0.npz", "fold1.npz", "predict.json"]
+    assert first["text_models"]["fingerprint"] != second["text_models"]["fingerprint"]
+    with pytest.raises(DataError, match="stale"):
+        load_ocr(WorkDir(tiny_work), first)
+    loaded = load_ocr(WorkDir(tiny_work), second)
+    assert [type(m.clf).__name__ for m in loaded.models] == ["LogisticRegression"] * 2
+    loaded.close()

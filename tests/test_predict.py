@@ -17,7 +17,7 @@ from common.images import TILE, decode_jpeg, encode_jpeg, resize
 from common.paths import TRAIN_EXAMPLE_BSON, WorkDir
 from common.predictions import load_topk
 from common.sources import list_sources
-from ensembling.predict.products import as_data_image, from_folder, from_objects, write_bson
+from ensembling.predict.products import as_data_image, from_folder, from_objects, readable
 
 CSV_COLUMNS = ["product", "rank", "category_id", "score", "category_level1", "category_level2", "category_level3"]
 
@@ -34,30 +34,31 @@ def _test_products_as_folder(work: Path, folder: Path) -> list:
 
 
 def test_a_folder_of_test_products_gets_the_runs_own_top1_from_the_stack_and_every_blend(tiny_run, tmp_path):
-    """The Done-when of issue 18: stack (and, rebuilt on the way, every blend, model and side source
-    it stacks) give the new products the top-1 the run gave the same products as test products."""
+    """Issue 28's Done-when: the loaded stack (and every blend, model and side source it is made
+    from, loaded once and run in memory) gives every test product, as a new product, the top-1 of
+    the run's own stack submission; `--keep` writes each source's predictions of them."""
     from ensembling.predict.__main__ import main
 
     work, _ = tiny_run
     products = _test_products_as_folder(work, tmp_path / "new")
-    out, keep = tmp_path / "pred.csv", tmp_path / "scratch"
+    out, keep = tmp_path / "pred.csv", tmp_path / "kept"
     main(["--work", str(work), "--folder", str(tmp_path / "new"), "--top", "3", "--out", str(out), "--keep", str(keep)])
     frame = pd.read_csv(out)
     assert list(frame.columns) == CSV_COLUMNS and (frame.groupby("product").size() == 3).all()
     assert sorted(frame["product"].unique()) == sorted(p.product_id for p in products if p.images)
-    w, scratch = WorkDir(work), WorkDir(keep / "work")
-    folder_order = sorted(str(p.product_id) for p in products if p.images)  # subfolders in name order: _ids first_id, first_id + 1, ...
-    names = {p.product_id: int(name) for p, name in zip(iter_products(keep / "new.bson"), folder_order)}
+    w = WorkDir(work)
+    ids = pd.read_csv(keep / "ids.csv")
+    names = dict(zip(ids["_id"], ids["product"].astype(int)))  # the new _id each product got -> its _id in the run
     blends = [s.name for s in list_sources(w, ["solution blend", "team blend"])]
     assert {"dylan", "bestfitting", "convoluted"} <= set(blends)
     for source in ["stack", *blends, "md5", "ocr", *(s.name for s in list_sources(w, ["model"]))]:
-        theirs, ours = load_topk(w.preds(source) / "test.npz"), load_topk(scratch.preds(source) / "test.npz")
+        theirs, ours = load_topk(w.preds(source) / "test.npz"), load_topk(keep / "preds" / source / "test.npz")
         mine = dict(zip((names[i] for i in ours.ids), ours.top1))
         assert mine == dict(zip(theirs.ids.tolist(), theirs.top1)), source  # every product, same top-1 (side sources: the same products)
     top1 = frame[frame["rank"] == 1].set_index("product")["category_id"]
-    stack = load_topk(w.preds("stack") / "test.npz")
-    tree = pd.read_csv(json.loads((work / "dataset.json").read_text())["categories"])
-    assert (top1.loc[stack.ids].to_numpy() == tree["category_id"].to_numpy()[stack.top1]).all()
+    submission = pd.read_csv(w.submissions / "stack.csv.gz").set_index("_id")["category_id"]
+    predicted = top1.index.intersection(submission.index)
+    assert len(predicted) == len(top1) and (top1.loc[predicted] == submission.loc[predicted]).all()
 
 
 def test_the_api_takes_image_bytes_and_paths_and_reports_a_product_without_a_readable_image(tiny_run, tmp_path, caplog):
@@ -120,9 +121,9 @@ def test_unreadable_images_are_named_and_skipped(tmp_path, caplog):
     products = from_folder(tmp_path)
     assert [p.name for p in products] == ["p1", "p2"] and len(products[0].images) == 1 and not products[1].images
     assert "p1/b.jpg: skipped" in caplog.text and "notes.txt: skipped" in caplog.text and "loose.jpg: a file directly in --folder" in caplog.text
-    names = write_bson(products + from_objects({"five": [good] * 5}), tmp_path / "new.bson", 1000)
-    assert names == {1000: "p1", 1001: "five"} and "product p2: no readable image" in caplog.text
-    assert [len(p.images) for p in iter_products(tmp_path / "new.bson")] == [1, 4]  # at most 4, as every Cdiscount product
+    kept = readable(products + from_objects({"five": [good] * 5}))
+    assert [p.name for p in kept] == ["p1", "five"] and "product p2: no readable image" in caplog.text
+    assert [len(p.images) for p in kept] == [1, 4]  # at most 4, as every Cdiscount product
 
 
 def test_a_bson_file_gives_its_products_by_id_and_names_a_cut_image(write_bson, caplog):
@@ -166,3 +167,14 @@ def test_a_work_dir_whose_category_file_moved_says_so_in_one_line(tmp_path):
 
     with pytest.raises(DataError, match="c.csv: the category file this work dir's dataset.json names is missing"):
         DatasetPaths("train.bson", "test.bson", str(tmp_path / "c.csv")).tree()
+
+
+def test_bench_predict_times_the_loaded_stack_and_one_model(tiny_run):
+    """bench/bench_predict.py end to end on the tiny run: every row timed, the loaded sources counted."""
+    from bench.bench_predict import main
+
+    work, _ = tiny_run
+    rows = {r["source"]: r for r in main(["--work", str(work), "--singles", "2", "--batch", "3", "--repeats", "1"])}
+    stack, model = rows["stack"], rows["dylan_mini_lite0"]
+    assert stack["sources"] > model["sources"] == 1 and stack["loaded_mb"] > 0 and stack["load_s"] >= 0
+    assert all(r["one_product_s"] > 0 and r["products_per_s"] > 0 and r["batch_products"] == 3 for r in rows.values())

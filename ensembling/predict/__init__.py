@@ -1,8 +1,8 @@
 """Classify new products with a trained work dir: `python -m ensembling.predict` and `Predictor`.
 
-The new products become a BSON file in the official layout and a scratch work dir whose test split
-they are (products.py, workspace.py); every source the chosen one needs is rebuilt there by the
-stage that made it, so a new product gets what a test product of the run got. See README.md.
+Every source the chosen one is made from is loaded once (loaded.py, in the order plan.py gives);
+new products (products.py) then go through them in memory, each through the function its stage
+predicted its test products with, so a new product gets what a test product of the run got. See README.md.
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ DIR holds one subfolder per product (its name), its images taken in file-name or
 (stdout unless --out) has K rows per product: product,rank,category_id,score,category_level1,
 category_level2,category_level3. --source is any source of the work dir (`python -m
 ensembling.predict --work W --list-sources` names them): a model, a solution or team blend, or `stack`,
-which reruns every stacked source, the MD5 dictionary, OCR and the trained stacker on the new
-products. The stages' own messages go to stderr.
+which loads every stacked source, the MD5 dictionary, OCR's text models and the trained stacker once
+and runs them on the new products in memory. The stages' own messages go to stderr.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class PredictOptions:
     out: str = ""  # the CSV (default: stdout); with --export-onnx the .onnx file
     export_onnx: str = ""  # a model source (e.g. dylan_mini_lite0) to export as ONNX instead of predicting
     fold: int = -1  # the fold model to export (-1: the source's first fold)
-    keep: str = ""  # build the scratch work dir (new.bson, the rebuilt sources) in this new folder and leave it
+    keep: str = ""  # also write every source's predictions of the new products in this new folder (preds/<source>/test.npz, ids.csv)
     list_sources: bool = False  # name the work dir's sources and what predicting each one runs, then stop
 
 
@@ -51,11 +51,11 @@ def read_products(opts: PredictOptions) -> list:
 def list_sources_of(work) -> None:
     from common.sources import list_sources
 
-    from .predictor import Predictor
+    from .predictor import describe
 
     for info in list_sources(work, finished=False):
         try:
-            print(f"{info.name:45s} {Predictor(work, info.name).describe()}")
+            print(f"{info.name:45s} {describe(work, info.name)}")
         except (DataError, FileNotFoundError) as e:
             print(f"{info.name:45s} cannot predict: {e}")
 

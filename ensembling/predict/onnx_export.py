@@ -24,7 +24,7 @@ from common.paths import WorkDir
 from common.prepare import DatasetPaths
 from common.sources import read_source
 
-from .workspace import recipe_of
+from .plan import recipe_of
 
 OPSET = 18
 

@@ -1,5 +1,5 @@
-"""New products in, a BSON file in the official layout out: what `ensembling.predict` feeds the
-trained work dir, so new products go through exactly the code that read test.bson.
+"""New products in, held as the test split's products are (JPEG bytes in the seller's order): what
+`ensembling.predict` feeds the loaded sources, so new products go through exactly the code that read test.bson.
 
 A product is a name and its images in order (Cdiscount's first image is the main view). Every
 Cdiscount image is a 180x180 JPEG with the product on white, so a new image is brought to that
@@ -20,7 +20,6 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-from common.bson_format import BsonWriter
 from common.bson_reader import iter_products
 from common.errors import CorruptImageError, SkipLog
 from common.images import TILE, image_problem, resize
@@ -150,15 +149,9 @@ def from_objects(products: Sequence[Sequence[bytes | str | os.PathLike]] | dict)
     return out
 
 
-def write_bson(products: Sequence[NewProduct], path: Path, first_id: int) -> dict[int, str]:
-    """The products with at least one image as documents _id first_id, first_id + 1, ...; returns _id -> name."""
-    names = {}
-    with BsonWriter(path) as w:
-        for product in products:
-            if not product.images:
-                log.warning("product %s: no readable image (%s): no prediction", product.name, "; ".join(product.skipped) or "no image file")
-                continue
-            pid = first_id + len(names)
-            w.write(pid, product.images, None)
-            names[pid] = product.name
-    return names
+def readable(products: Sequence[NewProduct]) -> list[NewProduct]:
+    """The products with at least one readable image; each other one is named in a warning (no prediction)."""
+    for product in products:
+        if not product.images:
+            log.warning("product %s: no readable image (%s): no prediction", product.name, "; ".join(product.skipped) or "no image file")
+    return [p for p in products if p.images]

@@ -106,16 +106,16 @@ def composed_test(job: FoldJob, model: nn.Module) -> TopK:
     return predict_by_count(job, model, job.data.test, job.data.test_rows, "test")
 
 
-def composed_predict_test(job: FoldJob) -> TopK:
+def composed_load_test(job: FoldJob) -> nn.Module:
     """The trained fold: the shared model, and each K's fine-tune where the fold made one (k<K>/last.pt)."""
     cfg = job.cfg
     net = ComposedNet(build_model(dataclasses.replace(cfg, pretrained=None), job.num_classes), cfg.layout, cfg.channels_last)
     shared = load_trained(net, job.out / "shared" / "last.pt")
     tuned = {k: job.out / f"k{k}" / "last.pt" for k in range(1, MAX_K + 1)}
-    return composed_test(job, ByCountNet({k: load_trained(copy.deepcopy(shared), p) if p.exists() else shared for k, p in tuned.items()}))
+    return ByCountNet({k: load_trained(copy.deepcopy(shared), p) if p.exists() else shared for k, p in tuned.items()}).to(job.runtime.device)
 
 
-KINDS = {"composed": RecipeKind(BestfittingConfig, composed_fold, predict_test=composed_predict_test, cost=composed_cost, bench_feed=composed_feed),
+KINDS = {"composed": RecipeKind(BestfittingConfig, composed_fold, load_test=composed_load_test, predict_test=composed_test, cost=composed_cost, bench_feed=composed_feed),
          "image": IMAGE}  # image: the single-image baselines
 DEFAULT = "composed"  # the stage of a recipe that names none
 

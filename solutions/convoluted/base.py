@@ -139,8 +139,6 @@ def base_fold(job: FoldJob) -> FoldOutput:
     return FoldOutput(oof, base_test(job, tap))
 
 
-def base_predict_test(job: FoldJob) -> TopK:
-    """The trained net on the test split, its features stored for the heads (and its classifier beside them)."""
-    tap = FeatureTap(trained_model(job.cfg, job.num_classes, job.out / "last.pt")).eval()
-    save_classifier(job, tap)
-    return base_test(job, tap)
+def base_load_test(job: FoldJob) -> FeatureTap:
+    """The trained net, tapped: predicting the test split stores its features for the heads (base_test)."""
+    return FeatureTap(trained_model(job.cfg, job.num_classes, job.out / "last.pt")).eval().to(job.runtime.device)

@@ -179,8 +179,12 @@ def fuse_test(job: FoldJob, head: torch.nn.Module, test_views: StoredViews) -> T
     return predict_views(head, test_views, job.data.test.index.ids, job.data.test_rows, job, "test")
 
 
-def fuse_predict_test(job: FoldJob) -> TopK:
-    """The trained head over the base nets' stored test features (their predict_test wrote them)."""
+def fuse_load_test(job: FoldJob) -> torch.nn.Module:
+    """The trained head, shaped by the base nets' stored test features of the trained work dir."""
     views = open_views(job, "test", job.data.test.index.n_imgs)
-    head = load_trained(head_for(job.cfg, views.dim, len(views.views), job.num_classes), job.out / "last.pt")
-    return fuse_test(job, head, views)
+    return load_trained(head_for(job.cfg, views.dim, len(views.views), job.num_classes), job.out / "last.pt").to(job.runtime.device)
+
+
+def fuse_predict_test(job: FoldJob, head: torch.nn.Module) -> TopK:
+    """The head over the base nets' features of job.data's test split (their predict_test stored them under job.work)."""
+    return fuse_test(job, head, open_views(job, "test", job.data.test.index.n_imgs))

@@ -219,14 +219,19 @@ def rank_count_fold(job: FoldJob) -> FoldOutput:
     return FoldOutput(oof, rank_count_test(job, net, features), {"variants": variant_counts(job, specialists, base, train_store, val_rows, oof)})
 
 
-def rank_count_predict_test(job: FoldJob) -> TopK:
+def rank_count_load_test(job: FoldJob) -> RankCountNet:
     """The trained specialists (a rank / count the fold had no images of stayed the base classifier: no <name>/last.pt)."""
     features, base = base_features(job)
     specialists = {}
     for name in RANK_MODELS + COUNT_MODELS:
         path = job.out / name / "last.pt"
         specialists[name] = load_trained(copy.deepcopy(base), path).to(job.runtime.device) if path.exists() else base
-    return rank_count_test(job, combined_net(job.cfg, specialists, base), features)
+    return combined_net(job.cfg, specialists, base)
+
+
+def rank_count_predict_test(job: FoldJob, net: RankCountNet) -> TopK:
+    """The net over the base recipe's features of job.data's test split (stored under job.work by its predict_test)."""
+    return rank_count_test(job, net, job.work.features(job.cfg.solution, job.cfg.base, job.fold))
 
 
 def merge_variants(extras: list[dict]) -> dict:

@@ -159,9 +159,9 @@ def rank_count_net_fold(job: FoldJob) -> FoldOutput:
     return FoldOutput(predict_member(net, job.data.train, val_rows, job.cfg, job.runtime, "oof"), member_test(job, net))
 
 
-def rank_count_net_predict_test(job: FoldJob) -> TopK:
+def rank_count_net_load_test(job: FoldJob) -> MemberC:
     """The trained specialists (one with no images in the fold stayed the base: no <name>/last.pt) and the base they started from."""
     base = member_base(job).eval()
     paths = {name: job.out / name / "last.pt" for name in RANK_MODELS + COUNT_MODELS}
     specialists = {name: load_trained(copy.deepcopy(base), p) if p.exists() else base for name, p in paths.items()}
-    return member_test(job, MemberC(specialists, base, job.cfg).to(job.runtime.device))
+    return MemberC(specialists, base, job.cfg).to(job.runtime.device)

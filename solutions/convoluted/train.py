@@ -22,13 +22,13 @@ from . import base, costs, fuse, rank_count, rank_count_net
 
 HEAD = "a head on stored features: no CNN (the plan bounds it by disk reads)"
 KINDS = {
-    "base": RecipeKind(base.BaseConfig, base.base_fold, predict_test=base.base_predict_test, single_image=True, cost=costs.base_cost,
+    "base": RecipeKind(base.BaseConfig, base.base_fold, load_test=base.base_load_test, predict_test=base.base_test, single_image=True, cost=costs.base_cost,
                        bench_feed=image_feed),
-    "fuse": RecipeKind(fuse.FuseConfig, fuse.fuse_fold, predict_test=fuse.fuse_predict_test, cost=costs.fuse_cost, bench_skip=HEAD),
-    "rank_count": RecipeKind(rank_count.RankCountConfig, rank_count.rank_count_fold, rank_count.merge_variants, rank_count.rank_count_predict_test,
-                             cost=costs.rank_count_cost, bench_skip=HEAD),
+    "fuse": RecipeKind(fuse.FuseConfig, fuse.fuse_fold, load_test=fuse.fuse_load_test, predict_test=fuse.fuse_predict_test, cost=costs.fuse_cost, bench_skip=HEAD),
+    "rank_count": RecipeKind(rank_count.RankCountConfig, rank_count.rank_count_fold, rank_count.merge_variants,
+                             load_test=rank_count.rank_count_load_test, predict_test=rank_count.rank_count_predict_test, cost=costs.rank_count_cost, bench_skip=HEAD),
     "rank_count_net": RecipeKind(rank_count_net.RankCountNetConfig, rank_count_net.rank_count_net_fold,
-                                 predict_test=rank_count_net.rank_count_net_predict_test, cost=costs.specialists_cost,
+                                 load_test=rank_count_net.rank_count_net_load_test, predict_test=rank_count_net.member_test, cost=costs.specialists_cost,
                                  bench_feed=image_feed),  # each specialist trains a single-image net
     "image": IMAGE,
 }
