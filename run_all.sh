@@ -1,23 +1,44 @@
 #!/usr/bin/env bash
-# End-to-end reproduction. With no argument: the embedded mini dataset on a CPU laptop.
-#   ./run_all.sh                       # mini data (generated once into work/mini), every stage that exists
-#   ./run_all.sh --data DIR            # the real Kaggle files: DIR/train.bson DIR/test.bson [DIR/category_names.csv]
-#   ./run_all.sh --work DIR            # where every stage writes (default: work/)
-#   ./run_all.sh --preset tiny|default|dev   # the mini dataset's size (tiny: seconds, the tests' one; dev: 2,000 products)
-#   ./run_all.sh --seed N | --n-folds K      # the mini data's and the folds' seed (0); k-fold folds (3 mini, 5 full)
-#   ./run_all.sh --profile full        # the winners' full recipes (GPUs; used by the training stages)
-#   ./run_all.sh --nproc N             # recipes one after another, each under torchrun with N processes (default: one per GPU; gloo on CPU)
-#   ./run_all.sh --gpus-per-recipe G --scheduler local[:N]   # every ready recipe at once, each on its own G GPUs (dask LocalCluster, N GPUs)
-#   ./run_all.sh --gpus-per-recipe G --scheduler tcp://HOST:8786   # on the workers of `dask scheduler` (`dask worker ... --resources GPU=N`)
-#   ./run_all.sh ... --progress-s S    # under a scheduler: a line per running recipe every S seconds (60)
-#   ./run_all.sh --protocol holdout    # kfold (the mini default) | holdout (the full default, as the winners: one model per recipe)
-#   ./run_all.sh --holdout-fraction F  # the holdout's share when the 2nd team's 50k ids are not in the data (default 0.05)
-#   ./run_all.sh --profile full --fast-dev-run   # every full recipe, a few steps at a small input: the wiring in minutes (work/fast_dev_run)
-#   ./run_all.sh --from STAGE | --only STAGE|NODE | --force   # stages: python -m common.pipeline --list
-#   ./run_all.sh --compile               # every recipe's training through torch.compile (as `compile: true` in each recipe)
-#   ./run_all.sh --accept-lost-products   # write the submissions although the test index lost documents of a cut test.bson
-#   ./run_all.sh --profile full --plan [--data DIR] [--gpus N] [--gpus-per-recipe G] [--machines M] [--speeds recorded]
-#                                      # what the run costs (GPU-hours, its schedule's wall-hours, disk, RAM), then exit: no stage runs
+# End-to-end reproduction. With no argument: the embedded mini dataset on a CPU laptop, every stage.
+# Usage: ./run_all.sh [OPTION ...]       (-h, --help: this text)
+# What and where:
+#   --data DIR               the real Kaggle files: DIR/train.bson DIR/test.bson [DIR/category_names.csv]
+#                            (default: the mini dataset, generated once into <work>/mini)
+#   --work DIR               where every stage writes (default: work/; work/fast_dev_run with --fast-dev-run)
+#   --profile mini|full      the recipes the training stages run (default: mini; full: the winners' recipes, GPUs)
+#   --preset tiny|default|dev   the mini dataset's size (default: default; tiny: seconds, the tests' one;
+#                            dev: 2,000 products; mini/plan.py PRESETS)
+#   --seed N                 the mini data's and the folds' seed (default: 0)
+#   --n-folds K              k-fold folds (default: 3 on the mini profile, 5 on full)
+#   --protocol kfold|holdout   kfold (the mini default) | holdout (the full default, as the winners: one model per recipe)
+#   --holdout-fraction F     the holdout's share when the 2nd team's 50k ids are not in the data (default: 0.05)
+# Which nodes (stages: python -m common.pipeline --list):
+#   --from STAGE             this stage and every later one
+#   --only STAGE|NODE        this stage (or one recipe's node) alone
+#   --force                  rerun every selected node (and retrain a fold made by another recipe or from other data)
+# How the recipes train:
+#   --nproc N                recipes one after another, each under torchrun with N processes
+#                            (default: one per GPU; gloo on a CPU)
+#   --gpus-per-recipe G      every ready recipe at once, each on its own G GPUs, through --scheduler
+#   --scheduler local|local:N|tcp://HOST:PORT|tls://HOST:PORT
+#                            the dask scheduler: a LocalCluster over N GPUs (or N CPU slots), or the workers of
+#                            `dask scheduler` (`dask worker ... --resources GPU=N`)
+#   --progress-s S           under a scheduler: a line per running recipe every S seconds (default: 60)
+#   --fast-dev-run           every recipe a few steps at a small input: the wiring in minutes (with --profile full:
+#                            every full recipe; into work/fast_dev_run unless --work)
+#   --compile                every recipe's training through torch.compile (as `compile: true` in each recipe)
+#   --accept-lost-products   write the submissions although the test index lost documents of a cut test.bson
+# What it costs, then exit (python -m common.plan; no stage runs):
+#   --plan                   GPU-hours, the schedule's wall-hours, disk, RAM of this run (with --profile, --data,
+#                            --protocol, --n-folds, --holdout-fraction, --gpus-per-recipe as above)
+#   --gpus N                 with --plan: GPUs per machine (default: 1)
+#   --machines M             with --plan: machines alike, each with --gpus GPUs (default: 1)
+#   --speeds estimated|recorded   with --plan: estimated (timm's AMP tables scaled to an H100, the default)
+#                            | recorded (the 3rd place's 2017 speeds)
+# Examples:
+#   ./run_all.sh --profile full --fast-dev-run                  # on a new machine, first
+#   ./run_all.sh --profile full --plan --gpus 8
+#   ./run_all.sh --data DIR --work /fast/disk/work --profile full --gpus-per-recipe 1 --scheduler local:8
 # A node (a stage or a recipe) whose output is newer than the outputs of the nodes it needs (and
 # than its recipe) is skipped, so an interrupted run continues where it stopped; what a stage
 # reuses inside is checked by content. Logs: <work>/logs/<node>.log.

@@ -76,6 +76,12 @@ class TrainConfig:
     # run control
     fast_dev_run: bool = False  # set by --fast-dev-run: the wiring check (a few steps, small input); its numbers mean nothing
     resume: bool = True  # continue an unfinished fold from its last.pt (--no-resume: from scratch)
+    # watching a long run (none of these changes what a fold learns)
+    log_every_steps: int = 0  # a dated progress line (step, the epoch's ETA, img/s, loss, lr) every N optimizer steps within an epoch (0 = off)
+    log_every_seconds: float = 60.0  # a progress line whenever this many seconds passed since the last one (0 = off)
+    log_epoch_parts: int = 4  # a progress line at each 1/N of an epoch (4: at 25, 50, 75 %, a mini run's few lines; 0 = off)
+    checkpoint_minutes: float = 30.0  # a resumable mid-epoch checkpoint (step.pt) every this many minutes inside an epoch (0 = at epoch ends only)
+    tensorboard: bool = False  # TensorBoard event files in the fold's tensorboard/ (needs `pip install tensorboard`)
 
     def __post_init__(self) -> None:
         """Reject a misspelt choice when the recipe is read, not hours into a run."""
@@ -93,6 +99,9 @@ class TrainConfig:
             raise DataError(f"recipe {self.name}: schedule piecewise needs one lr_values entry per lr_milestones entry")
         if self.crop and (self.crop > self.input_size or self.decode_on == "device"):
             raise DataError(f"recipe {self.name}: crop {self.crop} needs crop <= input_size ({self.input_size}) and decode_on: workers")
+        negative = [f"{k}={getattr(self, k)}" for k in ("log_every_steps", "log_every_seconds", "log_epoch_parts", "checkpoint_minutes") if getattr(self, k) < 0]
+        if negative:
+            raise DataError(f"recipe {self.name}: {', '.join(negative)}: must be >= 0 (0 = off)")
         try:
             check_augments(self.augment, self.augment_args)
         except ValueError as e:
@@ -150,8 +159,10 @@ def for_world(cfg: TrainConfig, world: int) -> TrainConfig:
 
 
 # fields that do not change what a fold learns (run length, loader and batch mechanics: the global
-# batch is compared, its per-process split is not): a finished fold or a checkpoint stays valid
-REUSE_IGNORES = {"epochs", "resume", "num_workers", "eval_batch_size", "folds", "val_products", "decode_on", "batch_size", "accum_steps", "compile"}
+# batch is compared, its per-process split is not; how often a run logs and checkpoints): a finished
+# fold or a checkpoint stays valid
+REUSE_IGNORES = {"epochs", "resume", "num_workers", "eval_batch_size", "folds", "val_products", "decode_on", "batch_size", "accum_steps", "compile",
+                 "log_every_steps", "log_every_seconds", "log_epoch_parts", "checkpoint_minutes", "tensorboard"}
 
 
 def config_changes(old: dict, new: dict) -> list[str]:

@@ -363,6 +363,15 @@ def recipe_gpus(graph: Graph, opts: RunOptions, work: WorkDir, gpus: int) -> dic
     return chosen
 
 
+def record_machine(work: WorkDir, opts: RunOptions, nproc: int, started: float) -> None:
+    """WORK/machine.json: the machine that starts this run and the run's options (common/machine.py; the
+    report names it). preflight has imported torch already: its CPU capability costs nothing more."""
+    from .machine import write_machine
+
+    write_machine(work.root, {"started": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(started)), "argv": sys.argv[1:],
+                              "options": {**dataclasses.asdict(opts), "nproc": nproc}})
+
+
 def run_pipeline(opts: RunOptions, work: WorkDir) -> int:
     started = time.time()
     handle = lock_work(work)
@@ -379,6 +388,7 @@ def run_pipeline(opts: RunOptions, work: WorkDir) -> int:
             raise DataError("--gpus-per-recipe G runs recipes side by side: give --scheduler local[:N] or tcp://HOST:PORT")
         state = RunState(graph, select(graph, opts))
         preflight(graph, opts, nproc)
+        record_machine(work, opts, nproc, started)
         if opts.scheduler:
             from .scheduler import run_on_dask
 

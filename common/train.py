@@ -8,14 +8,22 @@ Single process by default; under torchrun (WORLD_SIZE > 1) it runs DistributedDa
 nodes share.) The recipe's global batch is split over the whole world (config.batch_split).
 A checkpoint is written atomically after every epoch (last.pt) with the optimiser, scheduler
 position, history and RNG state, so a rerun continues exactly where an interrupted run stopped;
+inside an epoch, every `checkpoint_minutes`, another (step.pt) records the step it was taken at
+and the epoch's running figures: a rerun skips the batches already trained (their indices only,
+no image is read) and goes on with the same batches in the same order, as if never stopped.
 `fit` hands back the model in memory (no reload). Solutions build their datasets and loaders
 (`train_loader`, `eval_loader`) and give `fit` a batch function (raw batch -> Batch).
+
+What a run says (rank 0): a dated progress line within an epoch (`log_every_steps`,
+`log_every_seconds`, `log_epoch_parts`: step, img/s, loss, lr, the epoch's ETA), one line per
+epoch, the epochs as CSV (summary.csv) and JSON lines (epochs.jsonl), and with `tensorboard`
+event files in the fold's tensorboard/. None of it adds a GPU sync per step: a progress line
+reads the epoch's figures once, every decision between lines is time.monotonic on the host.
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
-import csv
 import math
 import os
 import time
@@ -28,13 +36,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .atomic import atomic_path
 from .augment import build_augment
-from .config import TrainConfig, config_changes
+from .checkpoint import (STEP_CHECKPOINT, load_checkpoint, remaining_batches, resume_fit, rng_state, save_checkpoint,  # noqa: F401
+                         set_rng_state, write_summary)
+from .config import TrainConfig
 from .data import EpochSampler, batch_pixels, normalize_on_device
-from .errors import DataError, SkipLog, log
+from .errors import SkipLog, log
 from .models import normalization
-from .progress import bar
+from .progress import Watch, bar, iso_now, run_label, stamp, summary_writer_class, write_epochs_jsonl
 
 # ----------------------------------------------------------------------------- registries
 
@@ -123,44 +132,6 @@ def autocast(cfg: TrainConfig, runtime: Runtime):
     return torch.autocast(device_type=runtime.device.type, dtype=dtype, enabled=enabled)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """weights_only=True: a checkpoint is data, never code."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: name it and stop
-        raise RuntimeError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e}); delete it to restart the fold") from None
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def write_summary(path: Path, history: list[dict]) -> None:
-    """Per-epoch figures as CSV (rewritten whole from the checkpoint's history: resume-safe)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
-
-
 # ----------------------------------------------------------------------------- batches and loaders
 
 
@@ -232,50 +203,80 @@ def prepare_model(cfg: TrainConfig, model: nn.Module, runtime: Runtime) -> nn.Mo
 
 def fit(cfg: TrainConfig, model: nn.Module, train: DataLoader, val: DataLoader | None, to_batch: BatchFn, out_dir: Path, runtime: Runtime,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> nn.Module:
-    """Train for cfg.epochs; checkpoint, validate and log each epoch; resume from last.pt (unless
+    """Train for cfg.epochs; checkpoint, validate and log each epoch (and checkpoint every
+    cfg.checkpoint_minutes inside one); resume from last.pt, or mid-epoch from step.pt (unless
     cfg.resume is off). Returns the trained model. `transform` (default: the recipe's `augment`)
     acts on training inputs only."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    last = out_dir / "last.pt"
+    if cfg.tensorboard:
+        summary_writer_class()  # on every rank, before any step: a missing package stops the run now
     torch.manual_seed(cfg.seed)
     prepare_model(cfg, model, runtime)
     optimizer = build_optimizer(cfg, model, runtime.cuda)
     scaler = torch.amp.GradScaler(enabled=runtime.cuda and cfg.amp == "fp16")
-    start_epoch, history = 0, []
-    if cfg.resume and last.exists():
-        state = load_checkpoint(last)
-        changed = config_changes(state.get("config", {}), asdict(cfg))
-        if changed:
-            raise DataError(f"{last}: a checkpoint of another recipe ({'; '.join(changed)}): resuming would mix them. "
-                            "Rerun with --no-resume (or --force) to train this fold from scratch")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
-        if runtime.is_main:
-            log.info("resumed %s at epoch %d", last, start_epoch)
+    start_epoch, history, partial = resume_fit(cfg, model, optimizer, scaler, out_dir, runtime)
+    at_step = start_epoch * max(1, math.ceil(len(train) / cfg.accum_steps)) + (partial["step"] if partial is not None else 0)
+    watch = fit_watch(cfg, model, optimizer, scaler, out_dir, runtime, history, at_step)
     net = training_net(cfg, model, runtime)
     transform = transform or train_transform(cfg, model)
-    for epoch in range(start_epoch, cfg.epochs):
-        _set_epoch(train, epoch)
-        t0 = time.perf_counter()
-        figures = train_one_epoch(cfg, net, train, optimizer, scaler, to_batch, runtime, epoch, transform)
-        seconds = time.perf_counter() - t0
-        val_loss, val_acc = evaluate(cfg, model, val, to_batch, runtime) if val is not None else (float("nan"), float("nan"))
-        seen = figures["samples"]
-        history.append({"epoch": epoch, "lr": cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9), "train_loss": round(figures["train_loss"], 5),
-                        "train_acc": round(figures["train_acc"], 5), "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "samples": seen,
-                        "samples_per_step": round(figures["samples_per_step"], 1), "unusable_inputs": figures["unusable_inputs"],
-                        "image_tiles": figures["image_tiles"], "samples_per_s": round(seen / seconds, 1), "seconds": round(seconds, 1)})
-        if runtime.is_main:
-            save_checkpoint(last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                                   "rng": rng_state(), "epoch": epoch, "history": history, "config": asdict(cfg)})
-            write_summary(out_dir / "summary.csv", history)
-            log.info("%s epoch %d: %s", out_dir, epoch, history[-1])
-        if runtime.distributed:
-            dist.barrier()
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            _set_epoch(train, epoch)
+            resume, partial = partial, None
+            t0 = time.monotonic() - (float(resume["seconds"]) if resume is not None else 0.0)
+            figures = train_one_epoch(cfg, net, train, optimizer, scaler, to_batch, runtime, epoch, transform, watch=watch, resume=resume)
+            seconds = time.monotonic() - t0
+            val_loss, val_acc = evaluate(cfg, model, val, to_batch, runtime) if val is not None else (float("nan"), float("nan"))
+            history.append(epoch_row(cfg, epoch, figures, val_loss, val_acc, seconds))
+            if runtime.is_main:
+                save_checkpoint(out_dir / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                                                      "rng": rng_state(), "epoch": epoch, "history": history, "config": asdict(cfg)})
+                (out_dir / STEP_CHECKPOINT).unlink(missing_ok=True)  # last.pt is further on
+                write_summary(out_dir / "summary.csv", history)
+                write_epochs_jsonl(out_dir / "epochs.jsonl", history)
+                watch.end_epoch(history[-1])
+            watch.reset_checkpoint_timer()
+            if runtime.distributed:
+                dist.barrier()
+    finally:
+        if watch.writer is not None:
+            watch.writer.close()
     return model
+
+
+def epoch_row(cfg: TrainConfig, epoch: int, figures: dict, val_loss: float, val_acc: float, seconds: float) -> dict:
+    """The epoch's figures: a row of summary.csv (and, with the date it ended, of epochs.jsonl)."""
+    seen = figures["samples"]
+    return {"epoch": epoch, "lr": cfg.lr * lr_factor(cfg, epoch + 1 - 1e-9), "train_loss": round(figures["train_loss"], 5),
+            "train_acc": round(figures["train_acc"], 5), "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5), "samples": seen,
+            "samples_per_step": round(figures["samples_per_step"], 1), "unusable_inputs": figures["unusable_inputs"],
+            "image_tiles": figures["image_tiles"], "samples_per_s": round(seen / seconds, 1), "seconds": round(seconds, 1), "date": iso_now()}
+
+
+def fit_watch(cfg: TrainConfig, model: nn.Module, optimizer, scaler, out_dir: Path, runtime: Runtime, history: list, at_step: int) -> Watch:
+    """fit's Watch: TensorBoard on rank 0 (resumed: the lost run's events past `at_step` dropped),
+    rank 0's clock told to every rank, and step.pt with every rank's running figures."""
+    step_file, label = out_dir / STEP_CHECKPOINT, run_label(cfg, out_dir)
+    writer = summary_writer_class()(str(out_dir / "tensorboard"), purge_step=at_step or None) if cfg.tensorboard and runtime.is_main else None
+
+    def agree(flag: bool) -> bool:
+        told = torch.tensor(int(flag), device=runtime.device)
+        dist.broadcast(told, 0)
+        return bool(told)
+
+    def save(epoch: int, batch: int, step: int, steps: int, seconds: float, figures: EpochFigures) -> None:
+        rows = figures.state().reshape(1, -1)
+        if runtime.distributed:
+            parts = [torch.empty_like(rows) for _ in range(runtime.world)]
+            dist.all_gather(parts, rows)
+            rows = torch.cat(parts)
+        if runtime.is_main:
+            save_checkpoint(step_file, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                                        "rng": rng_state(), "epoch": epoch, "batch": batch, "step": step, "steps": steps, "figures": rows.cpu(),
+                                        "seconds": seconds, "world": runtime.world, "history": history, "config": asdict(cfg)})
+            log.info("%s %s: mid-epoch checkpoint %s at epoch %d step %d/%d", stamp(), label, step_file, epoch + 1, step, steps)
+
+    return Watch(cfg, label, runtime.is_main, runtime.world, writer, save, agree if runtime.distributed else None)
 
 
 def training_net(cfg: TrainConfig, model: nn.Module, runtime: Runtime) -> nn.Module:
@@ -352,25 +353,61 @@ class EpochFigures:
             self.pending = []
         loss_sum, correct = self.sums.tolist()
         seen = int(self.seen)
+        self.last = loss_sum, correct, seen
         return loss_sum / max(seen, 1), correct / max(seen, 1), seen
 
+    def totals(self) -> tuple[float, float, int]:
+        """(loss x samples, correct, usable samples) so far (one sync)."""
+        self.sync()
+        return self.last
 
-def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runtime: Runtime, epoch: int, transform=None) -> dict:
+    def state(self) -> torch.Tensor:
+        """Every running figure in one float64 row on the device (integers below 2**53 are exact):
+        what a mid-epoch checkpoint keeps so the resumed epoch's row equals an uninterrupted one's."""
+        self.sync()  # the unusable inputs met so far are counted
+        host = torch.tensor([self.fed, self.tiles, self.steps, self.skips.counts["unusable_input"]], dtype=torch.float64, device=self.sums.device)
+        return torch.cat([self.sums, self.seen.double().reshape(1), host])
+
+    def restore(self, row: torch.Tensor) -> None:
+        row = row.to(device=self.sums.device, dtype=torch.float64)
+        self.sums = row[:2].clone()
+        self.seen = torch.tensor(int(row[2]), dtype=torch.int64, device=self.sums.device)
+        self.fed, self.tiles, self.steps = int(row[3]), int(row[4]), int(row[5])
+        if int(row[6]):
+            self.skips.counts["unusable_input"] = int(row[6])
+
+
+def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runtime: Runtime, epoch: int, transform=None, *,
+                    watch: Watch | None = None, resume: dict | None = None) -> dict:
     """One pass; LR set per optimizer step from the fractional epoch. Under DDP the gradient
     all-reduce runs on the last micro-step of each optimizer step only (`no_sync` before it). The
-    figures stay on the device between log lines. Returns loss, accuracy, samples and the measured
-    samples per optimizer step, over all ranks."""
+    figures stay on the device between log lines. `watch`: the progress lines and mid-epoch
+    checkpoints (fit's); `resume`: a mid-epoch checkpoint of this epoch to go on from (its batch,
+    running figures, RNG). Returns loss, accuracy, samples and the measured samples per optimizer
+    step, over all ranks."""
     net.train()
-    steps_per_epoch = max(1, math.ceil(len(loader) / cfg.accum_steps))
+    total = len(loader)
+    steps_per_epoch = max(1, math.ceil(total / cfg.accum_steps))
     skips = SkipLog(f"{cfg.name} epoch {epoch}" + (f" (rank {runtime.rank})" if runtime.distributed else ""), max_logged=0)
     figures = EpochFigures(runtime.device, skips, loader.dataset)
-    progress = bar(len(loader), f"{cfg.name} epoch {epoch}", "batch", enabled=runtime.is_main, every=None)  # the epoch line is the log
+    start = int(resume["batch"]) if resume is not None else 0
+    if resume is not None:
+        figures.restore(resume["figures"][runtime.rank])
+    batches = iter(remaining_batches(loader, start) if start else loader)  # starting a loader draws its workers' seed from the RNG ...
+    if resume is not None:
+        set_rng_state(resume["rng"])  # ... so the RNG goes back to the step's after it: dropout, augmentations as uninterrupted
+    if watch is not None:
+        watch.start_epoch(epoch, steps_per_epoch, figures, float(resume["seconds"]) if resume is not None else 0.0)
+    progress = bar(total, f"{cfg.name} epoch {epoch}", "batch", enabled=runtime.is_main, every=None)  # the epoch line is the log
+    if start:
+        progress.update(start)
     optimizer.zero_grad(set_to_none=True)
-    for i, raw in enumerate(loader):
+    for i, raw in enumerate(batches, start):
+        lr = cfg.lr * lr_factor(cfg, epoch + i // cfg.accum_steps / steps_per_epoch)
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(cfg, epoch + i // cfg.accum_steps / steps_per_epoch)
+            group["lr"] = lr
         batch = to_batch(raw, runtime)
-        last_micro = (i + 1) % cfg.accum_steps == 0 or i + 1 == len(loader)
+        last_micro = (i + 1) % cfg.accum_steps == 0 or i + 1 == total
         loss, logits, inputs = micro_step(cfg, net, batch, transform, scaler, runtime, sync_grads=last_micro)
         if last_micro:
             optimizer_step(optimizer, scaler)
@@ -380,6 +417,13 @@ def train_one_epoch(cfg, net, loader, optimizer, scaler, to_batch: BatchFn, runt
         if (i + 1) % LOG_EVERY == 0:
             mean_loss, acc, _ = figures.sync()
             progress.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{acc:.3f}")
+            if watch is not None:
+                watch.poll()
+        if last_micro and watch is not None and i + 1 < total:  # between optimizer steps: no gradient pending
+            if watch.line_due(figures.steps):
+                watch.line(figures.steps, figures, lr)
+            if watch.checkpoint_due():
+                watch.checkpoint(i + 1, figures)
     progress.close()
     loss, acc, seen = _reduce(runtime, *figures.sync())
     skips.report()

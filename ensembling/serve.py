@@ -1,7 +1,7 @@
 """An HTTP service over a trained work dir: the predictor is built once at start and every request
 shares it (one prediction at a time: a lock; the models are not re-entrant).
 
-    python -m ensembling.serve --work W [--source S] [--host 127.0.0.1] [--port 8000] [--top 5]
+    python -m ensembling.serve --work W [--source S] [--host 127.0.0.1] [--port 8000] [--topk 5]
 
     POST /predict   multipart form, field `images`: 1-4 photos of ONE product (the first is its main view)
                     -> {"source", "seconds", "top": [{"rank", "category_id", "score", "category_level1..3"}]}
@@ -20,22 +20,29 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import FastAPI, File, HTTPException, UploadFile
-from fastapi.responses import HTMLResponse
-
 from common.cli import parse_stage, run
 from common.errors import CorruptImageError, DataError
 
+try:  # the `serve` extra (pip install -e '.[serve]'); without it --help still works and main says what to install
+    from fastapi import FastAPI, File, HTTPException, UploadFile
+    from fastapi.responses import HTMLResponse
+except ImportError as e:  # pragma: no cover - requirements-serve.txt is in the test environment
+    FASTAPI_MISSING: ImportError | None = e
+    FastAPI = File = HTTPException = UploadFile = HTMLResponse = None
+else:
+    FASTAPI_MISSING = None
+
 MAX_IMAGES = 4  # the most a Cdiscount product has (every model saw at most 4)
 PAGE = Path(__file__).with_name("serve_page.html")
+DEPRECATED_FLAGS = {"--top": "--topk"}  # old name -> flag: still accepted, with one warning line (as ensembling.predict)
 
 
 @dataclass
 class ServeOptions:
     source: str = ""  # the source to serve ("": the stack, else the only blend)
-    host: str = "127.0.0.1"
-    port: int = 8000
-    top: int = 5  # categories returned per product
+    host: str = "127.0.0.1"  # the address to listen on (0.0.0.0: every interface)
+    port: int = 8000  # the TCP port
+    topk: int = 5  # categories returned per product
     max_image_mb: float = 10.0  # larger uploads are refused (413)
 
 
@@ -89,18 +96,20 @@ def build_app(predictor, top: int = 5, max_image_mb: float = 10.0):
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = parse_stage(argv, __doc__, ServeOptions, aliases=DEPRECATED_FLAGS)
+    opts = args.options
+    if FASTAPI_MISSING is not None:
+        raise DataError(f"the service needs the serve extra: pip install 'cdiscount-top3[serve]' (in the repo: pip install -e '.[serve]'): {FASTAPI_MISSING}")
     import uvicorn
 
     from .predict import Predictor
 
-    args = parse_stage(argv, __doc__, ServeOptions)
-    opts = args.options
     try:
         predictor = Predictor.from_work(args.work, opts.source or None)
     except DataError as e:
         raise SystemExit(f"serve: {e}") from None
     print(f"serving {predictor.source} of {args.work.root} on http://{opts.host}:{opts.port}/")
-    uvicorn.run(build_app(predictor, opts.top, opts.max_image_mb), host=opts.host, port=opts.port, log_level="info")
+    uvicorn.run(build_app(predictor, opts.topk, opts.max_image_mb), host=opts.host, port=opts.port, log_level="info")
 
 
 if __name__ == "__main__":

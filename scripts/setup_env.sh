@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create or reuse .venv, install requirements.txt when it changed, and the tesseract Debian
+# Create or reuse .venv, install requirements*.txt when one changed, and the tesseract Debian
 # packages when running as root. Sourced by run_all.sh and run_tests.sh.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,12 +12,15 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating virtual environment $VENV"
   "$PYTHON_BIN" -m venv "$VENV"
 fi
+# requirements.txt (what `pip install -e .` installs) and every extra's file (pyproject.toml):
+# the tests need all of them
+REQUIREMENTS=(requirements.txt requirements-dask.txt requirements-onnx.txt requirements-serve.txt requirements-test.txt)
 stamp="$VENV/.requirements.sha256"
-want="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
+want="$(cd "$ROOT" && cat "${REQUIREMENTS[@]}" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "[setup] installing requirements.txt into $VENV (first time: several GB for torch)"
+  echo "[setup] installing ${REQUIREMENTS[*]} into $VENV (first time: several GB for torch)"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements.txt"
+  "$VENV/bin/python" -m pip install -q "${REQUIREMENTS[@]/#/-r$ROOT/}"
   echo "$want" > "$stamp"
 fi
 

@@ -27,9 +27,10 @@ def test_lite0_weights_map_onto_timm_and_see_a_cat():
         probs = model(photo_batch(model)).softmax(-1)[0]
     top = int(probs.argmax())
     assert top in IMAGENET_CATS and float(probs[top]) > 0.5
-    random_init = create_model(ModelSpec("tf_efficientnet_lite0", 1000)).eval()
+    random_init = create_model(ModelSpec("tf_efficientnet_lite0", 1000)).eval()  # the control: the same net, no weights
     with torch.no_grad():
-        assert int(random_init(photo_batch(random_init)).argmax()) != top or float(random_init(photo_batch(random_init)).softmax(-1).max()) < 0.5
+        chance = random_init(photo_batch(random_init)).softmax(-1)[0]
+    assert float(chance[sorted(IMAGENET_CATS)].sum()) < 0.05  # five of 1000 classes: ~0.005 by chance; the weights make the cat
 
 
 def test_new_head_keeps_backbone_weights():

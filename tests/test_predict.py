@@ -42,7 +42,7 @@ def test_a_folder_of_test_products_gets_the_runs_own_top1_from_the_stack_and_eve
     work, _ = tiny_run
     products = _test_products_as_folder(work, tmp_path / "new")
     out, keep = tmp_path / "pred.csv", tmp_path / "kept"
-    main(["--work", str(work), "--folder", str(tmp_path / "new"), "--top", "3", "--out", str(out), "--keep", str(keep)])
+    main(["--work", str(work), "--folder", str(tmp_path / "new"), "--topk", "3", "--out", str(out), "--keep", str(keep)])
     frame = pd.read_csv(out)
     assert list(frame.columns) == CSV_COLUMNS and (frame.groupby("product").size() == 3).all()
     assert sorted(frame["product"].unique()) == sorted(p.product_id for p in products if p.images)

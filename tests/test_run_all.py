@@ -8,6 +8,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -47,6 +48,8 @@ def test_run_all_tiny_end_to_end_and_rerun(straight_run):
         assert (work / "preds" / source / "oof.npz").exists() and (work / "preds" / source / "test.npz").exists()
     assert (work / "report" / "index.html").exists() and (work / "report" / "leaderboard.csv").exists()
     assert "Final submission" in out
+    work = work.parent / "rerun"  # the reruns below rewrite outputs: on a copy, the shared run stays as it finished
+    shutil.copytree(straight_run[0], work, symlinks=True)
     again = run_all("--preset", "tiny", "--work", str(work))
     assert "folds.csv: up to date" in again and "== dylan: up to date" in again and "== report: up to date" in again
     only = run_all("--preset", "tiny", "--work", str(work), "--only", "stats", "--force")
@@ -58,23 +61,27 @@ def test_run_all_tiny_end_to_end_and_rerun(straight_run):
     # another seed regenerates the data and the index: the seed-0 folds (and every model on them)
     # used to be served against the new data; now the folds stage stops, naming the difference
     copy = work.parent / "reseeded"
-    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("*.pt"))  # the module's other tests keep the seed-0 work dir
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("*.pt"))
     reseeded = subprocess.run(["bash", str(REPO / "run_all.sh"), "--preset", "tiny", "--work", str(copy), "--seed", "1"],
                               cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert reseeded.returncode != 0 and "train_index" in reseeded.stderr and "--force" in reseeded.stderr
 
 
-# (stage, a line the stage logs while it runs, its done-file, a file that proves it was part-way)
-KILLS = (("dylan", "mini_lite0/fold0 epoch 1:", "preds/dylan/summary.json", "models/dylan/mini_lite0/fold0/last.pt"),
-         ("convoluted", "mini_base_lite0/fold1 epoch 0:", "preds/convoluted/summary.json", "models/convoluted/mini_base_lite0/fold0/oof.npz"),
-         ("ocr", "INFO OCR: ", "preds/ocr/summary.json", "ocr/cache.sqlite3"),
-         ("stack", "stacker CV: 1 fold", "preds/stack/summary.json", None))
+# (stage, a line the stage logs while it runs, its outputs (removed from the copy), a file that proves it was part-way,
+#  the files that must equal the uninterrupted run's)
+KILLS = (("dylan", "dylan_mini_lite0 fold 0 epoch 2/", ("models/dylan", "preds/dylan", "preds/dylan_mini_lite0"), "models/dylan/mini_lite0/fold0/last.pt",
+          ("submissions/dylan.csv.gz",)),
+         ("convoluted", "convoluted_mini_base_lite0 fold 1 epoch 1/", ("models/convoluted", "features/convoluted", "preds/convoluted",
+                                                           *(f"preds/convoluted_mini_{m}" for m in ("base_lite0", "fuse_gated", "fuse_max", "rankcount_lite0"))),
+          "models/convoluted/mini_base_lite0/fold0/oof.npz", ("submissions/convoluted.csv.gz",)),
+         ("ocr", "INFO OCR: ", ("preds/ocr", "ocr"), "ocr/cache.sqlite3", ("preds/ocr/oof.npz", "preds/ocr/test.npz")),
+         ("stack", "stacker CV: 1 fold", ("preds/stack", "stack"), None, ("submissions/stack.csv.gz",)))
 
 
-def _run_until_killed(work: Path, marker: str) -> tuple[str, bool]:
+def _run_until_killed(work: Path, marker: str, *args: str) -> tuple[str, bool]:
     """Start run_all.sh; SIGKILL its whole process group the moment a log line holds `marker`.
     Returns what it printed and whether the marker was seen (and the kill sent)."""
-    proc = subprocess.Popen(["bash", str(REPO / "run_all.sh"), "--preset", "tiny", "--work", str(work)], cwd=REPO,
+    proc = subprocess.Popen(["bash", str(REPO / "run_all.sh"), "--preset", "tiny", "--work", str(work), *args], cwd=REPO,
                             env={**_env(), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     seen, killed = [], False
@@ -89,26 +96,33 @@ def _run_until_killed(work: Path, marker: str) -> tuple[str, bool]:
     return "".join(seen), killed
 
 
-def test_run_all_killed_inside_stages_and_restarted_gives_the_same_submissions(straight_run, tmp_path):
-    """SIGKILLed while a stage runs (on a line it logs part-way: mid-fold in dylan and convoluted,
-    after the OCR read, mid stacker CV), each time restarted: the stage's output was absent at the
-    kill (the kill landed inside it), the last run finishes and every submission equals the
-    uninterrupted run's, row for row."""
+@pytest.mark.parametrize("stage, marker, outputs, part_way, same", KILLS, ids=[k[0] for k in KILLS])
+def test_run_all_killed_inside_a_stage_and_restarted_gives_the_same_outputs(straight_run, tmp_path, stage, marker, outputs, part_way, same):
+    """On a copy of the shared run without the stage's outputs: run_all.sh --only STAGE SIGKILLed
+    on a line the stage logs part-way (mid-fold in dylan and convoluted, after the OCR read, mid
+    stacker CV), its output absent at the kill (the kill landed inside it), then restarted: the
+    stage resumes and what it writes equals the uninterrupted run's (submissions row for row, predictions exactly)."""
     straight, _ = straight_run
     work = tmp_path / "work"
-    work.mkdir()
-    shutil.copytree(straight / "mini", work / "mini")  # the same generated data (the data stage reuses it)
-    for stage, marker, done_file, part_way in KILLS:
-        seen, killed = _run_until_killed(work, marker)
-        assert killed, f"run_all never logged {marker!r} in {stage}:\n{seen[-3000:]}"
-        assert not (work / done_file).exists(), f"the kill landed after {stage} finished"
-        assert part_way is None or (work / part_way).exists(), f"{part_way}: {stage} was not part-way"
-    out = run_all("--preset", "tiny", "--work", str(work))
-    assert "== dylan: up to date" in out and "Final submission" in out
-    for solution in SUBMISSIONS:
-        a = pd.read_csv(straight / "submissions" / f"{solution}.csv.gz")
-        b = pd.read_csv(work / "submissions" / f"{solution}.csv.gz")
-        pd.testing.assert_frame_equal(a, b, obj=solution)
+    shutil.copytree(straight, work, symlinks=True)
+    for out in outputs:
+        shutil.rmtree(work / out, ignore_errors=True)
+    for f in same:
+        (work / f).unlink(missing_ok=True)
+    seen, killed = _run_until_killed(work, marker, "--only", stage)
+    assert killed, f"run_all never logged {marker!r} in {stage}:\n{seen[-3000:]}"
+    assert not any((work / f).exists() for f in same), f"the kill landed after {stage} finished"
+    assert part_way is None or (work / part_way).exists(), f"{part_way}: {stage} was not part-way"
+    out = run_all("--preset", "tiny", "--work", str(work), "--only", stage)
+    assert f"== {stage}:" in out
+    for f in same:
+        if f.endswith(".csv.gz"):
+            pd.testing.assert_frame_equal(pd.read_csv(straight / f), pd.read_csv(work / f), obj=f)
+        else:
+            from common.predictions import load_topk
+
+            a, b = load_topk(straight / f), load_topk(work / f)
+            assert all(np.array_equal(getattr(a, x), getattr(b, x)) for x in ("ids", "labels", "probs")), f
 
 
 def test_run_all_holdout_protocol_end_to_end(tmp_path):

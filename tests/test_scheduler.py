@@ -106,7 +106,7 @@ def test_a_scheduled_run_killed_mid_recipe_and_rerun_finishes(tiny_run, schedule
     proc = subprocess.Popen(["bash", str(REPO / "run_all.sh"), "--preset", "tiny", "--work", str(work), "--gpus-per-recipe", "1", "--scheduler",
                              "local:2"], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     log, deadline = work / "logs" / "dylan_mini_lite0.log", time.time() + 600
-    while time.time() < deadline and not (log.exists() and "mini_lite0/fold0 epoch 1:" in log.read_text(errors="replace")):
+    while time.time() < deadline and not (log.exists() and "dylan_mini_lite0 fold 0 epoch 2/" in log.read_text(errors="replace")):
         assert proc.poll() is None, "the run ended before the kill"
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)

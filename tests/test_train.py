@@ -1,7 +1,9 @@
 """Training core: schedules, full recipes step once, exact resume, fold OOF/test coverage, submission."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -73,14 +75,16 @@ def test_masked_loss_ignores_invalid():
     assert masked_cross_entropy(logits, target, valid, 0.0) == pytest.approx(masked_cross_entropy(logits[:2], target[:2], valid[:2], 0.0))
 
 
-def _fit(tmp, work, cfg):
+def _fit(tmp, work, cfg, loaders=None):
     data = load_fold_data(WorkDir(work))
     torch.manual_seed(cfg.seed)
-    model = create_model(ModelSpec(cfg.model, len(data.tree)))
+    model = create_model(ModelSpec(cfg.model, len(data.tree), None, cfg.drop_rate))  # dropout draws from the RNG a resume restores
     mean, std = normalization(model)
     train_rows, val_rows = data.rows(0)
     make = lambda rows, train: ImageDataset(data.train, image_table(data.train.index.n_imgs, rows), data.labels[rows], cfg.input_size, hflip=train)  # noqa: E731
     train, val = train_loader(make(train_rows, True), cfg, CPU, collate_images), eval_loader(make(val_rows, False), cfg, CPU, collate_images)
+    if loaders is not None:
+        loaders.append(train)
     trained = fit(cfg, model, train, val, image_batch(mean, std, False), tmp, CPU)
     assert trained is model  # the model in memory is the trained one: nothing reloads last.pt
     return model
@@ -95,6 +99,238 @@ def test_resume_continues_exactly(tiny_work, tmp_path):
         assert torch.equal(a, b), name
     history = pd.read_csv(tmp_path / "b" / "summary.csv")
     assert history["epoch"].tolist() == [0, 1] and history.equals(pd.read_csv(tmp_path / "a" / "summary.csv").assign(seconds=history["seconds"], samples_per_s=history["samples_per_s"]))
+
+
+QUIET = dict(log_every_steps=0, log_every_seconds=0.0, log_epoch_parts=0)  # no progress line within an epoch
+DATED = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+STEP_LINE = re.compile(DATED + r" test_tiny epoch (\d)/\d step (\d+)/(\d+) \(\d+ %\), epoch ETA \d+:\d\d:\d\d: [\d,]+ img/s, "
+                       r"loss \d+\.\d{4} acc [01]\.\d{4}, lr \d\.\d\de-\d\d$")
+EPOCH_LINE = re.compile(DATED + r" test_tiny epoch (\d)/\d done in \d+:\d\d:\d\d: train loss \d+\.\d{4} acc [01]\.\d{4}, "
+                        r"val loss \d+\.\d{4} acc [01]\.\d{4}, lr \d\.\d\de-\d\d, [\d,]+ img/s$")
+
+
+def _messages(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "cdiscount"]
+
+
+def test_progress_lines_within_an_epoch_are_dated_with_rate_loss_lr_and_eta(tiny_work, tmp_path, caplog):
+    """log_every_steps=2: a short dated line at steps 2, 4, ... of each epoch (not at its last step:
+    the epoch line follows, dated too and no dict repr); with every cadence off, the epoch lines only."""
+    caplog.set_level("INFO", logger="cdiscount")
+    loaders = []
+    _fit(tmp_path / "a", tiny_work, small_cfg(epochs=2, **{**QUIET, "log_every_steps": 2}), loaders)
+    steps = len(loaders[0])  # accumulation 1: one optimizer step per batch
+    assert steps >= 5
+    lines = [m for m in _messages(caplog) if STEP_LINE.match(m)]
+    assert [(int(STEP_LINE.match(m)[1]), int(STEP_LINE.match(m)[2]), int(STEP_LINE.match(m)[3])) for m in lines] == \
+        [(e, k, steps) for e in (1, 2) for k in range(2, steps, 2)], _messages(caplog)
+    epochs = [m for m in _messages(caplog) if " done in " in m]
+    assert len(epochs) == 2 and all(EPOCH_LINE.match(m) for m in epochs) and not any("{" in m for m in epochs), epochs
+    assert all(len(m) < 160 for m in lines + epochs)
+    caplog.clear()
+    _fit(tmp_path / "b", tiny_work, small_cfg(epochs=1, **{**QUIET, "log_epoch_parts": 2}), loaders)  # half-way: one line
+    assert [int(STEP_LINE.match(m)[2]) for m in _messages(caplog) if STEP_LINE.match(m)] == [steps // 2 + steps % 2]
+    caplog.clear()
+    _fit(tmp_path / "c", tiny_work, small_cfg(epochs=1, **QUIET))
+    assert not any(STEP_LINE.match(m) for m in _messages(caplog)) and sum(bool(EPOCH_LINE.match(m)) for m in _messages(caplog)) == 1
+
+
+def test_a_progress_line_rates_and_eta_cover_the_steps_since_its_start_or_resume(caplog):
+    """The ETA extrapolates the epoch's steps trained in this process (a resumed epoch: those since
+    the resume); img/s and the loss cover the steps since the previous line, over every rank."""
+    import time as clock
+    from types import SimpleNamespace
+
+    from common.progress import Watch
+
+    class Figures(SimpleNamespace):
+        def totals(self):
+            return self.sums
+
+    cfg = small_cfg(epochs=3, checkpoint_minutes=0.0)
+    caplog.set_level("INFO", logger="cdiscount")
+    watch = Watch(cfg, "dylan_x fold 1", is_main=True, world=2)
+    figures = Figures(steps=20, fed=640, tiles=640, sums=(40.0, 320.0, 640))  # resumed at step 20 of 100
+    watch.start_epoch(1, 100, figures, seconds=999.0)
+    watch.t0 = watch.t_line = clock.monotonic() - 10.0  # 10 steps in 10 s since
+    figures.steps, figures.fed, figures.tiles, figures.sums = 30, 960, 960, (40.0 + 320 * 0.5, 320.0 + 160, 960)
+    watch.line(30, figures, 2.5e-4)
+    (message,) = _messages(caplog)
+    assert message.endswith("dylan_x fold 1 epoch 2/3 step 30/100 (30 %), epoch ETA 0:01:10: 64 img/s, loss 0.5000 acc 0.5000, lr 2.50e-04"), message
+    assert re.match(DATED + " ", message)
+
+
+def test_run_label_names_the_source_fold_and_part():
+    from common.progress import run_label
+
+    cfg = small_cfg(solution="bestfitting", name="strip")
+    assert run_label(cfg, REPO / "work/models/bestfitting/strip/fold1/k2") == "bestfitting_strip fold 1 k2"
+    assert run_label(cfg, REPO / "work/models/bestfitting/strip/fold0") == "bestfitting_strip fold 0"
+    assert run_label(small_cfg(solution=""), REPO / "elsewhere") == "tiny"
+
+
+def test_epochs_jsonl_holds_one_dated_object_per_epoch_matching_summary_csv(tiny_work, tmp_path):
+    from datetime import datetime
+
+    _fit(tmp_path, tiny_work, small_cfg(epochs=2, **QUIET))
+    _fit(tmp_path, tiny_work, small_cfg(epochs=3, **QUIET))  # resumed: rewritten whole, no epoch twice
+    records = [json.loads(line) for line in (tmp_path / "epochs.jsonl").read_text().splitlines()]
+    csv_rows = pd.read_csv(tmp_path / "summary.csv")
+    assert len(records) == 3 == len(csv_rows) and [r["epoch"] for r in records] == [0, 1, 2]
+    dates = [datetime.fromisoformat(r["date"]) for r in records]
+    assert all(d.tzinfo is not None for d in dates) and dates == sorted(dates)
+    assert list(records[0]) == ["date", *csv_rows.columns]  # the CSV's columns, in its order, after the date
+    pd.testing.assert_frame_equal(pd.DataFrame(records).drop(columns="date"), csv_rows, check_dtype=False)
+
+
+class _Stop(Exception):
+    """Stands in for a kill right after a mid-epoch checkpoint was written."""
+
+
+def test_a_mid_epoch_checkpoint_resumes_at_its_step_and_ends_as_the_uninterrupted_run(tiny_work, tmp_path, monkeypatch, caplog):
+    """checkpoint_minutes tiny: step.pt at every optimizer step. Stopped right after the one at
+    epoch 1 step 2, the rerun starts there (only the remaining batches are trained) and ends with
+    the uninterrupted run's weights, tensor for tensor, and its summary rows (dropout and flips: RNG
+    and sample seeds as if never stopped; the epoch's running figures carried over)."""
+    import common.train as train_mod
+    from common.train import load_checkpoint
+
+    cfg = dict(epochs=2, drop_rate=0.2, **QUIET)
+    loaders = []
+    straight = _fit(tmp_path / "a", tiny_work, small_cfg(**cfg, checkpoint_minutes=0.0), loaders)
+    steps = len(loaders[0])
+    assert not (tmp_path / "a" / "step.pt").exists()
+    real_save, saved = train_mod.save_checkpoint, []
+
+    def save_then_stop(path, state):
+        real_save(path, state)
+        if path.name == "step.pt":
+            saved.append((state["epoch"], state["step"], state["batch"]))
+            if (state["epoch"], state["step"]) == (1, 2):
+                raise _Stop
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_stop)
+    with pytest.raises(_Stop):
+        _fit(tmp_path / "b", tiny_work, small_cfg(**cfg, checkpoint_minutes=1e-9))
+    assert saved == [(0, k, k) for k in range(1, steps)] + [(1, 1, 1), (1, 2, 2)]  # every step but an epoch's last (last.pt then)
+    state = load_checkpoint(tmp_path / "b" / "step.pt")  # weights_only
+    assert (state["epoch"], state["step"], state["steps"], state["world"]) == (1, 2, steps, 1) and len(state["history"]) == 1
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 0
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    trained = []
+    real_step = train_mod.micro_step
+    monkeypatch.setattr(train_mod, "micro_step", lambda *a, **k: (trained.append(1), real_step(*a, **k))[1])
+    caplog.set_level("INFO", logger="cdiscount")
+    resumed = _fit(tmp_path / "b", tiny_work, small_cfg(**cfg, checkpoint_minutes=0.0))  # a cadence is not the recipe: resumes
+    assert f"step.pt at epoch 1 step 2/{steps}" in "\n".join(_messages(caplog))
+    assert len(trained) == steps - 2  # the rest of epoch 1, nothing more
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    a, b = (pd.read_csv(tmp_path / d / "summary.csv") for d in ("a", "b"))
+    pd.testing.assert_frame_equal(b.drop(columns=["seconds", "samples_per_s"]), a.drop(columns=["seconds", "samples_per_s"]))
+    assert not (tmp_path / "b" / "step.pt").exists()  # its epoch's last.pt is further on
+
+
+def test_a_mid_epoch_checkpoint_of_another_batch_split_restarts_its_epoch(tiny_work, tmp_path, monkeypatch, caplog):
+    """A step.pt taken with another micro-batch (a rerun on another GPU count) cannot place its step
+    in this run's batches: the epoch restarts from last.pt, saying so; one of another recipe is refused."""
+    import common.train as train_mod
+
+    real_save = train_mod.save_checkpoint
+
+    def stop_at_step_2(path, state):
+        real_save(path, state)
+        if path.name == "step.pt" and state["step"] == 2:
+            raise _Stop
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", stop_at_step_2)
+    with pytest.raises(_Stop):
+        _fit(tmp_path, tiny_work, small_cfg(epochs=1, checkpoint_minutes=1e-9, **QUIET))
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    with pytest.raises(DataError, match=r"step.pt: a checkpoint of another recipe \(lr: 0.003 -> 0.01\)"):
+        _fit(tmp_path, tiny_work, small_cfg(epochs=1, lr=1e-2, **QUIET))
+    caplog.set_level("INFO", logger="cdiscount")
+    _fit(tmp_path, tiny_work, small_cfg(epochs=1, batch_size=4, accum_steps=2, **QUIET))
+    text = "\n".join(_messages(caplog))
+    assert "micro-batch 8 x 1 accumulation steps, this run has 1 x 4 x 2" in text and "epoch 0 restarts from its beginning" in text
+    assert not (tmp_path / "step.pt").exists() and len(pd.read_csv(tmp_path / "summary.csv")) == 1
+
+
+def test_watch_fields_never_make_a_finished_fold_or_a_checkpoint_another_recipe(tiny_work, tmp_path):
+    """A fold trained before the logging / checkpoint fields existed (its config.yaml and last.pt
+    without them) is still this recipe's: skipped when finished, resumed when not."""
+    import yaml
+
+    from common.config import REUSE_IGNORES
+    from common.train import load_checkpoint, save_checkpoint
+
+    new = {"log_every_steps", "log_every_seconds", "log_epoch_parts", "checkpoint_minutes", "tensorboard"}
+    assert new <= REUSE_IGNORES
+    work = WorkDir(tiny_work)
+    run_recipe(small_cfg(solution="dylan", name="watch", epochs=1, folds=[0]), work, IMAGE)
+    fold = work.model_dir("dylan", "watch", 0)
+    saved = yaml.safe_load((fold / "config.yaml").read_text())
+    (fold / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in saved.items() if k not in new}, sort_keys=False))
+    stamp = (fold / "oof.npz").stat().st_mtime_ns
+    changed = dict(log_every_steps=7, log_every_seconds=5.0, log_epoch_parts=0, checkpoint_minutes=1.0, tensorboard=True)
+    run_recipe(small_cfg(solution="dylan", name="watch", epochs=1, folds=[0], **changed), work, IMAGE)
+    assert (fold / "oof.npz").stat().st_mtime_ns == stamp  # skipped (with tensorboard asked for: nothing trained)
+    _fit(tmp_path, tiny_work, small_cfg(epochs=1))
+    state = load_checkpoint(tmp_path / "last.pt")
+    save_checkpoint(tmp_path / "last.pt", {**state, "config": {k: v for k, v in state["config"].items() if k not in new}})
+    _fit(tmp_path, tiny_work, small_cfg(epochs=2, **{**changed, "tensorboard": False}))  # resumed, not refused
+    assert pd.read_csv(tmp_path / "summary.csv")["epoch"].tolist() == [0, 1]
+    with pytest.raises(DataError, match="checkpoint_minutes=-1"):
+        small_cfg(checkpoint_minutes=-1)
+
+
+def test_tensorboard_without_its_package_is_one_line_before_any_step(tiny_work, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as where tensorboard is not installed
+    with pytest.raises(DataError, match=r"^--tensorboard needs the tensorboard package, which is not installed: pip install tensorboard$"):
+        _fit(tmp_path, tiny_work, small_cfg(epochs=1, tensorboard=True))
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_tensorboard_gets_the_progress_lines_and_epochs_scalars(tiny_work, tmp_path, monkeypatch):
+    """What the SummaryWriter is handed (a recording stand-in, so this runs without tensorboard)."""
+    import common.train as train_mod
+
+    writers = []
+
+    class Recorder:
+        def __init__(self, log_dir, purge_step=None):
+            self.log_dir, self.purge_step, self.scalars, self.closed = log_dir, purge_step, [], False
+            writers.append(self)
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(train_mod, "summary_writer_class", lambda: Recorder)  # fit's name for it
+    loaders = []
+    _fit(tmp_path, tiny_work, small_cfg(epochs=1, tensorboard=True, **{**QUIET, "log_every_steps": 2}), loaders)
+    steps = len(loaders[0])
+    (w,) = writers
+    assert w.log_dir == str(tmp_path / "tensorboard") and w.purge_step is None and w.closed
+    assert [s for t, s in w.scalars if t == "train/loss"] == list(range(2, steps, 2))
+    assert {t for t, _ in w.scalars} == {"train/loss", "train/acc", "train/lr", "train/img_per_s", "epoch/train_loss", "epoch/train_acc",
+                                          "epoch/val_loss", "epoch/val_acc", "epoch/lr", "epoch/samples_per_s"}
+    assert {s for t, s in w.scalars if t.startswith("epoch/")} == {steps}
+    _fit(tmp_path, tiny_work, small_cfg(epochs=2, tensorboard=True, **QUIET))  # resumed: the lost run's later events are dropped
+    assert writers[-1].purge_step == steps
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is not installed (not a requirement)")
+def test_tensorboard_writes_event_files_in_the_fold_dir(tiny_work, tmp_path):
+    _fit(tmp_path, tiny_work, small_cfg(epochs=1, tensorboard=True, **{**QUIET, "log_every_steps": 2}))
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_corrupt_checkpoint_is_named(tiny_work, tmp_path):
@@ -218,6 +454,66 @@ def test_ddp_under_torchrun_two_cpu_processes(tiny_work, tmp_path):
     train_rows, _ = load_fold_data(work).rows(0)
     n_images = int(load_fold_data(work).train.index.n_imgs[train_rows].sum())
     assert history["samples"].iloc[0] == (n_images // 2 // 8) * 8 * 2  # both ranks' samples, equal shards of whole batches
+
+
+DDP_HOOK = """import os, sys
+import common.train as t
+t.LOG_EVERY = 1  # the loop's syncs at every micro-step: rank 0's clock is asked (broadcast) at each
+stop, real = os.environ.get("STOP_AT"), t.save_checkpoint
+def save(path, state):
+    real(path, state)
+    if path.name == "step.pt" and f"{state['epoch']}:{state['step']}" == stop:
+        os._exit(3)  # rank 0 dies right after writing it; torchrun ends rank 1
+t.save_checkpoint = save
+from common.cli import run
+from solutions.dylan.train import main
+run(lambda: main(sys.argv[1:]))
+"""
+
+
+def test_ddp_mid_epoch_checkpoint_gathers_every_rank_and_resumes_to_the_same_weights(tiny_work, tmp_path):
+    """Under torchrun (2 gloo processes): rank 0's clock decides for both, both ranks' running
+    figures go into step.pt; killed after the one at epoch 1 step 2, the rerun goes on from there and
+    ends with the weights and summary rows of a run never stopped (which checkpointed as often)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from common.train import load_checkpoint
+
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "ddp_watch.py").write_text(DDP_HOOK)
+    recipe = tmp_path / "ddpw.yaml"
+    recipe.write_text("solution: dylan\nname: ddpw\nmodel: resnet10t\ninput_size: 32\nepochs: 2\nbatch_size: 8\nnum_workers: 0\ndrop_rate: 0.2\n"
+                      "lr: 3.0e-3\namp: none\ntopk: 5\neval_batch_size: 16\nfolds: [0]\ncheckpoint_minutes: 1.0e-9\nlog_every_steps: 1\n")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{tmp_path / 'hook'}{os.pathsep}{REPO}"}
+
+    def train(work, *flags, stop=""):
+        return subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "ddp_watch", "--config", str(recipe), "--work", str(work),
+                               *flags], cwd=REPO, env={**env, "STOP_AT": stop}, capture_output=True, text=True, timeout=300)
+
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    shutil.copytree(tiny_work, straight)
+    shutil.copytree(tiny_work, stopped)
+    done = train(straight)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert train(stopped, stop="1:2").returncode != 0
+    fold_a, fold_b = (WorkDir(w).model_dir("dylan", "ddpw", 0) for w in (straight, stopped))
+    state = load_checkpoint(fold_b / "step.pt")
+    assert (state["epoch"], state["step"], state["world"]) == (1, 2, 2) and state["figures"].shape[0] == 2  # a row per rank
+    assert state["figures"][:, 5].tolist() == [2.0, 2.0]  # each rank's optimizer steps so far
+    done = train(stopped, "--checkpoint-minutes", "0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"step.pt at epoch 1 step 2/{state['steps']}" in done.stderr
+    assert re.search(DATED + r" dylan_ddpw fold 0 epoch 2/2 step 3/", done.stderr)
+    a, b = (load_checkpoint(f / "last.pt")["model"] for f in (fold_a, fold_b))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ha, hb = (pd.read_csv(f / "summary.csv").drop(columns=["seconds", "samples_per_s"]) for f in (fold_a, fold_b))
+    pd.testing.assert_frame_equal(ha, hb)
+    assert not (fold_a / "step.pt").exists() and not (fold_b / "step.pt").exists()
 
 
 def test_device_decode_path_matches_worker_path(write_bson):

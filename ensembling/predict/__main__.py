@@ -1,16 +1,17 @@
 """Classify new products with a trained work dir (the stack by default), or export one CNN to ONNX.
 
-    python -m ensembling.predict --work W --folder DIR [--source NAME] [--top K] [--out FILE]
+    python -m ensembling.predict --work W --folder DIR [--source NAME] [--topk K] [--out FILE]
     python -m ensembling.predict --work W --bson FILE          # products in the Kaggle layout
     python -m ensembling.predict --work W --images A.jpg B.jpg # one product, its images in order
     python -m ensembling.predict --work W --export-onnx MODEL --out model.onnx [--fold K]
 
-DIR holds one subfolder per product (its name), its images taken in file-name order. The CSV
-(stdout unless --out) has K rows per product: product,rank,category_id,score,category_level1,
-category_level2,category_level3. --source is any source of the work dir (`python -m
-ensembling.predict --work W --list-sources` names them): a model, a solution or team blend, or `stack`,
-which loads every stacked source, the MD5 dictionary, OCR's text models and the trained stacker once
-and runs them on the new products in memory. The stages' own messages go to stderr.
+DIR holds one subfolder per product (its name), its images taken in file-name order. The CSV (stdout
+unless --out) has K rows per product (--topk K; --top, its old name, still works with a warning):
+product,rank,category_id,score,category_level1,category_level2,category_level3. --source is any
+source of the work dir (`python -m ensembling.predict --work W --list-sources` names them): a model,
+a solution or team blend, or `stack`, which loads every stacked source, the MD5 dictionary, OCR's
+text models and the trained stacker once and runs them on the new products in memory. The stages'
+own messages go to stderr.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from common.cli import parse_stage, run
 from common.errors import DataError
 
+DEPRECATED_FLAGS = {"--top": "--topk"}  # old name -> flag: still accepted, with one warning line (train and stack say --topk)
+
 
 @dataclass
 class PredictOptions:
@@ -27,7 +30,7 @@ class PredictOptions:
     bson: str = ""  # a BSON file in the Kaggle layout (products named by _id)
     images: list[str] = field(default_factory=list)  # the images of one product, in order
     source: str = ""  # default: stack (when the work dir has one)
-    top: int = 5  # rows per product
+    topk: int = 5  # rows per product (the K best categories)
     out: str = ""  # the CSV (default: stdout); with --export-onnx the .onnx file
     export_onnx: str = ""  # a model source (e.g. dylan_mini_lite0) to export as ONNX instead of predicting
     fold: int = -1  # the fold model to export (-1: the source's first fold)
@@ -61,7 +64,7 @@ def list_sources_of(work) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_stage(argv, __doc__, PredictOptions)
+    args = parse_stage(argv, __doc__, PredictOptions, aliases=DEPRECATED_FLAGS)
     opts, work = args.options, args.work
     if opts.list_sources:
         return list_sources_of(work)
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     products = read_products(opts)
     predictor = Predictor.from_work(work, opts.source or None)
     print(f"predicting {len(products)} products with {predictor.describe()}", file=sys.stderr)
-    frame = predictor.predict_products(products, opts.top, opts.keep or None)
+    frame = predictor.predict_products(products, opts.topk, opts.keep or None)
     if opts.out:
         frame.to_csv(opts.out, index=False)
         print(f"wrote {opts.out}: {frame['product'].nunique()} products, {len(frame)} rows", file=sys.stderr)
