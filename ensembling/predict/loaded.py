@@ -26,9 +26,9 @@ import numpy as np
 from common.bson_reader import MemoryReader
 from common.errors import DataError
 from common.paths import WorkDir
-from common.predictions import TopK
+from common.predictions import TopK, average_topk, power_mean
 from common.sources import SourceInfo
-from common.workdata import FoldData
+from common.workdata import FoldData, load_fold_data
 
 from .plan import recipe_of, side_source, stage_hint
 
@@ -50,8 +50,6 @@ class Context:
 
     @classmethod
     def open(cls, work: WorkDir) -> "Context":
-        from common.workdata import load_fold_data
-
         tmp = tempfile.TemporaryDirectory(prefix="cdiscount_predictor_", dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
         return cls(work, load_fold_data(work), None, WorkDir(tmp.name), tmp)
 
@@ -93,8 +91,6 @@ class LoadedModel:
         self.ctx, self.FoldJob = ctx, FoldJob
 
     def predict(self, reader: MemoryReader, inputs: dict[str, TopK]) -> TopK:
-        from common.predictions import average_topk
-
         data, parts = dataclasses.replace(self.ctx.data, test=reader), []
         for fold, models in self.folds:
             self.torch.manual_seed(self.cfg.seed * 1000 + fold)  # as the fold's own run seeded it (random TTA crops)
@@ -114,8 +110,6 @@ class LoadedBlend:
         self.topk = int(info.summary.get("topk", BlendOptions().topk))
 
     def predict(self, reader: MemoryReader, inputs: dict[str, TopK]) -> TopK:
-        from common.predictions import power_mean
-
         return power_mean([inputs[m] for m in self.members], self.topk, self.weights, self.power)
 
 

@@ -71,5 +71,5 @@ def side_source(info: SourceInfo) -> SideSource:
     """How the side source loads what its stage fitted (registered by ocr/, md5/: common.registry)."""
     known = side_sources()
     if info.name not in known:
-        raise DataError(f"side source {info.name}: no stage known to rebuild it (known: {sorted(known)})")
+        raise DataError(f"side source {info.name}: no stage registers a loader for it (known: {sorted(known)})")
     return known[info.name]
