@@ -5,7 +5,8 @@ dask scheduler each node's host is in the header of its log); the report shows i
 number, and `python -m ensembling.report --readme` puts it under the README's tables. Why it matters:
 the same code, data and seed give the same figures, float for float, on the same CPU kind (CPU model,
 torch's CPU capability, thread count, torch version); another CPU kind runs other SIMD kernels, which
-round differently, and the trained models, hence every accuracy, move.
+round differently, and the trained models, hence every accuracy, move. What the run took per stage is
+read back from the runner's logs (stage_times: WORK/logs/NODE.log).
 
     python -m common.machine            # this machine, as JSON
 """
@@ -162,7 +163,7 @@ def read_machine(root: str | os.PathLike) -> dict | None:
 # ----------------------------------------------------------------------------- what the run took (from its logs)
 
 ORDER = ("data", "index", "folds", "stats", "ocr", "md5", "stack", "report")  # ties of one second: the graph's order
-LOG_HEADER = re.compile(r"^=== (?P<name>.+?): (?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) on (?P<host>\S+?)(?: GPUs [\d,]+)?: ", re.M)
+LOG_HEADER = re.compile(r"^=== (?P<name>.+?): (?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) on (?P<host>\S+?)(?: GPUs [\d,]+)?: ", re.MULTILINE)
 
 
 def log_runs(root: str | os.PathLike) -> list[dict]:
@@ -211,7 +212,7 @@ def stage_times(root: str | os.PathLike) -> list[dict]:
 
 def duration(seconds: float) -> str:
     """12 s, 5 min 03 s, 1 h 02 min."""
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 1:
         return "< 1 s"
     if s < 60:
