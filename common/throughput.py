@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError
+from .atomic import write_json
 from .paths import REPO
 
 DEFAULT_THROUGHPUT = REPO / "bench" / "results" / "gpu_throughput.json"
@@ -94,9 +97,46 @@ class Net:
     features: int  # width of the pooled features (the 2nd place's feature stores)
 
 
+COSTS_FILE = REPO / "common" / "resources" / "network_costs.json"  # `python -m common.throughput --write-costs` writes it
+COUNTED: dict[str, Net] = {}  # what this process counted itself (what --write-costs saves)
+READ_SAVED = True  # False while --write-costs counts everything
+
+
+def library_versions() -> dict[str, str]:
+    """timm's and torch's versions (from their package metadata: nothing imported): what a count depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return ""
+
+    return {"timm": of("timm"), "torch": of("torch"), "n_classes": str(N_CLASSES)}
+
+
+@functools.lru_cache(maxsize=1)
+def counted_table() -> dict[str, Net]:
+    """The saved counts when they were made with this timm, torch and class count; else {} (everything
+    is counted again: a new timm may change an architecture)."""
+    if not COSTS_FILE.exists():
+        return {}
+    data = json.loads(COSTS_FILE.read_text())
+    if data.get("versions") != library_versions():
+        return {}
+    return {key: Net(float(v["flops"]), int(v["params"]), int(v["features"])) for key, v in data["networks"].items()}
+
+
 @functools.lru_cache(maxsize=None)
 def network(model: str, size: int = 180) -> Net:
-    """Counted by torch.utils.flop_counter on the meta device: no weights, no memory, well under a second."""
+    """FLOPs, parameters and feature width of a timm network at an input size: from the saved table
+    (common/resources/network_costs.json: the plan then imports neither torch nor timm and takes
+    seconds, not the half minute of counting its ~50 networks), else counted now."""
+    return (counted_table().get(f"{model}@{size}") if READ_SAVED else None) or count_network(model, size)
+
+
+def count_network(model: str, size: int) -> Net:
+    """Counted by torch.utils.flop_counter on the meta device: no weights, no memory, about a second."""
     import timm
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -105,7 +145,47 @@ def network(model: str, size: int = 180) -> Net:
         net = timm.create_model(model, pretrained=False, num_classes=N_CLASSES)
         with FlopCounterMode(display=False) as counter:
             net(torch.empty(1, 3, size, size))
-    return Net(float(counter.get_total_flops()), sum(p.numel() for p in net.parameters()), int(net.num_features))
+    COUNTED[f"{model}@{size}"] = found = Net(float(counter.get_total_flops()), sum(p.numel() for p in net.parameters()), int(net.num_features))
+    return found
+
+
+def write_costs(profiles: tuple[str, ...] = ("full", "mini"), gpus: tuple[int, ...] = (1, 8)) -> Path:
+    """Count every network the plan asks for (each profile, both kinds of speeds, nothing measured)
+    and save the table: run again when a recipe names a new network or size (a missing entry is
+    only slower: counted when asked)."""
+    import tempfile
+
+    from .paths import WorkDir
+    from .plan import PlanOptions, plan
+
+    with tempfile.TemporaryDirectory() as tmp:
+        unmeasured = Path(tmp) / "unmeasured.json"
+        unmeasured.write_text('{"recipes": {}}')
+        global READ_SAVED
+        READ_SAVED = False
+        network.cache_clear()
+        try:
+            for profile, speeds, n in [(p, s, n) for p in profiles for s in SPEEDS for n in gpus]:
+                plan(PlanOptions(profile=profile, gpus=n, speeds=speeds, throughput=str(unmeasured)), WorkDir(Path(tmp) / "work"))
+        finally:
+            READ_SAVED = True
+            counted_table.cache_clear()
+            network.cache_clear()
+    table = {"versions": library_versions(), "what": "per timm network at an input size (model@size): FLOPs (2 x multiply-adds) of one "
+             "forward pass of one image, parameters, pooled feature width; counted by torch.utils.flop_counter on the meta device",
+             "written_by": "python -m common.throughput --write-costs", "networks": {k: dataclasses.asdict(v) for k, v in sorted(COUNTED.items())}}
+    write_json(COSTS_FILE, table)
+    return COSTS_FILE
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write-costs", action="store_true", help=f"count every network the plan asks for and write {COSTS_FILE.relative_to(REPO)}")
+    if parser.parse_args(argv).write_costs:
+        path = write_costs()
+        print(f"wrote {path}: {len(json.loads(path.read_text())['networks'])} networks")
+    else:
+        parser.print_help()
 
 
 @dataclass(frozen=True)
@@ -181,3 +261,10 @@ def rate_of(cfg, table: dict, speeds: str = "estimated") -> Rate:
     return measured_rate(cfg, table) or fallback(cfg.model, cfg.crop or cfg.input_size)  # the network sees the crop
 
 
+
+
+if __name__ == "__main__":  # through the imported module: the plan counts into its COUNTED, not __main__'s
+    from common.cli import run
+    from common.throughput import main as imported_main
+
+    run(imported_main)

@@ -197,3 +197,26 @@ def test_the_full_profile_on_several_gpus_runs_the_plan_s_schedule_by_default(tm
     chosen = plan.fastest_gpus(default_schedule(full, 8), WorkDir(tmp_path / "work"), 8)
     eight = run_plan(tmp_path, "--profile", "full", "--gpus", "8")["schedule"]
     assert chosen == eight["gpus_per_recipe"] and len(chosen) == 32 and set(chosen.values()) <= {1, 2, 4, 8}
+
+
+def test_the_saved_network_costs_cover_every_network_the_plan_asks_for(tmp_path, monkeypatch):
+    """common/resources/network_costs.json (`python -m common.throughput --write-costs`) holds every
+    network the plan of each profile asks for, counted with this timm and torch: planning counts nothing
+    (a recipe with a new network fails here until the table is rewritten); an entry equals a live count."""
+    from common import throughput
+
+    assert throughput.counted_table(), f"{throughput.COSTS_FILE} is missing or was counted with other versions than {throughput.library_versions()}"
+
+    def counting(model, size):
+        raise AssertionError(f"{model} at {size} px is not in {throughput.COSTS_FILE}: run python -m common.throughput --write-costs")
+
+    monkeypatch.setattr(throughput, "count_network", counting)
+    throughput.network.cache_clear()
+    unmeasured = tmp_path / "none.json"
+    unmeasured.write_text('{"recipes": {}}')
+    for profile in ("full", "mini"):
+        for speeds in throughput.SPEEDS:
+            run_plan(tmp_path, "--profile", profile, "--gpus", "8", "--speeds", speeds, "--throughput", str(unmeasured))
+    monkeypatch.undo()
+    throughput.network.cache_clear()
+    assert throughput.count_network("tf_efficientnet_lite0", 48) == throughput.counted_table()["tf_efficientnet_lite0@48"]

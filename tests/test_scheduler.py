@@ -53,22 +53,49 @@ def fresh_copy(src: Path, dst: Path, keep_checkpoints: bool = False) -> Path:
     return dst
 
 
+def remade_by_the_scheduled_run(straight: Path, dst: Path) -> Path:
+    """A copy of the sequential run with what the scheduled run makes again removed: dylan's recipe
+    (trained from scratch), every other recipe's predictions and feature stores (predicted again from
+    its trained last.pt), the blends, OCR, MD5, the stack, the report and the submissions."""
+    work = fresh_copy(straight, dst, keep_checkpoints=True)
+    shutil.rmtree(work / "models/dylan/mini_lite0")
+    shutil.rmtree(work / "features")
+    for fold in work.glob("models/*/*/fold*"):
+        for f in ("oof.npz", "test.npz"):
+            (fold / f).unlink(missing_ok=True)
+    for name in (*RECIPES, "dylan", "bestfitting", "convoluted", "ocr", "md5", "stack"):
+        shutil.rmtree(work / "preds" / name)
+    for d in ("ocr", "md5", "stack", "report", "submissions"):
+        shutil.rmtree(work / d, ignore_errors=True)
+    return work
+
+
 @pytest.fixture(scope="module")
-def scheduled_run(tiny_run, tmp_path_factory) -> tuple[Path, str]:
-    """`run_all.sh --preset tiny --gpus-per-recipe 1 --scheduler local:2` from an empty work dir
-    (the mini data copied from the shared run: the data stage reuses it)."""
-    straight, _ = tiny_run
-    work = tmp_path_factory.mktemp("scheduled") / "work"
-    work.mkdir()
-    shutil.copytree(straight / "mini", work / "mini")
-    done = run_all("--work", str(work), "--gpus-per-recipe", "1", "--scheduler", "local:2", "--progress-s", "5", timeout=1500)
-    return work, done.stdout
+def scheduled_run(tiny_run, tmp_path_factory) -> dict:
+    """`run_all.sh --preset tiny --gpus-per-recipe 1 --scheduler local:2` on remade_by_the_scheduled_run's
+    copy, SIGKILLed as a whole (driver, cluster, training) while dylan's recipe trains (its log at fold
+    0 epoch 2), then run again to the end: the work dir, what both runs printed, what the kill left."""
+    work = remade_by_the_scheduled_run(tiny_run[0], tmp_path_factory.mktemp("scheduled") / "work")
+    args = ["--preset", "tiny", "--work", str(work), "--gpus-per-recipe", "1", "--scheduler", "local:2", "--progress-s", "5"]
+    first_log = work.parent / "first_run.log"
+    with open(first_log, "w") as out:
+        proc = subprocess.Popen(["bash", str(REPO / "run_all.sh"), *args], cwd=REPO, env=_env(), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        log, deadline = work / "logs" / "dylan_mini_lite0.log", time.time() + 600
+        while time.time() < deadline and not (log.exists() and "dylan_mini_lite0 fold 0 epoch 2/" in log.read_text(errors="replace")):
+            assert proc.poll() is None, "the run ended before the kill:\n" + first_log.read_text()[-3000:]
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    at_kill = {"checkpoint": (work / "models/dylan/mini_lite0/fold0/last.pt").exists(), "summary": (work / "preds/dylan_mini_lite0/summary.json").exists()}
+    rerun = run_all(*args[2:], timeout=1500).stdout
+    return {"work": work, "first": first_log.read_text(), "rerun": rerun, "at_kill": at_kill}
 
 
 def test_side_by_side_on_two_slots_gives_the_sequential_run_s_files(tiny_run, scheduled_run):
     straight, _ = tiny_run
-    work, out = scheduled_run
-    assert "2 workers" in out and "Final submission" in out
+    work, out = scheduled_run["work"], scheduled_run["first"] + scheduled_run["rerun"]
+    assert "2 workers" in scheduled_run["rerun"] and "Final submission" in scheduled_run["rerun"]
     for recipe in RECIPES:  # each a task of its own, with its own log
         assert f"== {recipe}: started on" in out and (work / "logs" / f"{recipe}.log").stat().st_size > 0, recipe
     assert "   dylan_mini_lite0: running" in out or "   bestfitting_mini_lite0_strip: running" in out  # the progress lines
@@ -76,10 +103,18 @@ def test_side_by_side_on_two_slots_gives_the_sequential_run_s_files(tiny_run, sc
     assert_same_outputs(straight, work)
 
 
+def test_a_scheduled_run_killed_mid_recipe_and_rerun_finishes(scheduled_run):
+    """The kill landed inside dylan's recipe (its checkpoint there, its output absent); the rerun
+    started it again, resumed it, and (the test above) ended with the sequential run's files."""
+    assert scheduled_run["at_kill"] == {"checkpoint": True, "summary": False}
+    assert "== dylan_mini_lite0: started on" in scheduled_run["rerun"] and "Final submission" not in scheduled_run["first"]
+    assert "resum" in (scheduled_run["work"] / "logs" / "dylan_mini_lite0.log").read_text()
+
+
 def test_a_failing_recipe_stops_only_its_dependants(scheduled_run, tmp_path):
     """convoluted's base net made to fail (its fold's saved recipe unreadable): its heads, its blend,
     OCR, MD5, the stack and the report do not run; dylan's recipe (made to rerun) and bestfitting's go on."""
-    work = fresh_copy(scheduled_run[0], tmp_path / "work")
+    work = fresh_copy(scheduled_run["work"], tmp_path / "work")
     (work / "models/convoluted/mini_base_lite0/fold0/config.yaml").write_text("model: [unclosed\n")
     for source in ("convoluted_mini_base_lite0", "dylan_mini_lite0"):
         (work / "preds" / source / "summary.json").unlink()
@@ -96,27 +131,6 @@ def test_a_failing_recipe_stops_only_its_dependants(scheduled_run, tmp_path):
     assert not (work / "preds/convoluted_mini_base_lite0/summary.json").exists()
 
 
-def test_a_scheduled_run_killed_mid_recipe_and_rerun_finishes(tiny_run, scheduled_run, tmp_path):
-    """SIGKILL to the whole run (driver, cluster, training) while dylan's recipe trains (its log says
-    fold 0 epoch 1): its output is absent, its checkpoint there; the rerun resumes and finishes with
-    the sequential run's submissions."""
-    work = fresh_copy(scheduled_run[0], tmp_path / "work", keep_checkpoints=True)
-    shutil.rmtree(work / "models/dylan/mini_lite0")
-    shutil.rmtree(work / "preds/dylan_mini_lite0")
-    proc = subprocess.Popen(["bash", str(REPO / "run_all.sh"), "--preset", "tiny", "--work", str(work), "--gpus-per-recipe", "1", "--scheduler",
-                             "local:2"], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    log, deadline = work / "logs" / "dylan_mini_lite0.log", time.time() + 600
-    while time.time() < deadline and not (log.exists() and "dylan_mini_lite0 fold 0 epoch 2/" in log.read_text(errors="replace")):
-        assert proc.poll() is None, "the run ended before the kill"
-        time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert (work / "models/dylan/mini_lite0/fold0/last.pt").exists() and not (work / "preds/dylan_mini_lite0/summary.json").exists()
-    out = run_all("--work", str(work), "--gpus-per-recipe", "1", "--scheduler", "local:2").stdout
-    assert "== dylan_mini_lite0: started on" in out and "== bestfitting_mini_lite0_strip: up to date" in out
-    assert_same_outputs(tiny_run[0], work)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -126,7 +140,7 @@ def free_port() -> int:
 def test_recipes_run_on_the_workers_of_a_dask_scheduler(tiny_run, scheduled_run, tmp_path):
     """`dask scheduler` and two `dask worker --resources GPU=1` on 127.0.0.1: every recipe of the tiny
     preset (made to rerun: one fold of dylan's trains again) runs there; the files are the sequential run's."""
-    work = fresh_copy(scheduled_run[0], tmp_path / "work", keep_checkpoints=True)
+    work = fresh_copy(scheduled_run["work"], tmp_path / "work", keep_checkpoints=True)
     for recipe in RECIPES:
         (work / "preds" / recipe / "summary.json").unlink()
     for f in ("oof.npz", "test.npz", "last.pt"):
