@@ -12,4 +12,6 @@ args=()
 for a in "$@"; do
   if [ "$a" = "--slow" ]; then args+=(-m "slow or not slow"); else args+=("$a"); fi
 done
-exec python -m pytest -q -rs "${args[@]}"  # -rs: every skipped test says why
+# -rs: every skipped test says why; -n 2: two pytest-xdist workers (one torch thread each, conftest.py),
+# the tests sharing the trained tiny run on one of them (--dist loadgroup); `-n 0` runs in this process
+exec python -m pytest -q -rs -n "${CDISCOUNT_TEST_WORKERS:-2}" --dist loadgroup "${args[@]}"

@@ -120,6 +120,14 @@ def assert_same_feature_store(a: Path, b: Path, rel: Path) -> None:
     assert steps.max() <= 1 and len(differ) <= max(2, len(x) // 2000), f"{rel}: {len(differ)} bytes differ, by up to {steps.max()} steps"
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under pytest-xdist (run_tests.sh: -n 2 --dist loadgroup) every test that reads the shared
+    trained run goes to one worker, so it is trained once, not once per worker."""
+    for item in items:
+        if "tiny_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("tiny_run"))
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> tuple[Path, str]:
     """One uninterrupted `run_all.sh --preset tiny` (every stage), shared by every test that needs a
