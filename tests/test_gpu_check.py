@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from common.paths import REPO, WorkDir
 from common.pipeline import RunOptions, build_graph
@@ -20,11 +23,14 @@ def test_gpu_check_on_a_bare_machine_measures_every_full_recipe_kind(tmp_path):
     for module in BLOCKED:
         (block / module).mkdir(parents=True)
         (block / module / "__init__.py").write_text(f"raise ImportError('{module} is blocked: a bare GPU machine has none')\n")
-    env = {**os.environ, "PYTHONPATH": str(block), "PYTHON": sys.executable, "TMPDIR": str(tmp_path / "tmp")}
-    (tmp_path / "tmp").mkdir()
+    # a short TMPDIR: multiprocessing's sockets (the loader's workers) live there, and an AF_UNIX path has at
+    # most 107 bytes (pytest-xdist's tmp_path is longer)
+    scratch = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    env = {**os.environ, "PYTHONPATH": str(block), "PYTHON": sys.executable, "TMPDIR": str(scratch)}
     out = tmp_path / "out"
     run = subprocess.run([str(REPO / "bench/gpu_check.sh"), str(out), "--device", "cpu", "--smoke", "--one-per-kind", "--workers", "0", "--budget-s", "900"],
-                         capture_output=True, text=True, timeout=1200, env=env)
+                         capture_output=True, text=True, timeout=600, env=env)
+    shutil.rmtree(scratch, ignore_errors=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert {p.name for p in out.iterdir()} == {"device.txt", "gpu_throughput.json", "gpu_throughput.md", "loader_cpu_us.txt", "plan_8gpus.txt"}
     result = json.loads((out / "gpu_throughput.json").read_text())

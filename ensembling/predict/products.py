@@ -22,7 +22,7 @@ import numpy as np
 
 from common.bson_reader import iter_products
 from common.errors import CorruptImageError, SkipLog
-from common.images import TILE, image_problem, resize
+from common.images import TILE, image_problem, imdecode, other_format_problem, resize
 
 log = logging.getLogger("cdiscount")
 MAX_IMAGES = 4  # the most a Cdiscount product has: every model saw at most 4
@@ -37,11 +37,11 @@ class NewProduct:
 
 
 def _decode_any(data: bytes, where: str) -> np.ndarray:
-    if data[:2] == MAGICS[0] or data[:4] == MAGICS[1]:
-        problem = image_problem(data)  # a cut JPEG / PNG: the data path refuses it, so do we
-        if problem:
-            raise CorruptImageError(f"{where}: {problem}")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    # a cut JPEG / PNG: the data path refuses it, so do we; any image over MAX_PIXELS, before decoding
+    problem = image_problem(data) if data[:2] == MAGICS[0] or data[:4] == MAGICS[1] else other_format_problem(data) if data else None
+    if problem:
+        raise CorruptImageError(f"{where}: {problem}")
+    img = imdecode(data, cv2.IMREAD_UNCHANGED, where) if data else None
     if img is None:
         raise CorruptImageError(f"{where}: {len(data)} bytes OpenCV cannot read as an image")
     return img
