@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,12 +36,26 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint is not whole, from the CRC-32 its zip archive (torch.save's format) carries
+    for every member: torch.load reads a flipped bit without a word; None when every member checks."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return f"not a whole checkpoint ({type(e).__name__}: {e})"
+    return f"its member {bad} fails its CRC-32 check (a flipped bit or a bad disk)" if bad else None
+
+
 def load_checkpoint(path: Path) -> dict:
-    """weights_only=True: a checkpoint is data, never code."""
+    """weights_only=True: a checkpoint is data, never code; its checksums checked first."""
+    problem = checkpoint_problem(path)
+    if problem:
+        raise DataError(f"{path}: unreadable checkpoint: {problem}; delete it to restart the fold")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: name it and stop
-        raise RuntimeError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e}); delete it to restart the fold") from None
+    except Exception as e:  # a foreign file: name it and stop
+        raise DataError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e}); delete it to restart the fold") from None
 
 
 def rng_state() -> dict:

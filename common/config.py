@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import yaml
 
 from .atomic import write_text
 from .augment import check_augments
+from .checks import at_least, between, check_fields, check_names, fraction, positive
 from .cli import load_yaml as _load_yaml
 from .errors import DataError
 
@@ -33,58 +35,58 @@ class TrainConfig:
     model: str = "tf_efficientnet_lite0"  # a timm model name (or a solution's head name)
     pretrained: str | None = None  # a registered weight source or a local file
     init_from: str | None = None  # a recipe of the same solution whose trained weights (same fold) start this one; keys it lacks keep their initialisation
-    drop_rate: float = 0.0
+    drop_rate: Annotated[float, fraction()] = 0.0
     head: str = ""  # a recorded classifier head instead of timm's (common.classifier_heads: kxv4, kxv3a)
     ablation: bool = False  # trained only to measure a choice: reported, never blended or stacked, not in a profile
     baseline: bool = False  # a control the profile trains (e.g. the single-image model a composed one is measured against): reported like an ablation, never blended or stacked
     recorded: dict = field(default_factory=dict)  # what the original team recorded for this recipe: value, what, on
     # data
-    input_size: int = 180  # side of one image tile as decoded
-    crop: int = 0  # >0: the network sees crop x crop windows: random ones in training, the centre one when predicting (2nd place's member B: 160 of 180)
+    input_size: Annotated[int, at_least(8)] = 180  # side of one image tile as decoded
+    crop: Annotated[int, at_least(0)] = 0  # >0: the network sees crop x crop windows: random ones in training, the centre one when predicting (2nd place's member B: 160 of 180)
     hflip: bool = True  # random horizontal flip in training
     augment: list[str] = field(default_factory=list)  # on-device batch augmentations (common.augment.AUGMENTS), training only
     augment_args: dict = field(default_factory=dict)  # {augmentation: {parameter: value}} (their defaults otherwise)
-    num_workers: int = 2
+    num_workers: Annotated[int, at_least(0)] = 2
     decode_on: str = "workers"  # workers (OpenCV in loader processes) | device (torchvision.io.decode_jpeg, nvjpeg on CUDA)
-    max_images_per_epoch: int = 0  # 0 = all; >0 samples a fixed-size epoch (mini budgets)
+    max_images_per_epoch: Annotated[int, at_least(0)] = 0  # 0 = all; >0 samples a fixed-size epoch (mini budgets)
     # optimisation
-    epochs: int = 1
-    global_batch: int = 0  # samples per optimizer step over all processes, as recorded (0 = batch_size x accum_steps)
-    batch_size: int = 64  # the largest micro-batch one process holds (memory); the trainer derives the split
-    accum_steps: int = 1  # used only when global_batch is 0; else derived for the world size
+    epochs: Annotated[int, at_least(1)] = 1
+    global_batch: Annotated[int, at_least(0)] = 0  # samples per optimizer step over all processes, as recorded (0 = batch_size x accum_steps)
+    batch_size: Annotated[int, at_least(1)] = 64  # the largest micro-batch one process holds (memory); the trainer derives the split
+    accum_steps: Annotated[int, at_least(1)] = 1  # used only when global_batch is 0; else derived for the world size
     optimizer: str = "nadam"  # sgd | nag (SGD with Nesterov momentum) | nadam | adam | adamw
-    lr: float = 1e-4
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    lr: Annotated[float, positive()] = 1e-4
+    momentum: Annotated[float, between(0, 1)] = 0.9
+    weight_decay: Annotated[float, at_least(0)] = 0.0
     schedule: str = "step"  # step | piecewise | cosine | constant
     lr_milestones: list[int] = field(default_factory=list)  # epochs where a step schedule multiplies by lr_gamma
-    lr_gamma: float = 0.2
+    lr_gamma: Annotated[float, positive()] = 0.2
     lr_values: list[float] = field(default_factory=list)  # piecewise: the LR from each milestone on (one per milestone)
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
+    warmup_epochs: Annotated[float, at_least(0)] = 0.0
+    label_smoothing: Annotated[float, fraction()] = 0.0
     amp: str = "bf16"  # bf16 | fp16 | none (CUDA only; CPU runs fp32)
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile the training net (--compile): the same losses, faster steps once compiled; checkpoints load without it
-    seed: int = 0
+    seed: Annotated[int, at_least(0)] = 0
     # inference
     tta: list[str] = field(default_factory=lambda: list(TTA_VIEWS))
     aggregate: str = "mean"  # mean | geomean: a product's probability from its images'
-    topk: int = 20
-    eval_batch_size: int = 256
+    topk: Annotated[int, at_least(1)] = 20
+    eval_batch_size: Annotated[int, at_least(1)] = 256
     folds: list[int] = field(default_factory=list)  # empty = every fold in folds.csv
-    val_products: int = 0  # per-epoch validation on a seeded sample of the fold's products (0 = all); OOF predictions always cover the fold
+    val_products: Annotated[int, at_least(0)] = 0  # per-epoch validation on a seeded sample of the fold's products (0 = all); OOF predictions always cover the fold
     # run control
     fast_dev_run: bool = False  # set by --fast-dev-run: the wiring check (a few steps, small input); its numbers mean nothing
     resume: bool = True  # continue an unfinished fold from its last.pt (--no-resume: from scratch)
     # watching a long run (none of these changes what a fold learns)
-    log_every_steps: int = 0  # a dated progress line (step, the epoch's ETA, img/s, loss, lr) every N optimizer steps within an epoch (0 = off)
-    log_every_seconds: float = 60.0  # a progress line whenever this many seconds passed since the last one (0 = off)
-    log_epoch_parts: int = 4  # a progress line at each 1/N of an epoch (4: at 25, 50, 75 %, a mini run's few lines; 0 = off)
-    checkpoint_minutes: float = 30.0  # a resumable mid-epoch checkpoint (step.pt) every this many minutes inside an epoch (0 = at epoch ends only)
+    log_every_steps: Annotated[int, at_least(0)] = 0  # a dated progress line (step, the epoch's ETA, img/s, loss, lr) every N optimizer steps within an epoch (0 = off)
+    log_every_seconds: Annotated[float, at_least(0)] = 60.0  # a progress line whenever this many seconds passed since the last one (0 = off)
+    log_epoch_parts: Annotated[int, at_least(0)] = 4  # a progress line at each 1/N of an epoch (4: at 25, 50, 75 %, a mini run's few lines; 0 = off)
+    checkpoint_minutes: Annotated[float, at_least(0)] = 30.0  # a resumable mid-epoch checkpoint (step.pt) every this many minutes inside an epoch (0 = at epoch ends only)
     tensorboard: bool = False  # TensorBoard event files in the fold's tensorboard/ (needs `pip install tensorboard`)
 
     def __post_init__(self) -> None:
-        """Reject a misspelt choice when the recipe is read, not hours into a run."""
+        """Reject a misspelt choice or a value of the wrong type or range when the recipe is read, not hours into a run."""
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise DataError(f"recipe option {name}={getattr(self, name)!r}: choose from {sorted(allowed)}")
@@ -95,13 +97,12 @@ class TrainConfig:
             self.lr_values = [float(v) for v in self.lr_values]
         except ValueError:
             raise DataError(f"recipe {self.name}: lr_values {self.lr_values} must be numbers") from None
+        check_fields(self, f"recipe {self.name}")
+        check_names("recipe", name=self.name, solution=self.solution, init_from=self.init_from)
         if self.schedule == "piecewise" and len(self.lr_values) != len(self.lr_milestones):
             raise DataError(f"recipe {self.name}: schedule piecewise needs one lr_values entry per lr_milestones entry")
         if self.crop and (self.crop > self.input_size or self.decode_on == "device"):
             raise DataError(f"recipe {self.name}: crop {self.crop} needs crop <= input_size ({self.input_size}) and decode_on: workers")
-        negative = [f"{k}={getattr(self, k)}" for k in ("log_every_steps", "log_every_seconds", "log_epoch_parts", "checkpoint_minutes") if getattr(self, k) < 0]
-        if negative:
-            raise DataError(f"recipe {self.name}: {', '.join(negative)}: must be >= 0 (0 = off)")
         try:
             check_augments(self.augment, self.augment_args)
         except ValueError as e:
@@ -172,5 +173,11 @@ def config_changes(old: dict, new: dict) -> list[str]:
 
 
 def load_yaml(path: str | os.PathLike, cls: type = TrainConfig) -> dict:
-    """A recipe YAML's values, every key a field of `cls` (DataError naming the file otherwise)."""
-    return _load_yaml(path, cls)
+    """A recipe YAML's values, every key a field of `cls` and every value of its type and range
+    (common.checks; a DataError naming the file otherwise)."""
+    values = _load_yaml(path, cls)
+    try:
+        cls(**values)
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
+    return values

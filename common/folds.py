@@ -19,12 +19,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path, write_json
 from .bson_index import ProductIndex
+from .checks import Range, at_least, check_fields
 from .categories import UNKNOWN, CategoryTree
 from .cli import parse_stage, run
 from .errors import DataError, log
@@ -141,11 +143,14 @@ HENG_MIN_FOUND = 0.99  # the 50k list is the holdout only on the official train 
 @dataclass
 class FoldsOptions:
     protocol: str = "kfold"  # kfold (n_folds models per recipe) | holdout (one model, the winners' protocol)
-    n_folds: int = 5  # kfold only
-    holdout_fraction: float = 0.05  # holdout without the 50k ids in the data: this stratified share of the products
-    seed: int = 42
+    n_folds: Annotated[int, at_least(2)] = 5  # kfold only
+    holdout_fraction: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 0.05  # holdout without the 50k ids in the data: this stratified share of the products
+    seed: Annotated[int, at_least(0)] = 42
     valid_ids: str = ""  # a file of validation _ids (one per line): the holdout is these (implies --protocol holdout)
     force: bool = False  # rewrite folds that were made with other options (what was trained on them goes stale)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "folds options")
 
 
 def protocol_file(work: WorkDir) -> Path:

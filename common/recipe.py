@@ -382,7 +382,11 @@ def load_recipe(path: Path, sol: Solution | str) -> TrainConfig:
     kinds, default = sol.kinds()
     values = read_yaml(path)
     cls = kind_of(kinds, default)(values)
-    return cls(**{**load_yaml(path, cls), **identity(path, sol, values)})
+    loaded = {**load_yaml(path, cls), **identity(path, sol, values)}
+    try:
+        return cls(**loaded)
+    except DataError as e:  # a bad value: named with its file
+        raise DataError(f"{path}: {e}") from None
 
 
 def profile_configs(profile: str) -> list[TrainConfig]:

@@ -120,6 +120,7 @@ def assert_same_feature_store(a: Path, b: Path, rel: Path) -> None:
     assert steps.max() <= 1 and len(differ) <= max(2, len(x) // 2000), f"{rel}: {len(differ)} bytes differ, by up to {steps.max()} steps"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the group marker into the test's scheduling key
 def pytest_collection_modifyitems(config, items) -> None:
     """Under pytest-xdist (run_tests.sh: -n 2 --dist loadgroup) every test that reads the shared
     trained run goes to one worker, so it is trained once, not once per worker."""

@@ -106,7 +106,7 @@ def test_a_number_written_as_yaml_reads_it_is_checked_when_the_recipe_loads(tmp_
     recipe.write_text("weight_decay: 4e-05\nepochs: 3\n")
     assert load_yaml(recipe) == {"weight_decay": 4e-05, "epochs": 3}
     recipe.write_text("lr: fast\nepochs: 3\n")
-    with pytest.raises(DataError, match=r"r\.yaml: not a number: lr: 'fast'"):
+    with pytest.raises(DataError, match=r"r\.yaml: recipe model: lr: 'fast' \(not a number\)"):
         load_yaml(recipe)
     recipe.write_text("epochs: '3'\n")
     with pytest.raises(DataError, match="epochs: '3'"):

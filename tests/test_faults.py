@@ -102,7 +102,7 @@ def test_truncated_checkpoint_is_refused_naming_the_file(tmp_path):
     whole = last.read_bytes()
     for cut in (len(whole) // 2, 10, 0):
         last.write_bytes(whole[:cut])
-        with pytest.raises(RuntimeError, match=r"fold0[/\\]last\.pt: unreadable checkpoint"):
+        with pytest.raises(DataError, match=r"fold0[/\\]last\.pt: unreadable checkpoint"):
             load_checkpoint(last)
 
 

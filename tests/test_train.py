@@ -280,7 +280,7 @@ def test_watch_fields_never_make_a_finished_fold_or_a_checkpoint_another_recipe(
     save_checkpoint(tmp_path / "last.pt", {**state, "config": {k: v for k, v in state["config"].items() if k not in new}})
     _fit(tmp_path, tiny_work, small_cfg(epochs=2, **{**changed, "tensorboard": False}))  # resumed, not refused
     assert pd.read_csv(tmp_path / "summary.csv")["epoch"].tolist() == [0, 1]
-    with pytest.raises(DataError, match="checkpoint_minutes=-1"):
+    with pytest.raises(DataError, match=r"checkpoint_minutes: -1 \(must be >= 0\)"):
         small_cfg(checkpoint_minutes=-1)
 
 
@@ -337,8 +337,24 @@ def test_corrupt_checkpoint_is_named(tiny_work, tmp_path):
     _fit(tmp_path, tiny_work, small_cfg(epochs=1))
     last = tmp_path / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
-    with pytest.raises(RuntimeError, match="last.pt: unreadable checkpoint"):
+    with pytest.raises(DataError, match="last.pt: unreadable checkpoint"):
         _fit(tmp_path, tiny_work, small_cfg(epochs=2))
+
+
+def test_a_bit_flipped_checkpoint_is_refused_by_its_checksums(tiny_work, tmp_path):
+    """torch.load reads a flipped bit in the weights without a word; the zip's CRC-32 of every member does not."""
+    import torch
+
+    from common.checkpoint import load_checkpoint
+
+    _fit(tmp_path, tiny_work, small_cfg(epochs=1))
+    last = tmp_path / "last.pt"
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    last.write_bytes(bytes(data))
+    torch.load(last, map_location="cpu", weights_only=True)  # what loaded before: no complaint
+    with pytest.raises(DataError, match=r"last.pt: unreadable checkpoint: its member .* fails its CRC-32 check"):
+        load_checkpoint(last)
 
 
 def test_recipe_oof_covers_every_product_once_and_dylan_submits(tiny_work, capsys):

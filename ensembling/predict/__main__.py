@@ -15,9 +15,14 @@ own messages go to stderr.
 """
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
 
+from common.atomic import atomic_path
+from common.checks import at_least, check_fields, check_names
 from common.cli import parse_stage, run
 from common.errors import DataError
 
@@ -30,12 +35,39 @@ class PredictOptions:
     bson: str = ""  # a BSON file in the Kaggle layout (products named by _id)
     images: list[str] = field(default_factory=list)  # the images of one product, in order
     source: str = ""  # default: stack (when the work dir has one)
-    topk: int = 5  # rows per product (the K best categories)
+    topk: Annotated[int, at_least(1)] = 5  # rows per product (the K best categories)
     out: str = ""  # the CSV (default: stdout); with --export-onnx the .onnx file
     export_onnx: str = ""  # a model source (e.g. dylan_mini_lite0) to export as ONNX instead of predicting
     fold: int = -1  # the fold model to export (-1: the source's first fold)
     keep: str = ""  # also write every source's predictions of the new products in this new folder (preds/<source>/test.npz, ids.csv)
     list_sources: bool = False  # name the work dir's sources and what predicting each one runs, then stop
+
+    def __post_init__(self) -> None:
+        check_fields(self, "predict options")
+        check_names("predict options", source=self.source, export_onnx=self.export_onnx)
+
+
+def check_outputs(opts: PredictOptions) -> None:
+    """Before any work: --out can be written (its folder exists, it is no folder), --keep is a new
+    folder, --bson is a file: a mistake there used to surface as a traceback after all the work."""
+    if opts.out:
+        out = Path(opts.out)
+        if out.is_dir():
+            raise DataError(f"--out {out}: is a folder (give the CSV's file name)")
+        if not out.parent.is_dir():
+            raise DataError(f"--out {out}: its folder {out.parent} does not exist")
+        if not os.access(out.parent, os.W_OK):
+            raise DataError(f"--out {out}: its folder {out.parent} is not writable")
+    if opts.keep and Path(opts.keep).exists():
+        raise DataError(f"--keep {opts.keep}: already exists (a new folder, so no earlier predictions mix in)")
+    if opts.bson and not Path(opts.bson).is_file():
+        raise DataError(f"--bson {opts.bson}: {'is a folder, not a BSON file' if Path(opts.bson).is_dir() else 'no such file'}")
+
+
+def write_csv(frame, out: str) -> None:
+    """The CSV at `out` whole or not at all (written beside it, renamed on success: a full disk leaves no truncated CSV)."""
+    with atomic_path(out) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def read_products(opts: PredictOptions) -> list:
@@ -77,12 +109,13 @@ def main(argv: list[str] | None = None) -> None:
         return None
     from .predictor import Predictor
 
+    check_outputs(opts)
     products = read_products(opts)
     predictor = Predictor.from_work(work, opts.source or None)
     print(f"predicting {len(products)} products with {predictor.describe()}", file=sys.stderr)
     frame = predictor.predict_products(products, opts.topk, opts.keep or None)
     if opts.out:
-        frame.to_csv(opts.out, index=False)
+        write_csv(frame, opts.out)
         print(f"wrote {opts.out}: {frame['product'].nunique()} products, {len(frame)} rows", file=sys.stderr)
     else:
         frame.to_csv(sys.stdout, index=False)

@@ -130,9 +130,15 @@ def from_images(paths: Sequence[str | os.PathLike], name: str | None = None) -> 
 
 def from_bson(path: str | os.PathLike) -> list[NewProduct]:
     """The products of a BSON file in the Kaggle layout (named by _id; a malformed document is named and skipped)."""
-    skips = SkipLog(str(path))
-    products = [make_product(str(p.product_id), [(f"{path} _id {p.product_id} image {i}", b) for i, b in enumerate(p.images)])
-                for p in iter_products(path, skips)]
+    skips, seen = SkipLog(str(path)), {}
+    products = []
+    for p in iter_products(path, skips):
+        name = str(p.product_id)
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:  # two products of one _id would give two groups of rows under one name
+            name = f"{name}#{seen[name]}"
+            log.warning("%s: _id %s appears again (document %d of that _id): its rows are named %s", path, p.product_id, seen[str(p.product_id)], name)
+        products.append(make_product(name, [(f"{path} _id {p.product_id} image {i}", b) for i, b in enumerate(p.images)]))
     skips.report()
     return products
 
