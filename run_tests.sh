@@ -13,5 +13,6 @@ for a in "$@"; do
   if [ "$a" = "--slow" ]; then args+=(-m "slow or not slow"); else args+=("$a"); fi
 done
 # -rs: every skipped test says why; -n 2: two pytest-xdist workers (one torch thread each, conftest.py),
-# the tests sharing the trained tiny run on one of them (--dist loadgroup); `-n 0` runs in this process
-exec python -m pytest -q -rs -n "${CDISCOUNT_TEST_WORKERS:-2}" --dist loadgroup "${args[@]}"
+# each test file on one of them (--dist loadfile: a module's shared run is made once; the session's
+# trained tiny run is shared through a file lock, conftest.py); `-n 0` runs in this process
+exec python -m pytest -q -rs -n "${CDISCOUNT_TEST_WORKERS:-2}" --dist loadfile "${args[@]}"

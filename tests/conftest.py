@@ -120,25 +120,26 @@ def assert_same_feature_store(a: Path, b: Path, rel: Path) -> None:
     assert steps.max() <= 1 and len(differ) <= max(2, len(x) // 2000), f"{rel}: {len(differ)} bytes differ, by up to {steps.max()} steps"
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the group marker into the test's scheduling key
-def pytest_collection_modifyitems(config, items) -> None:
-    """Under pytest-xdist (run_tests.sh: -n 2 --dist loadgroup) every test that reads the shared
-    trained run goes to one worker, so it is trained once, not once per worker."""
-    for item in items:
-        if "tiny_run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("tiny_run"))
-
-
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> tuple[Path, str]:
     """One uninterrupted `run_all.sh --preset tiny` (every stage), shared by every test that needs a
-    trained work dir: (the work dir, what it printed). Tests that change it work on a copy."""
+    trained work dir: (the work dir, what it printed). Tests that change it work on a copy. Under
+    pytest-xdist (run_tests.sh -n 2) the workers share it: the first to need it trains it under a file
+    lock in the session's common temp folder, the others wait for it and read it."""
+    import fcntl
     import subprocess
 
     from common.paths import REPO
 
-    work = tmp_path_factory.mktemp("straight") / "work"
-    done = subprocess.run(["bash", str(REPO / "run_all.sh"), "--preset", "tiny", "--work", str(work)], cwd=REPO,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return work, done.stdout
+    root = tmp_path_factory.getbasetemp()
+    shared = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    work, printed = shared / "tiny_run" / "work", shared / "tiny_run" / "stdout.txt"
+    work.parent.mkdir(parents=True, exist_ok=True)
+    with open(shared / "tiny_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not printed.exists():
+            done = subprocess.run(["bash", str(REPO / "run_all.sh"), "--preset", "tiny", "--work", str(work)], cwd=REPO,
+                                  env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=1800)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            printed.write_text(done.stdout)
+    return work, printed.read_text()

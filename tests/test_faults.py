@@ -452,7 +452,7 @@ def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
     path = tmp_path / "fold0" / "last.pt"
     path.parent.mkdir()
     torch.save({"epoch": 1, "payload": Payload()}, path)
-    with pytest.raises(RuntimeError, match=r"last\.pt"):
+    with pytest.raises(DataError, match=r"last\.pt: unreadable checkpoint"):
         load_checkpoint(path)
 
 
