@@ -57,8 +57,13 @@ def load_yaml(path: str | os.PathLike, cls: type) -> dict:
     unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
         raise DataError(f"{path}: unknown options {sorted(unknown)}")
-    hints = typing.get_type_hints(cls)  # the types and ranges are checked when the options are made (common.checks)
-    return {k: float(v) if hints.get(k) is float and isinstance(v, str) and _is_float(v) else v for k, v in data.items()}
+    return yaml_numbers(data, cls)  # the types and ranges are checked when the options are made (common.checks)
+
+
+def yaml_numbers(values: dict, cls: type) -> dict:
+    """`values` with each float field's string that spells a number (YAML 1.1 reads 4e-05 as text) as that number."""
+    hints = typing.get_type_hints(cls)
+    return {k: float(v) if hints.get(k) is float and isinstance(v, str) and _is_float(v) else v for k, v in values.items()}
 
 
 def _is_float(s: str) -> bool:
@@ -173,8 +178,7 @@ def build_options(args: argparse.Namespace, yaml_values: dict, cls: type, where:
     unknown = set(yaml_values) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
         raise DataError(f"{where or 'config'}: unknown options {sorted(unknown)}")
-    hints = typing.get_type_hints(cls)  # YAML reads 4e-05 (no dot) as a string: the number it spells
-    values = {k: float(v) if hints.get(k) is float and isinstance(v, str) and _is_float(v) else v for k, v in yaml_values.items()}
+    values = yaml_numbers(yaml_values, cls)
     for f in dataclasses.fields(cls):
         if hasattr(args, f.name):
             values[f.name] = getattr(args, f.name)

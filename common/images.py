@@ -48,7 +48,7 @@ def png_size(data: bytes) -> tuple[int, int] | str:
     """(height, width) from a PNG's IHDR chunk, or why it is not a whole PNG."""
     if len(data) < 24 or data[12:16] != b"IHDR":
         return "PNG without its IHDR header"
-    if PNG_END not in data[33:]:
+    if data.find(PNG_END, 33) < 0:
         return "PNG without its IEND chunk (truncated)"
     return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
 

@@ -158,10 +158,10 @@ def write_costs(profiles: tuple[str, ...] = ("full", "mini"), gpus: tuple[int, .
     from .paths import WorkDir
     from .plan import PlanOptions, plan
 
+    global READ_SAVED
     with tempfile.TemporaryDirectory() as tmp:
         unmeasured = Path(tmp) / "unmeasured.json"
         unmeasured.write_text('{"recipes": {}}')
-        global READ_SAVED
         READ_SAVED = False
         network.cache_clear()
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -130,14 +131,13 @@ def from_images(paths: Sequence[str | os.PathLike], name: str | None = None) -> 
 
 def from_bson(path: str | os.PathLike) -> list[NewProduct]:
     """The products of a BSON file in the Kaggle layout (named by _id; a malformed document is named and skipped)."""
-    skips, seen = SkipLog(str(path)), {}
+    skips, seen = SkipLog(str(path)), Counter()
     products = []
     for p in iter_products(path, skips):
-        name = str(p.product_id)
-        seen[name] = seen.get(name, 0) + 1
-        if seen[name] > 1:  # two products of one _id would give two groups of rows under one name
-            name = f"{name}#{seen[name]}"
-            log.warning("%s: _id %s appears again (document %d of that _id): its rows are named %s", path, p.product_id, seen[str(p.product_id)], name)
+        seen[p.product_id] += 1
+        name = str(p.product_id) if seen[p.product_id] == 1 else f"{p.product_id}#{seen[p.product_id]}"
+        if seen[p.product_id] > 1:  # two products of one _id would give two groups of rows under one name
+            log.warning("%s: _id %s appears again (document %d of that _id): its rows are named %s", path, p.product_id, seen[p.product_id], name)
         products.append(make_product(name, [(f"{path} _id {p.product_id} image {i}", b) for i, b in enumerate(p.images)]))
     skips.report()
     return products
