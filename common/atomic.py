@@ -9,6 +9,8 @@ from typing import Iterator
 
 import numpy as np
 
+from .errors import DataError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -27,6 +29,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def write_json(path: str | os.PathLike, obj: object) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike, hint: str = "rerun the stage that writes it") -> dict:
+    """A work-dir JSON record, or one DataError line naming the file when it is cut short, not
+    UTF-8 or not a JSON object (a disk that filled up, a hand edit): never json's traceback."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable JSON record ({type(e).__name__}: {str(e)[:100]}): {hint}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: a JSON {type(obj).__name__} where a record (an object) belongs: {hint}")
+    return obj
 
 
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_json, write_npy
+from .atomic import read_json, write_json, write_npy
 from .bson_format import (
     DocumentBatch,
     iter_document_batches,
     parse_header,
     parse_headers_fast,
 )
-from .errors import BsonDocumentError, DataError, SkipLog
+from .errors import BsonDocumentError, DataError, SkipLog, log
 from .fingerprint import fingerprint
 from .ids import lookup
 from .progress import bar
@@ -159,7 +159,7 @@ def load_index(prefix: str | os.PathLike, mmap: bool = True) -> ProductIndex:
     meta_path, rows_path = prefix.with_suffix(".json"), prefix.with_suffix(".npy")
     if not meta_path.exists() or not rows_path.exists():
         raise FileNotFoundError(f"no index at {prefix} (.json/.npy); build it with python -m common.prepare")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path, "rebuild the index with python -m common.prepare")
     try:
         rows = np.load(rows_path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:  # a file cut short: name it, never a numpy traceback
@@ -175,7 +175,13 @@ def index_is_current(prefix: str | os.PathLike, bson_path: str | os.PathLike) ->
     meta_path = Path(prefix).with_suffix(".json")
     if not meta_path.exists():
         return False
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (ValueError, UnicodeDecodeError):  # cut short: no index of anything, rebuilt
+        log.warning("%s: unreadable index record: the index is built again", meta_path)
+        return False
+    if not isinstance(meta, dict):
+        return False
     st = Path(bson_path).stat()
     same_stat = meta.get("size") == st.st_size and meta.get("mtime_ns") == st.st_mtime_ns
     return same_stat and meta.get("fingerprint") == fingerprint(bson_path)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_json
+from .atomic import read_json, write_json
 from .predictions import TopK
 
 CALIBRATION = "calibration.json"
@@ -96,7 +96,5 @@ def write_calibration(folder: Path, top: TopK, truth: np.ndarray) -> dict:
 
 
 def load_map(folder: Path) -> dict | None:
-    import json
-
     path = Path(folder) / CALIBRATION
-    return json.loads(path.read_text()).get("map") if path.exists() else None
+    return read_json(path, "rerun the stage that made this source").get("map") if path.exists() else None

@@ -56,6 +56,14 @@ class CategoryTree:
         return len(self.ids)
 
     @property
+    def order_sha256(self) -> str:
+        """Fingerprint of the category_ids in row order: a label is a row number, so this is what every
+        model and prediction of a work dir depends on (names and line endings are not)."""
+        import hashlib
+
+        return hashlib.sha256(self.ids.astype("<i8").tobytes()).hexdigest()
+
+    @property
     def n_level1(self) -> int:
         return len(self.level1_groups)
 

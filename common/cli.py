@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import yaml
 
+from .checks import check_fields
 from .errors import DataError
 from .paths import WorkDir
 
@@ -183,9 +184,11 @@ def build_options(args: argparse.Namespace, yaml_values: dict, cls: type, where:
         if hasattr(args, f.name):
             values[f.name] = getattr(args, f.name)
     try:
-        return cls(**values)
-    except DataError as e:  # a bad value (common.checks): named with its file
+        opts = cls(**values)
+        check_fields(opts, "options")  # every stage's: types and the ranges its fields' annotations give (common/checks.py)
+    except DataError as e:  # a bad value: named with its file
         raise DataError(f"{where}: {e}" if where else str(e)) from None
+    return opts
 
 
 @dataclass
@@ -271,6 +274,20 @@ def run(main: Callable[..., Any], argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     if isinstance(result, int) and not isinstance(result, bool) and result:
         raise SystemExit(result)
+
+
+def exit_on_signals(*names: str) -> None:
+    """SIGTERM (a scheduler's stop, `kill`) and SIGHUP (the terminal closed) as SystemExit(128 + signal):
+    Python's default ends the process on the spot, skipping the `finally` blocks and exit hooks
+    that remove a command's temporary folders; this way they run and the exit status is the usual one."""
+    import signal
+
+    def stop(signum: int, _frame) -> None:
+        print(f"error: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    for name in names or ("SIGTERM", "SIGHUP"):
+        signal.signal(getattr(signal, name), stop)
 
 
 class Command:

@@ -24,7 +24,7 @@ from typing import Annotated
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path, write_json
+from .atomic import atomic_path, read_json, write_json
 from .bson_index import ProductIndex
 from .checks import Range, at_least, check_fields
 from .categories import UNKNOWN, CategoryTree
@@ -160,7 +160,7 @@ def protocol_file(work: WorkDir) -> Path:
 def read_protocol(work: WorkDir) -> dict:
     """What folds.json records (protocol, holdout, folds); {} for a work dir without one."""
     path = protocol_file(work)
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path, "rerun the folds stage (python -m common.folds --force)") if path.exists() else {}
 
 
 def holdout_folds(ids: np.ndarray, labels: np.ndarray, opts: FoldsOptions) -> tuple[np.ndarray, str]:

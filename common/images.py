@@ -99,12 +99,18 @@ def imdecode(data: bytes, flags: int, where: str) -> np.ndarray | None:
         raise CorruptImageError(f"{where}: {len(data)} bytes OpenCV refuses ({str(e).strip().splitlines()[-1][:160]})") from None
 
 
+DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # the pixels as stored, as torchvision's decode_jpeg gives them
+
+
 def decode_jpeg(data: bytes, where: str = "") -> np.ndarray:
-    """JPEG (or PNG) bytes -> HxWx3 RGB uint8. Raises CorruptImageError naming `where` (file, _id, rank)."""
+    """JPEG (or PNG) bytes -> HxWx3 RGB uint8, as stored: an EXIF orientation tag is ignored, as on
+    the device path (torchvision), so both paths see the same pixels; a new product's photo is
+    turned upright once, when it comes in (ensembling/predict/products.py). Raises
+    CorruptImageError naming `where` (file, _id, rank)."""
     problem = image_problem(data)
     if problem:
         raise CorruptImageError(f"{where}: {len(data)} bytes: {problem}" if data else f"{where}: {problem}")
-    img = imdecode(data, cv2.IMREAD_COLOR, where)
+    img = imdecode(data, DECODE_FLAGS, where)
     if img is None:
         raise CorruptImageError(f"{where}: {len(data)} bytes are not a decodable JPEG")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

@@ -17,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
+from .checks import Range, at_least, check_fields, positive
 from .errors import DataError
 from .paths import WorkDir
 from .registry import Solution, parts
@@ -31,30 +32,31 @@ class RunOptions:
     profile: str = "mini"  # mini | full: the recipes the graph holds
     data: str = ""  # a folder with the Kaggle files (train.bson, test.bson[, category_names.csv]); "": the mini dataset in <work>/mini
     preset: str = "default"  # mini dataset preset (tiny | default | dev)
-    seed: int = 0  # mini data and folds seed
-    n_folds: int = 0  # k-fold folds (0: 3 for mini, 5 for full)
+    seed: Annotated[int, at_least(0)] = 0  # mini data and folds seed
+    n_folds: Annotated[int, at_least(0)] = 0  # k-fold folds (0: 3 for mini, 5 for full)
     protocol: str = ""  # kfold | holdout ("": holdout for full, kfold for mini)
-    holdout_fraction: float = 0.05  # the holdout's share when the 2nd team's 50,000 ids are not in the data
+    holdout_fraction: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 0.05  # the holdout's share when the 2nd team's 50,000 ids are not in the data
     fast_dev_run: bool = False  # every recipe a few steps at a small input (the wiring check)
     compile: bool = False  # every recipe's training net through torch.compile (its `compile: true`)
     force: bool = False  # rerun every selected node, and pass --force to the stages that take it
     accept_lost_products: bool = False  # write the submissions although a cut test.bson lost products
-    nproc: int = -1  # processes per recipe when recipes run one after another (-1: one per visible GPU)
-    gpus_per_recipe: int = 0  # >0: every ready recipe at once on its own G GPUs, through dask (see --scheduler)
+    nproc: Annotated[int, at_least(-1)] = -1  # processes per recipe when recipes run one after another (-1: one per visible GPU)
+    gpus_per_recipe: Annotated[int, at_least(0)] = 0  # >0: every ready recipe at once on its own G GPUs, through dask (see --scheduler)
     scheduler: str = ""  # local[:N] (a LocalCluster over N GPUs, or N CPU slots) | tcp://HOST:PORT (workers with --resources GPU=N)
     from_stage: str = ""  # run this stage and every later one (run_all.sh --from)
     only: str = ""  # run this stage (or node) alone (run_all.sh --only)
-    progress_s: float = 60.0  # seconds between the progress lines of the running recipes (scheduler)
+    progress_s: Annotated[float, positive()] = 60.0  # seconds between the progress lines of the running recipes (scheduler)
 
     def __post_init__(self) -> None:
+        check_fields(self, "run options")
+        if self.n_folds == 1:
+            raise DataError("--n-folds 1: k-fold needs at least 2 folds (0: the profile's default)")
         if self.profile not in ("mini", "full"):
             raise DataError(f"--profile {self.profile!r}: choose mini or full")
         self.protocol = self.protocol or ("holdout" if self.profile == "full" else "kfold")
         if self.protocol not in ("kfold", "holdout"):
             raise DataError(f"--protocol {self.protocol!r}: choose kfold or holdout")
         self.n_folds = self.n_folds or (3 if self.profile == "mini" else 5)
-        if self.gpus_per_recipe < 0:
-            raise DataError(f"--gpus-per-recipe {self.gpus_per_recipe}: a whole number of GPUs")
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Annotated
 from pathlib import Path
 
+from .checks import Range, at_least, positive
 from .atomic import write_json
 from .cli import parse_stage, run
 from .errors import DataError
@@ -114,19 +116,19 @@ def schedule(jobs: dict[str, Job], opts: PlanOptions) -> dict:
 class PlanOptions:
     profile: str = "full"  # mini | full: the recipes planned
     data: str = ""  # a Kaggle-layout folder (train.bson, test.bson): its counts (from --work's index); empty = the official counts
-    gpus: int = 1  # GPUs per machine
-    gpus_per_recipe: int = 0  # every recipe on G GPUs of one machine (0: the G per recipe the schedule finds fastest)
-    machines: int = 1  # machines alike, each with --gpus GPUs (a dask scheduler's workers)
+    gpus: Annotated[int, at_least(1)] = 1  # GPUs per machine
+    gpus_per_recipe: Annotated[int, at_least(0)] = 0  # every recipe on G GPUs of one machine (0: the G per recipe the schedule finds fastest)
+    machines: Annotated[int, at_least(1)] = 1  # machines alike, each with --gpus GPUs (a dask scheduler's workers)
     protocol: str = ""  # holdout | kfold (default: holdout for full, kfold for mini, as run_all.sh)
-    n_folds: int = 5  # kfold: models per recipe
-    holdout_fraction: float = 0.05  # holdout when the 2nd team's 50,000 ids are not in the data
+    n_folds: Annotated[int, at_least(2)] = 5  # kfold: models per recipe
+    holdout_fraction: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 0.05  # holdout when the 2nd team's 50,000 ids are not in the data
     throughput: str = ""  # bench/bench_gpu.py's JSON (default bench/results/gpu_throughput.json when present)
     speeds: str = "estimated"  # recipes it does not measure: estimated (timm's AMP tables, scaled to an H100) | recorded (the 3rd place's 2017 logs)
     json: str = ""  # also write the plan as JSON here
     build_index: bool = False  # with --data: build the missing index (what common.prepare does) instead of stopping
-    cores: int = 16  # CPU cores of the machine the CPU stages run on (OCR, MD5, the text model and the stacker use every core)
-    read_mb_s: float = COLD_READ_MB_S  # disk read rate for the heads on stored features
-    stack_rounds: int = 200  # the stacker's boosting rounds (ensembling/stack/config.py default)
+    cores: Annotated[int, at_least(1)] = 16  # CPU cores of the machine the CPU stages run on (OCR, MD5, the text model and the stacker use every core)
+    read_mb_s: Annotated[float, positive()] = COLD_READ_MB_S  # disk read rate for the heads on stored features
+    stack_rounds: Annotated[int, at_least(1)] = 200  # the stacker's boosting rounds (ensembling/stack/config.py default)
 
 
 def plan(opts: PlanOptions, work: WorkDir) -> dict:

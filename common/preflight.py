@@ -10,8 +10,10 @@ run_all.sh runs it before any stage.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 from pathlib import Path
 
+from .checks import at_least
 from .cli import parse_stage, run
 from .config import batch_split
 from .errors import DataError
@@ -26,7 +28,7 @@ NUM_CLASSES = 5270  # the official tree: the head every full recipe builds
 @dataclass
 class PreflightOptions:
     profile: str = "mini"  # mini | full
-    nproc: int = 1  # processes each recipe trains on (its global batch must split over them)
+    nproc: Annotated[int, at_least(1)] = 1  # processes each recipe trains on (its global batch must split over them)
     worlds: dict = field(default_factory=dict)  # {source: processes} for the recipes that run on another count (a scheduler's GPUs per recipe)
     fast_dev_run: bool = False  # the wiring check: a missing weight file means random initial weights, not a stop
 

@@ -6,13 +6,12 @@ Later stages take only `--work`: they read the data paths from work/dataset.json
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_json
+from .atomic import read_json, write_json
 from .bson_index import ProductIndex, get_index, load_index
 from .categories import CategoryTree
 from .cli import parse_stage, run
@@ -26,19 +25,32 @@ class DatasetPaths:
     test: str
     categories: str
     test_labels: str | None = None  # mini data only: local scoring of submissions
+    categories_sha256: str | None = None  # CategoryTree.order_sha256 at prepare: checked by every later stage
 
     @classmethod
     def load(cls, work: WorkDir) -> "DatasetPaths":
         path = work.root / "dataset.json"
         if not path.exists():
             raise FileNotFoundError(f"{path} missing: run `python -m common.prepare` (or ./run_all.sh) first")
-        return cls(**json.loads(path.read_text()))
+        hint = "rerun python -m common.prepare (./run_all.sh --only index)"
+        try:
+            return cls(**read_json(path, hint))
+        except TypeError as e:  # fields missing or unknown
+            raise DataError(f"{path}: not the dataset record common.prepare writes ({e}): {hint}") from None
 
     def tree(self) -> CategoryTree:
+        """The category tree, refused when its row order is not the one the work dir was prepared with:
+        two swapped rows would relabel every model's outputs without an error."""
         if not Path(self.categories).is_file():
             raise DataError(f"{self.categories}: the category file this work dir's dataset.json names is missing "
                             "(moved or deleted since the run; rerun python -m common.prepare to point it elsewhere)")
-        return CategoryTree.from_csv(self.categories)
+        tree = CategoryTree.from_csv(self.categories)
+        if self.categories_sha256 and tree.order_sha256 != self.categories_sha256:
+            raise DataError(f"{self.categories}: its category_id rows ({len(tree)}) are not those this work dir was prepared with "
+                            f"(dataset.json records order sha256 {self.categories_sha256[:12]}, the file gives {tree.order_sha256[:12]}): "
+                            "labels are row numbers, so every model here would be relabelled; restore the file, or rerun "
+                            "from the index stage (./run_all.sh --from index --force)")
+        return tree
 
     def index(self, work: WorkDir, split: str) -> ProductIndex:
         return load_index(work.index(split))
@@ -85,15 +97,16 @@ def main(argv: list[str] | None = None) -> DatasetPaths:
         path = getattr(opts, name)
         if not path or not Path(path).is_file():
             raise DataError(f"--{name} {path!r}: no such file")
-    CategoryTree.from_csv(opts.categories)  # fail early on a bad CSV
+    tree = CategoryTree.from_csv(opts.categories)  # fail early on a bad CSV
     indexes = {}
     for split in ("train", "test"):
         index = indexes[split] = get_index(getattr(opts, split), work.index(split), progress=args.progress)
         print(f"{split}: {len(index)} products, {index.n_images} images, skipped {index.meta['skipped']['counts'] or 'nothing'}")
-    for line in check_splits(indexes["train"], indexes["test"], opts, len(CategoryTree.from_csv(opts.categories))):
+    for line in check_splits(indexes["train"], indexes["test"], opts, len(tree)):
         log.warning(line)
     paths = DatasetPaths(*(str(Path(x).resolve()) for x in (opts.train, opts.test, opts.categories)),
-                         test_labels=str(Path(opts.test_labels).resolve()) if opts.test_labels else None)
+                         test_labels=str(Path(opts.test_labels).resolve()) if opts.test_labels else None,
+                         categories_sha256=tree.order_sha256)
     write_json(work.root / "dataset.json", asdict(paths))
     return paths
 

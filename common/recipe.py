@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import write_json
+from .atomic import read_json, write_json
 from .bench_feed import image_feed
 from .cli import load_yaml, parse_stage, read_yaml
 from .costs import image_cost
@@ -229,7 +229,7 @@ def stale_fold(out: Path, cfg: TrainConfig, inputs: dict) -> list[str]:
     """Why a started fold is not this recipe's on this data (empty when it is)."""
     why = config_changes(read_yaml(out / "config.yaml"), dataclasses.asdict(cfg)) if (out / "config.yaml").exists() else []
     if (out / "made_from.json").exists():
-        why += changes(json.loads((out / "made_from.json").read_text()), inputs)
+        why += changes(read_json(out / "made_from.json", "retrain this fold (--force)"), inputs)
     return why
 
 
@@ -280,7 +280,7 @@ def merge_folds(cfg: TrainConfig, data: FoldData, work: WorkDir, folds: list[int
     save_topk(work.preds(cfg.source) / "test.npz", test)
     rows = data.train.index.positions_of(oof.ids)
     report = product_report(oof.top1, data.labels[rows], data.train.index.n_imgs[rows], data.tree)
-    extras = [json.loads((d / "extra.json").read_text()) for d in dirs if (d / "extra.json").exists()]
+    extras = [read_json(d / "extra.json", "retrain this fold (--force)") for d in dirs if (d / "extra.json").exists()]
     return write_summary(
         work, cfg.source, "ablation" if cfg.ablation or cfg.baseline else "model", solution=cfg.solution, model=cfg.model, folds=folds,
         recorded=cfg.recorded, recipe=dataclasses.asdict(cfg), oof_products=int(len(oof)), oof_product_accuracy=report["accuracy"],

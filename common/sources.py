@@ -14,13 +14,12 @@ what the original team recorded for the same recipe (`recorded`, shown by the re
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
 
-from .atomic import write_json
+from .atomic import read_json, write_json
 from .errors import DataError
 from .paths import WorkDir
 
@@ -69,10 +68,7 @@ def read_source(work: WorkDir, name: str) -> SourceInfo:
     path = work.preds(name) / "summary.json"
     if not path.exists():
         raise DataError(f"{path}: missing (every source's stage writes one; rerun the stage that made preds/{name})")
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
+    summary = read_json(path, f"rerun the stage that made preds/{name}")
     kind = summary.get("kind")
     if kind not in KINDS:
         raise DataError(f"{path}: records no known kind ({kind!r}); rerun the stage that made preds/{name}")

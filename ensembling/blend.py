@@ -10,10 +10,11 @@ submissions/<solution>.csv.gz. numpy only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Annotated, Callable
 
 import numpy as np
 
+from common.checks import at_least, between
 from common.cli import parse_stage
 from common.errors import DataError
 from common.metrics import accuracy, class_prior_accuracy, product_report
@@ -44,8 +45,8 @@ class SolutionBlend:
 @dataclass
 class BlendOptions:
     members: list[str] = field(default_factory=list)  # NAME or NAME=WEIGHT (default: the solution's members)
-    topk: int = DEFAULT_K
-    max_fallback_share: float = 0.5  # refuse a submission with more fallback rows than this (1.0 accepts anything)
+    topk: Annotated[int, at_least(1)] = DEFAULT_K
+    max_fallback_share: Annotated[float, between(0, 1)] = 0.5  # refuse a submission with more fallback rows than this (1.0 accepts anything)
     accept_lost_products: bool = False  # write the submission although the test index lost documents of test.bson
     profile: str = ""  # mini | full: blend only that profile's recipes (run_all.sh passes its own); "": every finished model
 

@@ -18,8 +18,10 @@ import html
 import threading
 import time
 from dataclasses import dataclass
+from typing import Annotated
 from pathlib import Path
 
+from common.checks import at_least, between, positive
 from common.cli import parse_stage, run
 from common.errors import CorruptImageError, DataError
 
@@ -41,9 +43,9 @@ DEPRECATED_FLAGS = {"--top": "--topk"}  # old name -> flag: still accepted, with
 class ServeOptions:
     source: str = ""  # the source to serve ("": the stack, else the only blend)
     host: str = "127.0.0.1"  # the address to listen on (0.0.0.0: every interface)
-    port: int = 8000  # the TCP port
-    topk: int = 5  # categories returned per product
-    max_image_mb: float = 10.0  # larger uploads are refused (413)
+    port: Annotated[int, between(0, 65535)] = 8000  # the TCP port
+    topk: Annotated[int, at_least(1)] = 5  # categories returned per product
+    max_image_mb: Annotated[float, positive()] = 10.0  # larger uploads are refused (413)
 
 
 def upload_error(status: int, detail: str) -> HTTPException:

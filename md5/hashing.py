@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import write_json, write_npy
+from common.atomic import read_json, write_json, write_npy
 from common.bson_reader import BsonReader
-from common.errors import SkipLog
+from common.errors import SkipLog, log
 from common.paths import WorkDir
 from common.progress import track
 
@@ -98,8 +98,11 @@ def hash_shard(work: WorkDir, split: str, reader: BsonReader, workers: int, shar
 
 def saved_if_current(path: Path, key: dict) -> np.ndarray | None:
     meta_path = path.with_suffix(".json")
-    if path.exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("index") == key:
-        return np.load(path, allow_pickle=False)
+    try:  # a cache cut short is no cache: hashed again
+        if path.exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("index") == key:
+            return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, AttributeError) as e:
+        log.warning("%s: unreadable saved hashes (%s): hashing again", path, type(e).__name__)
     return None
 
 
@@ -118,7 +121,7 @@ def load_or_hash(work: WorkDir, split: str, reader: BsonReader, workers: int, pr
     path, key = hashes_path(work, split), index_key(reader)
     hashes = saved_if_current(path, key)
     if hashes is not None:
-        saved = json.loads(path.with_suffix(".json").read_text())
+        saved = read_json(path.with_suffix(".json"))
         return hashes, {**saved, "reused": True, "skipped": unhashed_products(reader, hashes, split)}
     merged = merged_shards(work, split, key)
     if merged is not None:

@@ -33,9 +33,11 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Annotated
 
 import numpy as np
 
+from common.checks import at_least, between
 from common.cli import parse_shard, parse_stage, run
 from common.errors import DataError
 from common.folds import EXCLUDED
@@ -69,11 +71,11 @@ RECORDED = {"value": None, "what": "MD5 dictionary: +0.003..0.005 on dylan's ens
 
 @dataclass
 class Md5Options:
-    alpha: float = 2.0  # vote weight = purity ** alpha
-    max_labels: int = 5  # a hash carried by this many distinct labels or more is ignored (placeholders)
-    min_purity: float = 0.0  # a hash whose top label share is below this is ignored
-    topk: int = 20
-    workers: int = 0  # hashing processes; 0 = every core
+    alpha: Annotated[float, at_least(0)] = 2.0  # vote weight = purity ** alpha
+    max_labels: Annotated[int, at_least(1)] = 5  # a hash carried by this many distinct labels or more is ignored (placeholders)
+    min_purity: Annotated[float, between(0, 1)] = 0.0  # a hash whose top label share is below this is ignored
+    topk: Annotated[int, at_least(1)] = 20
+    workers: Annotated[int, at_least(0)] = 0  # hashing processes; 0 = every core
     override_base: list[str] = field(default_factory=list)  # sources to apply the override to (default: every solution / team blend)
     write_submissions: bool = False  # write submissions/<base>_md5_override.csv.gz
     accept_lost_products: bool = False  # write them although the test index lost documents of test.bson

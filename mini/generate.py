@@ -20,11 +20,13 @@ import multiprocessing
 import os
 import time
 from dataclasses import asdict, dataclass
+from typing import Annotated
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from common.checks import at_least
 from common.atomic import atomic_path, write_json
 from common.bson_format import BsonWriter
 from common.categories import CategoryTree
@@ -201,7 +203,7 @@ def print_summary(out: str, meta: dict) -> None:
 class MiniOptions:
     out: str = ""  # output folder (default: <work>/mini)
     preset: str = "default"  # tiny | default
-    seed: int = 0
+    seed: Annotated[int, at_least(0)] = 0
     force: bool = False  # regenerate even if the folder holds this dataset
     workers: int | None = None  # render processes (default: min(2, cores))
     measure: bool = False  # measure the dataset already there (slow: fits a baseline, runs OCR)

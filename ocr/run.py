@@ -24,10 +24,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Annotated
 from pathlib import Path
 
 import numpy as np
 
+from common.checks import at_least, between, positive
 from common.atomic import write_json
 from common.bson_reader import BsonReader
 from common.cli import parse_shard, parse_stage, run
@@ -76,27 +78,27 @@ class OcrOptions:
     # which products
     sources: list[str] = field(default_factory=list)  # CNN sources choosing the products (default: the solution / team blends)
     media_groups: list[str] = field(default_factory=lambda: list(REAL_MEDIA_GROUPS))
-    threshold: float = 0.3  # minimum mean media probability mass to read a product
-    max_images: int = 4  # images read per product (in the seller's order; 4 = all)
+    threshold: Annotated[float, between(0, 1)] = 0.3  # minimum mean media probability mass to read a product
+    max_images: Annotated[int, between(1, 4)] = 4  # images read per product (in the seller's order; 4 = all)
     # how to read (bench/bench_ocr.py measured the steps)
     preprocess: list[str] = field(default_factory=lambda: ["pad", "otsu"])  # steps of ocr.reader.PREPROCESS, in order
     lang: str = "fra+eng"
-    psm: int = 11  # sparse text: +10 points of keyword read rate over the automatic layout (3) on the mini covers
-    workers: int = 0  # tesseract processes; 0 = every core
-    batch: int = 64  # images per tesseract process (it spends ~0.18 s loading its models per call)
-    chunk_images: int = 4096  # images buffered between cache look-ups (a few batches per worker)
+    psm: Annotated[int, between(0, 13)] = 11  # sparse text: +10 points of keyword read rate over the automatic layout (3) on the mini covers
+    workers: Annotated[int, at_least(0)] = 0  # tesseract processes; 0 = every core
+    batch: Annotated[int, at_least(1)] = 64  # images per tesseract process (it spends ~0.18 s loading its models per call)
+    chunk_images: Annotated[int, at_least(1)] = 4096  # images buffered between cache look-ups (a few batches per worker)
     cache: str | None = None  # default: <work>/ocr/cache.sqlite3
     merge_caches: list[str] = field(default_factory=list)  # caches of other machines to merge first
     shard: str = ""  # "i/n": read only this machine's share (then stop)
     # the text model
     classifier: str = "sgd"  # a key of ocr.text_model.CLASSIFIERS (logreg: the multinomial model, small data only)
-    C: float = 10.0
-    word_ngram_max: int = 2
-    char_ngram_min: int = 2
-    char_ngram_max: int = 5
-    min_df: int = 1  # exact vocabulary only (n_features 0)
-    n_features: int = 2**18  # hashed TF-IDF columns per analyzer (bounded memory at any corpus size); 0 = exact vocabulary
-    topk: int = 20
+    C: Annotated[float, positive()] = 10.0
+    word_ngram_max: Annotated[int, at_least(1)] = 2
+    char_ngram_min: Annotated[int, at_least(1)] = 2
+    char_ngram_max: Annotated[int, at_least(1)] = 5
+    min_df: Annotated[int, at_least(1)] = 1  # exact vocabulary only (n_features 0)
+    n_features: Annotated[int, at_least(0)] = 2**18  # hashed TF-IDF columns per analyzer (bounded memory at any corpus size); 0 = exact vocabulary
+    topk: Annotated[int, at_least(1)] = 20
 
     def __post_init__(self) -> None:
         check_steps(self.preprocess)

@@ -24,7 +24,7 @@ import warnings
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Callable
 
 import numpy as np
 import sklearn
@@ -33,6 +33,7 @@ from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer,
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.pipeline import FeatureUnion, Pipeline
 
+from common.checks import at_least, positive
 from common.atomic import atomic_path
 from common.errors import DataError, log
 from common.predictions import TopK, concat_topk, topk_from_dense
@@ -43,13 +44,13 @@ WORD = re.compile(r"(?u)\b\w\w+\b")
 @dataclass(frozen=True)
 class TextModelOptions:
     classifier: str = "sgd"  # a key of CLASSIFIERS
-    C: float = 10.0  # inverse regularisation (logreg); alpha = 1 / (C * n) for sgd
+    C: Annotated[float, positive()] = 10.0  # inverse regularisation (logreg); alpha = 1 / (C * n) for sgd
     word_ngrams: tuple[int, int] = (1, 2)
     char_ngrams: tuple[int, int] = (2, 5)
-    min_df: int = 1  # exact vocabulary only (n_features 0)
-    max_iter: int = 1000
-    n_features: int = 2**18  # hashed features per analyzer (word, char); 0 = the exact vocabulary (grows with the corpus)
-    predict_chunk: int = 8192  # texts predicted at once (probabilities over the seen classes, then top-K)
+    min_df: Annotated[int, at_least(1)] = 1  # exact vocabulary only (n_features 0)
+    max_iter: Annotated[int, at_least(1)] = 1000
+    n_features: Annotated[int, at_least(0)] = 2**18  # hashed features per analyzer (word, char); 0 = the exact vocabulary (grows with the corpus)
+    predict_chunk: Annotated[int, at_least(1)] = 8192  # texts predicted at once (probabilities over the seen classes, then top-K)
 
 
 CLASSIFIERS: dict[str, Callable[[TextModelOptions, int], object]] = {

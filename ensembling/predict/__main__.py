@@ -23,7 +23,7 @@ from typing import Annotated
 
 from common.atomic import atomic_path
 from common.checks import at_least, check_fields, check_names
-from common.cli import parse_stage, run
+from common.cli import exit_on_signals, parse_stage, run
 from common.errors import DataError
 
 DEPRECATED_FLAGS = {"--top": "--topk"}  # old name -> flag: still accepted, with one warning line (train and stack say --topk)
@@ -110,10 +110,14 @@ def main(argv: list[str] | None = None) -> None:
     from .predictor import Predictor
 
     check_outputs(opts)
+    exit_on_signals()  # a SIGTERM mid-prediction still removes the scratch folder of features (Context.close)
     products = read_products(opts)
     predictor = Predictor.from_work(work, opts.source or None)
-    print(f"predicting {len(products)} products with {predictor.describe()}", file=sys.stderr)
-    frame = predictor.predict_products(products, opts.topk, opts.keep or None)
+    try:
+        print(f"predicting {len(products)} products with {predictor.describe()}", file=sys.stderr)
+        frame = predictor.predict_products(products, opts.topk, opts.keep or None)
+    finally:
+        predictor.close()
     if opts.out:
         write_csv(frame, opts.out)
         print(f"wrote {opts.out}: {frame['product'].nunique()} products, {len(frame)} rows", file=sys.stderr)

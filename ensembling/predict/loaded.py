@@ -37,6 +37,12 @@ class Loaded(Protocol):
     def predict(self, reader: MemoryReader, inputs: dict[str, TopK]) -> TopK: ...
 
 
+def scratch_root() -> str | None:
+    """Where predicting writes new products' features: $CDISCOUNT_SCRATCH, else /dev/shm (memory), else the
+    temporary folder. A container's /dev/shm is often 64 MB: point CDISCOUNT_SCRATCH at a disk for large --bson files."""
+    return os.environ.get("CDISCOUNT_SCRATCH") or ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+
+
 @dataclass
 class Context:
     """What every loader shares: the trained work dir and its data (loaded once), the runtime, and
@@ -50,7 +56,7 @@ class Context:
 
     @classmethod
     def open(cls, work: WorkDir) -> "Context":
-        tmp = tempfile.TemporaryDirectory(prefix="cdiscount_predictor_", dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+        tmp = tempfile.TemporaryDirectory(prefix="cdiscount_predictor_", dir=scratch_root())
         return cls(work, load_fold_data(work), None, WorkDir(tmp.name), tmp)
 
     def torch_runtime(self):

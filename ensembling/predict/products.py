@@ -5,9 +5,10 @@ A product is a name and its images in order (Cdiscount's first image is the main
 Cdiscount image is a 180x180 JPEG with the product on white, so a new image is brought to that
 form: a whole JPEG or PNG of 180x180 without transparency passes byte for byte (its MD5 can still
 match a train duplicate); any other image OpenCV reads (WebP, another size, an alpha channel,
-16 bits) is decoded, laid over white, padded square with white, resized to 180 and stored as a
-lossless PNG, which both decode paths of the data read. An unreadable image is named and skipped;
-a product left with no image is reported and gets no prediction (never a silent prior).
+16 bits, an EXIF orientation other than upright) is decoded, turned upright, laid over white, padded
+square with white, resized to 180 and stored as a lossless PNG, which both decode paths of the data
+read (they ignore EXIF: common.images.decode_jpeg). An unreadable image is named and skipped; a
+product left with no image is reported and gets no prediction (never a silent prior).
 """
 from __future__ import annotations
 
@@ -48,6 +49,27 @@ def _decode_any(data: bytes, where: str) -> np.ndarray:
     return img
 
 
+EXIF_ORIENTATION = 0x0112
+UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1], 5: lambda a: a.swapaxes(0, 1),
+           6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, 1)}  # EXIF 1..8
+
+
+def exif_orientation(data: bytes) -> int:
+    """A JPEG's EXIF orientation (1, upright, when it has none): a phone's photo is stored sideways with a tag."""
+    if data[:2] != MAGICS[0]:
+        return 1
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            value = img.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block: the pixels as stored
+        return 1
+    return value if value in UPRIGHT else 1
+
+
 def _on_white_rgb(img: np.ndarray) -> np.ndarray:
     """Any OpenCV image (grey, BGR, BGRA; 8 or 16 bits) -> RGB uint8 with transparency over white."""
     if img.dtype == np.uint16:
@@ -72,8 +94,10 @@ def _square_on_white(rgb: np.ndarray) -> np.ndarray:
 
 def as_data_image(data: bytes, where: str) -> bytes:
     """Bytes the data path reads as the competition's images are (see the module docstring)."""
-    img = _decode_any(data, where)
-    already = (data[:2] == MAGICS[0] or data[:4] == MAGICS[1]) and img.shape[:2] == (TILE, TILE)
+    img, orientation = _decode_any(data, where), exif_orientation(data)
+    if orientation != 1:
+        img = np.ascontiguousarray(UPRIGHT[orientation](img))
+    already = (data[:2] == MAGICS[0] or data[:4] == MAGICS[1]) and img.shape[:2] == (TILE, TILE) and orientation == 1
     if already and img.dtype == np.uint8 and (img.ndim == 2 or img.shape[2] == 3):
         return data
     rgb = resize(_square_on_white(_on_white_rgb(img)), TILE)
@@ -105,8 +129,24 @@ def make_product(name: str, images: Sequence[tuple[str, bytes | Path]]) -> NewPr
     return product
 
 
-def _visible(paths: Iterable[Path]) -> list[Path]:
-    return sorted(p for p in paths if not p.name.startswith("."))
+def _visible(paths: Iterable[Path], where: Path) -> list[Path]:
+    """The entries not hidden, sorted; hidden folders are named in a warning, hidden files (.DS_Store) counted."""
+    entries = sorted(paths)
+    hidden = [p for p in entries if p.name.startswith(".")]
+    for folder in (p for p in hidden if p.is_dir()):
+        log.warning("%s: a hidden folder, skipped (rename it without the leading dot to predict it)", folder)
+    files = [p.name for p in hidden if not p.is_dir()]
+    if files:
+        log.warning("%s: %d hidden file%s skipped (%s)", where, len(files), "s" * (len(files) > 1), ", ".join(files[:3]) + " ..." * (len(files) > 3))
+    return [p for p in entries if not p.name.startswith(".")]
+
+
+def _images_of(product: Path) -> list[tuple[str, Path]]:
+    """A product folder's image files in name order; a folder inside it is named in a warning (not searched)."""
+    entries = _visible(product.iterdir(), product)
+    for nested in (p for p in entries if p.is_dir()):
+        log.warning("%s: a folder inside product %s, skipped (a product's images go directly in its folder)", nested, product.name)
+    return [(str(p), p) for p in entries if p.is_file()]
 
 
 def from_folder(folder: str | os.PathLike) -> list[NewProduct]:
@@ -114,13 +154,13 @@ def from_folder(folder: str | os.PathLike) -> list[NewProduct]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"--folder {folder}: no such folder")
-    entries = _visible(folder.iterdir())
+    entries = _visible(folder.iterdir(), folder)
     for loose in (p for p in entries if p.is_file()):
         log.warning("%s: a file directly in --folder, skipped (each product is a subfolder of its images)", loose)
     subfolders = [p for p in entries if p.is_dir()]
     if not subfolders:
         raise FileNotFoundError(f"--folder {folder}: no product subfolder (put each product's images in a subfolder named after it)")
-    return [make_product(d.name, [(str(p), p) for p in _visible(d.iterdir()) if p.is_file()]) for d in subfolders]
+    return [make_product(d.name, _images_of(d)) for d in subfolders]
 
 
 def from_images(paths: Sequence[str | os.PathLike], name: str | None = None) -> NewProduct:

@@ -93,7 +93,11 @@ def sample(products: Products, limit: int, seed: int) -> Products:
 
 def load_model(path: str, n_features: int) -> xgb.Booster:
     """A model trained elsewhere (e.g. xgboost.dask on exported features): same features or refuse."""
-    booster = xgb.Booster(model_file=path)
+    try:
+        booster = xgb.Booster(model_file=path)
+    except xgb.core.XGBoostError as e:  # a file cut short or not a model: one line, not xgboost's C++ trace
+        raise DataError(f"{path}: not a model xgboost can load ({str(e).strip().splitlines()[0][:120]}): "
+                        "rerun the stack stage (./run_all.sh --only stack --force)") from None
     if booster.num_features() != n_features:
         raise DataError(f"{path}: the model has {booster.num_features()} features, these sources give {n_features}")
     return booster

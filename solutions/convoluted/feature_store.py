@@ -20,14 +20,13 @@ Every rank fsyncs its rows (flush) before the barrier after which rank 0 renames
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from common.atomic import write_json, write_npy
+from common.atomic import read_json, write_json, write_npy
 from common.errors import DataError
 
 MAX_VIEWS = 4  # products are padded / cut to 4 images
@@ -151,7 +150,10 @@ class FeatureStore:
         meta_path = self.dir / f"{split}.json"
         if not meta_path.exists():
             raise DataError(f"{meta_path}: no feature store (train the base net first: its fold extracts the features)")
-        self.meta = StoreMeta(**json.loads(meta_path.read_text()))
+        try:
+            self.meta = StoreMeta(**read_json(meta_path, "retrain the base net (--force): its fold extracts the features"))
+        except TypeError as e:
+            raise DataError(f"{meta_path}: not a feature store record ({e})") from None
         self.shape = (max(self.meta.n_images, 1), self.flips, self.meta.dim)
         path = self.dir / f"{split}.u8"
         if path.stat().st_size != int(np.prod(self.shape)):
