@@ -12,6 +12,7 @@ stage uses it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -27,7 +28,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -276,18 +277,25 @@ def run(main: Callable[..., Any], argv: list[str] | None = None) -> None:
         raise SystemExit(result)
 
 
-def exit_on_signals(*names: str) -> None:
-    """SIGTERM (a scheduler's stop, `kill`) and SIGHUP (the terminal closed) as SystemExit(128 + signal):
-    Python's default ends the process on the spot, skipping the `finally` blocks and exit hooks
-    that remove a command's temporary folders; this way they run and the exit status is the usual one."""
+@contextlib.contextmanager
+def exit_on_signals(*names: str) -> Iterator[None]:
+    """Inside the block, SIGTERM (a scheduler's stop, `kill`) and SIGHUP (the terminal closed) raise
+    SystemExit(128 + signal): Python's default ends the process on the spot, skipping the `finally`
+    blocks and exit hooks that remove a command's temporary folders; this way they run and the exit
+    status is the usual one. The previous handlers come back after the block (main() called in-process)."""
     import signal
 
     def stop(signum: int, _frame) -> None:
         print(f"error: stopped by {signal.Signals(signum).name}", file=sys.stderr)
         raise SystemExit(128 + signum)
 
-    for name in names or ("SIGTERM", "SIGHUP"):
-        signal.signal(getattr(signal, name), stop)
+    signals = [getattr(signal, name) for name in names or ("SIGTERM", "SIGHUP")]
+    before = {s: signal.signal(s, stop) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 class Command:

@@ -388,3 +388,16 @@ def test_sigterm_mid_prediction_removes_the_scratch_folder(tiny_run, tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1] == "error: stopped by SIGTERM"
     assert not any(scratch.iterdir()) and not (tmp_path / "p.csv").exists()
+
+
+def test_the_signal_handlers_come_back_after_the_block():
+    import signal
+
+    from common.cli import exit_on_signals
+
+    before = signal.getsignal(signal.SIGTERM)
+    with exit_on_signals():
+        assert signal.getsignal(signal.SIGTERM) is not before
+        with pytest.raises(SystemExit) as e:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs at the next bytecode
+    assert e.value.code == 128 + signal.SIGTERM and signal.getsignal(signal.SIGTERM) is before

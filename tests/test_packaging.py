@@ -261,7 +261,10 @@ class _FakePredictor:
     source = "fake"
 
     def __init__(self):
-        self.k = None
+        self.k, self.closed = None, False
+
+    def close(self) -> None:
+        self.closed = True
 
     def describe(self) -> str:
         return "a fake"
@@ -281,7 +284,7 @@ def test_predict_takes_topk_and_the_old_top_with_one_warning(flag, warned, tmp_p
     monkeypatch.setattr(Predictor, "from_work", staticmethod(lambda work, source=None: fake))
     out = tmp_path / "pred.csv"
     script("cdiscount-predict")(["--work", str(tmp_path), "--images", "a.jpg", flag, "3", "--out", str(out)])
-    assert fake.k == 3 and len(pd.read_csv(out)) == 3
+    assert fake.k == 3 and len(pd.read_csv(out)) == 3 and fake.closed
     err = capsys.readouterr().err
     assert err.count("warning: --top is deprecated, use --topk") == (1 if warned else 0), err
     assert all("deprecated" not in line for line in err.splitlines() if not line.startswith("warning: --top "))

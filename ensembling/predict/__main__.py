@@ -110,14 +110,14 @@ def main(argv: list[str] | None = None) -> None:
     from .predictor import Predictor
 
     check_outputs(opts)
-    exit_on_signals()  # a SIGTERM mid-prediction still removes the scratch folder of features (Context.close)
-    products = read_products(opts)
-    predictor = Predictor.from_work(work, opts.source or None)
-    try:
-        print(f"predicting {len(products)} products with {predictor.describe()}", file=sys.stderr)
-        frame = predictor.predict_products(products, opts.topk, opts.keep or None)
-    finally:
-        predictor.close()
+    with exit_on_signals():  # a SIGTERM mid-prediction still removes the scratch folder of features (Context.close)
+        products = read_products(opts)
+        predictor = Predictor.from_work(work, opts.source or None)
+        try:
+            print(f"predicting {len(products)} products with {predictor.describe()}", file=sys.stderr)
+            frame = predictor.predict_products(products, opts.topk, opts.keep or None)
+        finally:
+            predictor.close()
     if opts.out:
         write_csv(frame, opts.out)
         print(f"wrote {opts.out}: {frame['product'].nunique()} products, {len(frame)} rows", file=sys.stderr)
