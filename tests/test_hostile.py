@@ -368,27 +368,6 @@ def test_hidden_and_nested_folders_are_reported_not_dropped_silently(tmp_path, c
     assert f"{tmp_path / 'p1'}: 2 hidden files skipped (.DS_Store, ._a.jpg)" in caplog.text
 
 
-def test_sigterm_mid_prediction_removes_the_scratch_folder(tiny_run, tmp_path):
-    """Python's default SIGTERM skipped every cleanup: the features of the new products stayed in /dev/shm."""
-    import signal
-    import time
-
-    work, _ = tiny_run
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CDISCOUNT_SCRATCH": str(scratch)}
-    proc = subprocess.Popen([sys.executable, "-m", "ensembling.predict", "--work", str(work), "--bson", str(work / "mini" / "test.bson"),
-                             "--out", str(tmp_path / "p.csv")], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not any(scratch.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, "predict ended before its scratch folder appeared"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err[-2000:]
-    assert err.strip().splitlines()[-1] == "error: stopped by SIGTERM"
-    assert not any(scratch.iterdir()) and not (tmp_path / "p.csv").exists()
-
 
 def test_the_signal_handlers_come_back_after_the_block():
     import signal
