@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -176,11 +175,9 @@ def index_is_current(prefix: str | os.PathLike, bson_path: str | os.PathLike) ->
     if not meta_path.exists():
         return False
     try:
-        meta = json.loads(meta_path.read_text())
-    except (ValueError, UnicodeDecodeError):  # cut short: no index of anything, rebuilt
+        meta = read_json(meta_path)
+    except DataError:  # cut short: no index of anything, rebuilt
         log.warning("%s: unreadable index record: the index is built again", meta_path)
-        return False
-    if not isinstance(meta, dict):
         return False
     st = Path(bson_path).stat()
     same_stat = meta.get("size") == st.st_size and meta.get("mtime_ns") == st.st_mtime_ns

@@ -1,7 +1,9 @@
 """Every option typed and range-checked when it is made, from its field's annotation: one place.
 
-A field says its range beside its type, `epochs: Annotated[int, at_least(1)] = 1`, and the
-dataclass's `__post_init__` calls `check_fields(self)`: a recipe, a stage's options or a run's
+A field says its range beside its type, `epochs: Annotated[int, at_least(1)] = 1`; every stage's
+options are checked where the command line convention makes them (`common.cli.build_options`), and
+the options made elsewhere too (recipes, the stacker's, a run's) call `check_fields(self)` in their
+`__post_init__`: a recipe, a stage's options or a run's
 options with `epochs: three`, `epochs: 1.5`, `batch_size: 0` or `lr: -5` stops when it is read, in
 one line naming every bad value, before anything is written (the callers prefix the file). The
 type comes from the annotation too (an int field takes no 1.5, a bool no "yes", a float any number).

@@ -26,8 +26,8 @@ import pandas as pd
 
 from .atomic import atomic_path, read_json, write_json
 from .bson_index import ProductIndex
-from .checks import Range, at_least, check_fields
 from .categories import UNKNOWN, CategoryTree
+from .checks import Range, at_least, check_fields
 from .cli import parse_stage, run
 from .errors import DataError, log
 from .ids import lookup

@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Annotated
 from pathlib import Path
+from typing import Annotated
 
-from .checks import Range, at_least, positive
 from .atomic import write_json
+from .checks import Range, at_least, positive
 from .cli import parse_stage, run
 from .errors import DataError
 from .paths import WorkDir

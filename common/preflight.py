@@ -10,8 +10,8 @@ run_all.sh runs it before any stage.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
 from pathlib import Path
+from typing import Annotated
 
 from .checks import at_least
 from .cli import parse_stage, run

@@ -18,8 +18,8 @@ import html
 import threading
 import time
 from dataclasses import dataclass
-from typing import Annotated
 from pathlib import Path
+from typing import Annotated
 
 from common.checks import at_least, between, positive
 from common.cli import parse_stage, run

@@ -4,7 +4,6 @@ reused while the index they were made from is current."""
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 
 from common.atomic import read_json, write_json, write_npy
 from common.bson_reader import BsonReader
-from common.errors import SkipLog, log
+from common.errors import DataError, SkipLog, log
 from common.paths import WorkDir
 from common.progress import track
 
@@ -98,12 +97,13 @@ def hash_shard(work: WorkDir, split: str, reader: BsonReader, workers: int, shar
 
 def saved_if_current(path: Path, key: dict) -> np.ndarray | None:
     meta_path = path.with_suffix(".json")
+    if not (path.exists() and meta_path.exists()):
+        return None
     try:  # a cache cut short is no cache: hashed again
-        if path.exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("index") == key:
-            return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, AttributeError) as e:
+        return np.load(path, allow_pickle=False) if read_json(meta_path).get("index") == key else None
+    except (DataError, ValueError, OSError, EOFError) as e:
         log.warning("%s: unreadable saved hashes (%s): hashing again", path, type(e).__name__)
-    return None
+        return None
 
 
 def merged_shards(work: WorkDir, split: str, key: dict) -> tuple[np.ndarray, int] | None:

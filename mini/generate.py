@@ -20,14 +20,14 @@ import multiprocessing
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Annotated
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
 
-from common.checks import at_least
 from common.atomic import atomic_path, write_json
+from common.checks import at_least
 from common.bson_format import BsonWriter
 from common.categories import CategoryTree
 from common.cli import parse_stage

@@ -24,13 +24,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Annotated
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
-from common.checks import at_least, between, positive
 from common.atomic import write_json
+from common.checks import at_least, between, positive
 from common.bson_reader import BsonReader
 from common.cli import parse_shard, parse_stage, run
 from common.errors import SkipLog

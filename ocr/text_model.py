@@ -33,8 +33,8 @@ from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer,
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.pipeline import FeatureUnion, Pipeline
 
-from common.checks import at_least, positive
 from common.atomic import atomic_path
+from common.checks import at_least, positive
 from common.errors import DataError, log
 from common.predictions import TopK, concat_topk, topk_from_dense
 
