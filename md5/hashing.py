@@ -4,7 +4,6 @@ reused while the index they were made from is current."""
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from common.atomic import read_json, write_json, write_npy
 from common.bson_reader import BsonReader
 from common.errors import DataError, SkipLog, log
 from common.paths import WorkDir
+from common.processes import pool_context
 from common.progress import track
 
 HASH_DTYPE = np.dtype([("row", "<i8"), ("rank", "<i2"), ("md5", "S16")])  # rank as wide as the index's n_imgs
@@ -52,8 +52,7 @@ def hash_images(reader: BsonReader, workers: int, progress: bool = True, span: i
     if workers <= 1 or len(spans) <= 1:  # in this process: no module state (the loaded predictor may call it from threads)
         parts = [hash_rows(reader, s) for s in track(spans, **bar)]
     else:
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with multiprocessing.get_context(method).Pool(workers, initializer=_init_hasher, initargs=(reader,)) as pool:
+        with pool_context().Pool(workers, initializer=_init_hasher, initargs=(reader,)) as pool:
             parts = list(track(pool.imap(_hash_range, spans), **bar))
     return np.concatenate(parts) if parts else np.zeros(0, HASH_DTYPE)
 

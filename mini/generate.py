@@ -16,7 +16,6 @@ across groups); book / CD / DVD covers with an OCR-readable French title; ~10% l
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -33,6 +32,7 @@ from common.categories import CategoryTree
 from common.cli import parse_stage
 from common.errors import DataError
 from common.paths import CATEGORY_NAMES_CSV
+from common.processes import pool_context
 from common.progress import track
 
 from . import covers, render
@@ -97,7 +97,7 @@ def render_all(plan: pd.DataFrame, cats: CategoryTree, preset: Preset, seed: int
     bar = dict(desc="rendering products", total=len(tasks), enabled=progress, unit="product")
     if workers <= 1:
         return [render_product(t) for t in track(tasks, **bar)]
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    with pool_context().Pool(workers) as pool:
         return list(track(pool.imap(render_product, tasks, chunksize=16), **bar))
 
 

@@ -16,7 +16,6 @@ every chunk of images), and mergeable: caches filled on several machines (--shar
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import sqlite3
 import subprocess
@@ -32,6 +31,7 @@ import numpy as np
 
 from common.errors import CorruptImageError, DataError, log
 from common.images import decode_jpeg
+from common.processes import pool_context
 from common.progress import bar
 
 # ---------------------------------------------------------------------------------------------
@@ -320,8 +320,7 @@ class Readers:
 
     def __enter__(self) -> "Readers":
         if self.workers > 1:
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            self.pool = multiprocessing.get_context(method).Pool(self.workers, initializer=_init_worker, initargs=(self.settings,))
+            self.pool = pool_context().Pool(self.workers, initializer=_init_worker, initargs=(self.settings,))
         else:
             _init_worker(self.settings)
         return self

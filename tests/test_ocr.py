@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import shutil
 
@@ -49,6 +50,28 @@ def test_tesseract_reads_french_with_accents():
     blank = encode_jpeg(np.full((60, 60, 3), 255, np.uint8))
     batch = reader.read_jpegs([text_jpeg(["Château"]), blank, b"not a jpeg", text_jpeg(["Crème brûlée"])], settings)
     assert "château" in words(batch[0]) and batch[1] == "" and batch[2] == "" and {"crème", "brûlée"} <= words(batch[3]), batch
+
+
+@needs_tesseract
+def test_a_pool_started_beside_running_threads_reads_as_inline():
+    """Readers' pool (common.processes: forkserver, never a plain fork of a threaded process, which
+    once hung the suite) started while another thread runs gives the inline texts, in order."""
+    import threading
+
+    settings = OcrOptions().settings
+    items = [(bytes([k]) * 16, text_jpeg([line])) for k, line in enumerate(["Château", "Crème brûlée", "forêt", "été"])]
+    stop = threading.Event()
+    busy = threading.Thread(target=stop.wait, daemon=True)
+    busy.start()
+    try:
+        with Readers(settings, 2, batch=1) as pooled:
+            assert pooled.pool is not None
+            got = dict(t for batch, _ in pooled.imap(items) for t in batch)
+    finally:
+        stop.set()
+    with Readers(settings, 1) as inline:
+        want = dict(t for batch, _ in inline.imap(items) for t in batch)
+    assert got == want and "château" in words(got[bytes([0]) * 16]), got
 
 
 def count_calls(monkeypatch) -> list[int]:
@@ -382,6 +405,9 @@ def test_the_loaded_ocr_predicts_the_test_products_as_the_stage(tiny_work, monke
     # without the run's cache every image is read again, in a pool of 2 workers kept across calls
     (tiny_work / "ocr" / "cache.sqlite3").unlink()
     before.pop("ocr/cache.sqlite3")
+    # the stand-in tesseract reaches pool workers only through a plain fork (the pool itself is
+    # tested with real tesseract and forkserver in test_a_pool_started_beside_running_threads_reads_as_inline)
+    monkeypatch.setattr(reader, "pool_context", lambda: multiprocessing.get_context("fork"))
     with load_ocr(WorkDir(tiny_work), recorded, workers=2) as loaded:
         got = loaded.predict(MemoryReader(products), inputs)
         pool = loaded.readers.pool
