@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,26 +123,75 @@ def assert_same_feature_store(a: Path, b: Path, rel: Path) -> None:
     assert steps.max() <= 1 and len(differ) <= max(2, len(x) // 2000), f"{rel}: {len(differ)} bytes differ, by up to {steps.max()} steps"
 
 
+# ---------------------------------------------------------------------------------------------
+# the shared trained tiny run: started in the background as the session starts, so the workers run
+# other test files meanwhile instead of waiting on it (it is the suite's longest single job)
+
+_TINY_RUN: dict[str, subprocess.Popen] = {}
+
+
+def tiny_run_dir(basetemp: Path) -> Path:
+    """Where the session's tiny run lives: the controller's base temp folder, the parent of each
+    pytest-xdist worker's."""
+    return (basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp) / "tiny_run"
+
+
+def start_tiny_run(out: Path) -> subprocess.Popen:
+    """`run_all.sh --preset tiny` in the background; `rc` appears (atomically) when it ends."""
+    from common.paths import REPO
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "started").touch()
+    script = 'bash run_all.sh --preset tiny --work "$1" > "$2/stdout.txt" 2> "$2/stderr.txt"; echo $? > "$2/rc.part"; mv "$2/rc.part" "$2/rc"'
+    return subprocess.Popen(["bash", "-c", script, "tiny_run", str(out / "work"), str(out)], cwd=REPO,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def wants_tiny_run(config: pytest.Config) -> bool:
+    """Whether the session's paths hold a test file using tiny_run (not with -k: it may select none)."""
+    if config.option.keyword or os.environ.get("PYTEST_XDIST_WORKER"):
+        return False
+    for arg in config.args:
+        path = config.invocation_params.dir / arg.split("::")[0]
+        files = sorted(path.glob("test_*.py")) if path.is_dir() else [path]
+        if any(f.is_file() and "tiny_run" in f.read_text() for f in files):
+            return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if wants_tiny_run(session.config):  # before pytest-xdist starts the workers: they see `started`
+        _TINY_RUN["run"] = start_tiny_run(tiny_run_dir(session.config._tmp_path_factory.getbasetemp()))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A background run no test waited for (or still running after a failure) is stopped."""
+    run = _TINY_RUN.pop("run", None)
+    if run is not None and run.poll() is None:
+        os.killpg(run.pid, signal.SIGTERM)
+        run.wait(60)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> tuple[Path, str]:
     """One uninterrupted `run_all.sh --preset tiny` (every stage), shared by every test that needs a
-    trained work dir: (the work dir, what it printed). Tests that change it work on a copy. Under
-    pytest-xdist (run_tests.sh -n 2) the workers share it: the first to need it trains it under a file
-    lock in the session's common temp folder, the others wait for it and read it."""
+    trained work dir: (the work dir, what it printed). Tests that change it work on a copy. Started
+    as the session starts (pytest_sessionstart) or, failing that, by the first test to need it,
+    under a file lock shared by the pytest-xdist workers; the others wait for its `rc` file."""
     import fcntl
-    import subprocess
 
-    from common.paths import REPO
-
-    root = tmp_path_factory.getbasetemp()
-    shared = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
-    work, printed = shared / "tiny_run" / "work", shared / "tiny_run" / "stdout.txt"
-    work.parent.mkdir(parents=True, exist_ok=True)
-    with open(shared / "tiny_run.lock", "w") as lock:
+    out = tiny_run_dir(tmp_path_factory.getbasetemp())
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / "tiny_run.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not printed.exists():
-            done = subprocess.run(["bash", str(REPO / "run_all.sh"), "--preset", "tiny", "--work", str(work)], cwd=REPO,
-                                  env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=1800)
-            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-            printed.write_text(done.stdout)
-    return work, printed.read_text()
+        run = None if (out / "started").exists() else start_tiny_run(out)
+    deadline = time.monotonic() + 1800
+    while not (out / "rc").exists():
+        assert time.monotonic() < deadline, f"the tiny run in {out} took over 30 minutes"
+        time.sleep(1)
+    if run is not None:
+        run.wait()
+    printed = (out / "stdout.txt").read_text()
+    assert (out / "rc").read_text().strip() == "0", printed[-3000:] + (out / "stderr.txt").read_text()[-3000:]
+    return out / "work", printed

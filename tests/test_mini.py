@@ -274,3 +274,16 @@ def test_second_call_reuses_and_force_regenerates(tiny, capsys):
     assert "nothing to do" not in capsys.readouterr().out
     assert (tiny / "mini.json").stat().st_mtime_ns > stamps[tiny / "mini.json"]
     assert (tiny / "train.bson").read_bytes() == old
+
+
+def test_a_pool_of_render_workers_draws_the_same_pictures_as_one_process():
+    """The default preset renders in a pool (common.processes: forkserver); each product's pictures
+    come from its own seed, so the pool changes no byte."""
+    from mini.generate import plan_duplicates, render_all
+
+    preset = PRESETS["tiny"]
+    rng = np.random.default_rng([0, 0])
+    cats = select_categories(CategoryTree.from_csv(CATEGORY_NAMES_CSV), preset, rng)
+    plan = plan_duplicates(plan_products(cats, preset, rng), cats, preset, rng).head(24)
+    pooled = render_all(plan, cats, preset, 0, workers=2, progress=False)
+    assert pooled == render_all(plan, cats, preset, 0, workers=1, progress=False) and sum(map(len, pooled)) >= 24
