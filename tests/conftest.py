@@ -136,15 +136,16 @@ def tiny_run_dir(basetemp: Path) -> Path:
     return (basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp) / "tiny_run"
 
 
-def start_tiny_run(out: Path) -> subprocess.Popen:
-    """`run_all.sh --preset tiny` in the background; `rc` appears (atomically) when it ends."""
+def start_tiny_run(out: Path) -> None:
+    """`run_all.sh --preset tiny` in the background, kept for pytest_unconfigure; `rc` appears
+    (atomically) when it ends."""
     from common.paths import REPO
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "started").touch()
     script = 'bash run_all.sh --preset tiny --work "$1" > "$2/stdout.txt" 2> "$2/stderr.txt"; echo $? > "$2/rc.part"; mv "$2/rc.part" "$2/rc"'
-    return subprocess.Popen(["bash", "-c", script, "tiny_run", str(out / "work"), str(out)], cwd=REPO,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdin=subprocess.DEVNULL, start_new_session=True)
+    _TINY_RUN["run"] = subprocess.Popen(["bash", "-c", script, "tiny_run", str(out / "work"), str(out)], cwd=REPO,
+                                        env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 def wants_tiny_run(config: pytest.Config) -> bool:
@@ -162,11 +163,12 @@ def wants_tiny_run(config: pytest.Config) -> bool:
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
     if wants_tiny_run(session.config):  # before pytest-xdist starts the workers: they see `started`
-        _TINY_RUN["run"] = start_tiny_run(tiny_run_dir(session.config._tmp_path_factory.getbasetemp()))
+        start_tiny_run(tiny_run_dir(session.config._tmp_path_factory.getbasetemp()))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """A background run no test waited for (or still running after a failure) is stopped."""
+    """A background run no test waited for (or still running after a failure) is stopped; an
+    ended one is reaped."""
     run = _TINY_RUN.pop("run", None)
     if run is not None and run.poll() is None:
         os.killpg(run.pid, signal.SIGTERM)
@@ -185,13 +187,12 @@ def tiny_run(tmp_path_factory) -> tuple[Path, str]:
     out.mkdir(parents=True, exist_ok=True)
     with open(out.parent / "tiny_run.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        run = None if (out / "started").exists() else start_tiny_run(out)
+        if not (out / "started").exists():
+            start_tiny_run(out)
     deadline = time.monotonic() + 1800
     while not (out / "rc").exists():
         assert time.monotonic() < deadline, f"the tiny run in {out} took over 30 minutes"
         time.sleep(1)
-    if run is not None:
-        run.wait()
     printed = (out / "stdout.txt").read_text()
     assert (out / "rc").read_text().strip() == "0", printed[-3000:] + (out / "stderr.txt").read_text()[-3000:]
     return out / "work", printed
